@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine with only Python 3.10+:
+#   make demo   - set up .venv, train a small Rehearsal Memory QA model on generated stories, load it back, answer
+#   make test   - set up .venv and run the whole test suite
+# The set-up pins the tested stack (requirements-tested.txt). torch==2.13.0 is the CPU wheel on machines
+# that have it locally; on a GPU machine override it, e.g. `make test TORCH="torch==2.13.0+cu128"` or
+# install torch yourself first and pass TORCH=.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test bench clean
+
+$(VENV)/.installed: pyproject.toml requirements-tested.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(if $(TORCH),$(BIN)/pip install --quiet "$(TORCH)")
+	$(BIN)/pip install --quiet -c requirements-tested.txt -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/python examples/demo.py --output_dir outputs/demo
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,97 @@
+"""Configuration of Rehearsal Memory models (Zhang et al., "Learning to Rehearse in Long Sequence
+Memorization", ICML 2021).
+
+This file is copied next to saved checkpoints for `trust_remote_code=True` loading, so it imports
+nothing from `rm_hf`.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+SAMPLER_MODES = ("uniform", "teacher", "external")
+
+# A tiny BERT: fast enough for tests and for bAbI on a laptop CPU.
+DEFAULT_ENCODER = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 512,
+    "vocab_size": 1000,
+}
+
+
+@strict
+class RehearsalMemoryConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`RehearsalMemoryModel`] and its task heads.
+
+    The encoder backbone is any Hugging Face encoder, stored as the nested `encoder_config` so a saved
+    checkpoint is self-describing. Inputs are token ids (through the encoder's embeddings) or continuous
+    item features of size `input_feature_dim` (through a linear projection into `inputs_embeds`).
+
+    Example:
+
+    ```python
+    >>> from rm_hf import RehearsalMemoryConfig, RehearsalMemoryModel
+    >>> config = RehearsalMemoryConfig(num_memory_slots=8, segment_length=32)
+    >>> model = RehearsalMemoryModel(config)
+    ```
+    """
+
+    model_type = "rehearsal_memory"
+    sub_configs_defaults = {
+        "encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="bert", init_kwargs=DEFAULT_ENCODER),
+    }
+
+    encoder_config: dict | PreTrainedConfig | None = None
+    # memory machine
+    num_memory_slots: int = 16
+    memory_dim: int | None = None  # None: the encoder's hidden size
+    num_memory_heads: int = 4
+    segment_length: int = 32
+    input_feature_dim: int | None = None  # set for feature inputs (video clips, behaviour embeddings)
+    initial_memory_std: float | int = 0.5  # slot-distinct M_0; same order as a GRU state in (-1, 1)
+    initializer_range: float | int = 0.02
+    # question answering head
+    num_reasoning_hops: int = 3
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.memory_dim is None:
+            self.memory_dim = self.encoder_config.hidden_size
+        self.check_values()
+
+    def check_values(self):
+        """Raise `ValueError` naming the first field outside its allowed range."""
+        positive = ("num_memory_slots", "memory_dim", "num_memory_heads", "segment_length", "num_reasoning_hops")
+        for name in positive:
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"RehearsalMemoryConfig.{name} must be an integer >= 1, got {value}.")
+        if self.memory_dim % self.num_memory_heads != 0:
+            raise ValueError(
+                f"RehearsalMemoryConfig.memory_dim ({self.memory_dim}) must be divisible by "
+                f"num_memory_heads ({self.num_memory_heads})."
+            )
+        if self.input_feature_dim is not None and self.input_feature_dim < 1:
+            raise ValueError(
+                f"RehearsalMemoryConfig.input_feature_dim must be None (token inputs) or >= 1, "
+                f"got {self.input_feature_dim}."
+            )
+        max_positions = getattr(self.encoder_config, "max_position_embeddings", None)
+        if max_positions is not None and self.segment_length > max_positions:
+            raise ValueError(
+                f"RehearsalMemoryConfig.segment_length ({self.segment_length}) must be <= the encoder's "
+                f"max_position_embeddings ({max_positions})."
+            )
+        if self.initial_memory_std <= 0:
+            raise ValueError(f"RehearsalMemoryConfig.initial_memory_std must be > 0, got {self.initial_memory_std}.")
+
+    def validate_rehearsal_memory(self):
+        # Runs again inside `save_pretrained`, so a value assigned after construction is caught too.
+        self.check_values()
+
+
+__all__ = ["RehearsalMemoryConfig"]

@@ -1,0 +1,283 @@
+"""Rehearsal Memory models (Zhang et al., ICML 2021, arXiv 2106.01096).
+
+The memory machine G reads a long input once, segment by segment, into K memory slots and forgets the
+input; task heads answer from the slots alone, so query cost does not depend on the input length.
+Notable choices:
+- a pluggable Hugging Face encoder backbone encodes each segment (token ids through its embeddings,
+  continuous features through a linear projection into `inputs_embeds`);
+- slots read the segment's items with multi-head attention and are updated by one GRU cell shared by all
+  slots; the initial memory M_0 is a learned, slot-distinct parameter, otherwise every slot would receive
+  the same input forever and the K slots would collapse into one vector;
+- `write(memory, segment)` and the whole-sequence `forward` share one code path, so streaming a sequence
+  gives exactly the memory of one pass.
+
+This file is copied next to saved checkpoints for `trust_remote_code=True`: it imports only torch,
+transformers and single-dot siblings.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_rehearsal_memory import RehearsalMemoryConfig
+
+
+class RehearsalMemoryAttention(nn.Module):
+    """Multi-head attention from a few queries (memory slots or a question) to a set of keys/values."""
+
+    def __init__(self, query_dim: int, key_dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(query_dim, query_dim)
+        self.k_proj = nn.Linear(key_dim, query_dim)
+        self.v_proj = nn.Linear(key_dim, query_dim)
+        self.o_proj = nn.Linear(query_dim, query_dim)
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor | None = None):
+        # queries (B, Q, D), keys (B, N, Dk), key_mask (B, N) True for real items
+        batch, num_queries, dim = queries.shape
+        heads = self.num_heads
+
+        def split(x):  # (B, n, D) -> (B, h, n, D/h)
+            return x.view(batch, -1, heads, dim // heads).transpose(1, 2)
+
+        q, k, v = split(self.q_proj(queries)), split(self.k_proj(keys)), split(self.v_proj(keys))
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, N)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, Q, D/h)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, num_queries, dim))
+
+
+class RehearsalMemoryWriter(nn.Module):
+    """One write step: slot-to-item attention, then a GRU update of every slot (weights shared)."""
+
+    def __init__(self, config: RehearsalMemoryConfig):
+        super().__init__()
+        self.attention = RehearsalMemoryAttention(
+            config.memory_dim, config.encoder_config.hidden_size, config.num_memory_heads
+        )
+        self.gru = nn.GRUCell(config.memory_dim, config.memory_dim)
+
+    def forward(self, memory: torch.Tensor, items: torch.Tensor, item_mask: torch.Tensor) -> torch.Tensor:
+        # memory (B, K, D), items (B, S, E), item_mask (B, S); every row has at least one real item
+        batch, slots, dim = memory.shape
+        read = self.attention(memory, items, item_mask)  # (B, K, D)
+        updated = self.gru(read.reshape(batch * slots, dim), memory.reshape(batch * slots, dim))
+        return updated.view(batch, slots, dim)
+
+
+@dataclass
+class RehearsalMemoryModelOutput(ModelOutput):
+    """
+    Args:
+        memory (`torch.FloatTensor` of shape `(batch_size, num_memory_slots, memory_dim)`):
+            The memory after reading the whole input.
+        item_features (`torch.FloatTensor` of shape `(batch_size, sequence_length, encoder_hidden_size)`, *optional*):
+            Encoder features of every item, segment by segment; returned with `output_item_features=True`.
+        item_embeddings (`torch.FloatTensor` of shape `(batch_size, sequence_length, encoder_hidden_size)`, *optional*):
+            Context-free input embeddings of every item (the rehearsal model's inputs); returned with
+            `output_item_features=True`.
+    """
+
+    memory: torch.FloatTensor | None = None
+    item_features: torch.FloatTensor | None = None
+    item_embeddings: torch.FloatTensor | None = None
+
+
+class RehearsalMemoryPreTrainedModel(PreTrainedModel):
+    config: RehearsalMemoryConfig
+    base_model_prefix = "rehearsal_memory"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["RehearsalMemoryWriter"]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # A head checkpoint should also load as its base through `AutoModel`, installed or as remote code.
+        if self._auto_class is not None:
+            entry = f"{__name__.rsplit('.', 1)[-1]}.RehearsalMemoryModel"
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": entry}
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        # `from_pretrained` builds on the meta device: whatever a checkpoint lacks is set here, never in __init__.
+        super()._init_weights(module)
+        if isinstance(module, RehearsalMemoryModel):
+            init.normal_(module.initial_memory, std=self.config.initial_memory_std)
+        elif isinstance(module, nn.GRUCell):
+            bound = module.hidden_size**-0.5
+            for weight in (module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh):
+                init.uniform_(weight, -bound, bound)
+
+
+class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
+    """The memory machine G(X) -> M. `forward` reads a whole sequence; `init_memory` + `write` stream it."""
+
+    def __init__(self, config: RehearsalMemoryConfig, encoder: PreTrainedModel | None = None):
+        super().__init__(config)
+        self.encoder = encoder if encoder is not None else AutoModel.from_config(config.encoder_config)
+        # The pooler is never used; left in, its parameters get no gradient and DDP without
+        # find_unused_parameters (e.g. under activation checkpointing) fails.
+        if getattr(self.encoder, "pooler", None) is not None:
+            self.encoder.pooler = None
+        hidden = config.encoder_config.hidden_size
+        self.feature_projection = (
+            nn.Linear(config.input_feature_dim, hidden) if config.input_feature_dim is not None else None
+        )
+        self.initial_memory = nn.Parameter(torch.empty(config.num_memory_slots, config.memory_dim))
+        self.writer = RehearsalMemoryWriter(config)
+        self.post_init()
+
+    @classmethod
+    def from_encoder_pretrained(cls, encoder_name_or_path: str, **config_kwargs):
+        """Build a fresh model around a pretrained Hugging Face encoder (local path or Hub id).
+
+        The encoder is loaded outside `__init__`: loading inside it breaks under `from_pretrained`, which
+        builds models on the meta device.
+        """
+        encoder = AutoModel.from_pretrained(encoder_name_or_path)
+        config = RehearsalMemoryConfig(encoder_config=encoder.config, **config_kwargs)
+        return cls(config, encoder=encoder)
+
+    def get_input_embeddings(self):
+        return self.encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.encoder.set_input_embeddings(value)
+
+    def init_memory(self, batch_size: int) -> torch.Tensor:
+        """The learned initial memory M_0 for `batch_size` sequences: (batch_size, K, memory_dim)."""
+        return self.initial_memory.unsqueeze(0).expand(batch_size, -1, -1).clone()
+
+    def embed_items(self, input_ids=None, input_features=None) -> torch.Tensor:
+        """Context-free item embeddings fed to the encoder: (B, T) ids or (B, T, F) features -> (B, T, E)."""
+        if input_features is not None:
+            return self.feature_projection(input_features)
+        return self.get_input_embeddings()(input_ids)
+
+    def write(self, memory, input_ids=None, input_features=None, attention_mask=None) -> torch.Tensor:
+        """Write a chunk of a sequence into `memory` (B, K, D), segment by segment, and return the new memory."""
+        return self._read_sequence(memory, input_ids, input_features, attention_mask)[0]
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        memory: torch.FloatTensor | None = None,
+        output_item_features: bool = False,
+        return_dict: bool | None = None,
+    ) -> RehearsalMemoryModelOutput | tuple:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+            Token ids of the input sequence. Give either these or `input_features`.
+        input_features (`torch.FloatTensor` of shape `(batch_size, sequence_length, input_feature_dim)`):
+            Continuous item features (video clip features, behaviour embeddings).
+        attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`):
+            1 for real items, 0 for padding. Pad on the right: segments start at position 0.
+        memory (`torch.FloatTensor` of shape `(batch_size, num_memory_slots, memory_dim)`):
+            Memory to continue writing into; the learned initial memory when omitted.
+        output_item_features (`bool`):
+            Also return per-item encoder features and input embeddings (training-time heads need them).
+        """
+        memory, item_features, item_embeddings = self._read_sequence(
+            memory, input_ids, input_features, attention_mask, keep_items=output_item_features
+        )
+        output = RehearsalMemoryModelOutput(
+            memory=memory, item_features=item_features, item_embeddings=item_embeddings
+        )
+        use_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if use_dict else output.to_tuple()
+
+    def _read_sequence(self, memory, input_ids, input_features, attention_mask, keep_items=False):
+        inputs = self._check_inputs(memory, input_ids, input_features, attention_mask)
+        batch_size, length = inputs.shape[:2]
+        if attention_mask is None:
+            attention_mask = torch.ones(batch_size, length, dtype=torch.long, device=inputs.device)
+        if memory is None:
+            memory = self.init_memory(batch_size)
+        segment = self.config.segment_length
+        features, embeddings = [], []
+        for start in range(0, length, segment):
+            chunk = inputs[:, start : start + segment]
+            chunk_mask = attention_mask[:, start : start + segment].bool()
+            memory, chunk_features, chunk_embeddings = self._write_segment(
+                memory, chunk, chunk_mask, is_features=input_features is not None, keep_items=keep_items
+            )
+            if keep_items:
+                features.append(chunk_features)
+                embeddings.append(chunk_embeddings)
+        if not keep_items:
+            return memory, None, None
+        return memory, torch.cat(features, dim=1), torch.cat(embeddings, dim=1)
+
+    def _write_segment(self, memory, chunk, chunk_mask, is_features, keep_items):
+        # chunk (B, S) ids or (B, S, F) features, chunk_mask (B, S) bool
+        # Only rows with at least one real item are encoded; the others keep their memory unchanged and
+        # never see an all-masked softmax (whose NaNs would poison the gradients).
+        active = chunk_mask.any(dim=1).nonzero(as_tuple=True)[0]  # (A,)
+        if active.numel() == 0:
+            if not keep_items:
+                return memory, None, None
+            empty = memory.new_zeros(chunk.shape[0], chunk.shape[1], self.config.encoder_config.hidden_size)
+            return memory, empty, empty
+        embeds = self.embed_items(**{"input_features" if is_features else "input_ids": chunk[active]})  # (A, S, E)
+        mask = chunk_mask[active]
+        items = self.encoder(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state  # (A, S, E)
+        new_rows = self.writer(memory[active], items, mask)  # (A, K, D)
+        memory = memory.index_copy(0, active, new_rows)
+        if not keep_items:
+            return memory, None, None
+        # scatter the active rows' items back into a full-batch tensor; padded items and rows are zero
+        keep = mask.unsqueeze(-1).to(items.dtype)
+        full = items.new_zeros(chunk.shape[0], chunk.shape[1], items.shape[-1])
+        return memory, full.index_copy(0, active, items * keep), full.index_copy(0, active, embeds * keep)
+
+    def _check_inputs(self, memory, input_ids, input_features, attention_mask) -> torch.Tensor:
+        """Validate the user's tensors and return the one that carries the sequence."""
+        if (input_ids is None) == (input_features is None):
+            raise ValueError("Give exactly one of `input_ids` (token inputs) or `input_features` (feature inputs).")
+        if input_features is not None:
+            if self.feature_projection is None:
+                raise ValueError(
+                    "`input_features` given, but this model was configured for token ids "
+                    "(RehearsalMemoryConfig.input_feature_dim is None)."
+                )
+            if input_features.dim() != 3 or input_features.shape[-1] != self.config.input_feature_dim:
+                raise ValueError(
+                    f"`input_features` must have shape (batch, length, {self.config.input_feature_dim}), "
+                    f"got {tuple(input_features.shape)}."
+                )
+            if not torch.isfinite(input_features).all():
+                raise ValueError("`input_features` contains NaN or Inf values.")
+            inputs = input_features
+        else:
+            if input_ids.dim() != 2:
+                raise ValueError(f"`input_ids` must have shape (batch, length), got {tuple(input_ids.shape)}.")
+            vocab_size = self.get_input_embeddings().num_embeddings
+            if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
+                raise ValueError(
+                    f"`input_ids` must lie in [0, {vocab_size}) (the encoder's vocabulary), "
+                    f"got values in [{input_ids.min().item()}, {input_ids.max().item()}]."
+                )
+            inputs = input_ids
+        if inputs.shape[0] == 0 or inputs.shape[1] == 0:
+            raise ValueError(f"The input sequence is empty: shape {tuple(inputs.shape)}.")
+        if attention_mask is not None and tuple(attention_mask.shape) != tuple(inputs.shape[:2]):
+            raise ValueError(
+                f"`attention_mask` shape {tuple(attention_mask.shape)} does not match the input's "
+                f"(batch, length) = {tuple(inputs.shape[:2])}."
+            )
+        expected = (inputs.shape[0], self.config.num_memory_slots, self.config.memory_dim)
+        if memory is not None and tuple(memory.shape) != expected:
+            raise ValueError(
+                f"`memory` must have shape (batch, num_memory_slots, memory_dim) = {expected}, got {tuple(memory.shape)}."
+            )
+        return inputs
+
+
+__all__ = ["RehearsalMemoryPreTrainedModel", "RehearsalMemoryModel", "RehearsalMemoryModelOutput"]

@@ -1,0 +1,184 @@
+"""The memory machine: config, save/load, streaming, padding, slot diversity, gradients, input checks."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, BertConfig, BertModel
+
+from rm_hf import RehearsalMemoryConfig, RehearsalMemoryModel
+from tests.conftest import TINY_ENCODER, tiny_config
+
+
+def random_batch(batch=3, length=30, vocab=50):
+    ids = torch.randint(0, vocab, (batch, length))
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[1, 13:] = 0  # a short row, padded on the right
+    return ids, mask
+
+
+def test_config_round_trip_keeps_nested_encoder(tmp_path):
+    config = tiny_config(num_memory_slots=6, memory_dim=48, num_memory_heads=3, input_feature_dim=12)
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, RehearsalMemoryConfig)
+    assert isinstance(loaded.encoder_config, BertConfig)
+    assert loaded.encoder_config.hidden_size == 32 and loaded.encoder_config.vocab_size == 50
+    assert (loaded.num_memory_slots, loaded.memory_dim, loaded.num_memory_heads) == (6, 48, 3)
+    assert loaded.input_feature_dim == 12
+
+
+def test_memory_dim_defaults_to_encoder_width():
+    assert tiny_config().memory_dim == TINY_ENCODER["hidden_size"]
+
+
+def test_old_config_without_newer_fields_loads(tmp_path):
+    # a config.json written before fields existed must still load with the defaults
+    (tmp_path / "config.json").write_text('{"model_type": "rehearsal_memory", "num_memory_slots": 3}')
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert loaded.num_memory_slots == 3 and loaded.segment_length == RehearsalMemoryConfig().segment_length
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"num_memory_slots": 0}, "num_memory_slots"),
+        ({"segment_length": 0}, "segment_length"),
+        ({"memory_dim": 30, "num_memory_heads": 4}, "memory_dim"),
+        ({"segment_length": 65}, "segment_length"),
+        ({"input_feature_dim": 0}, "input_feature_dim"),
+        ({"num_reasoning_hops": 0}, "num_reasoning_hops"),
+    ],
+)
+def test_invalid_config_values_name_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(**overrides)
+
+
+def test_save_load_gives_identical_memory(tmp_path):
+    model = RehearsalMemoryModel(tiny_config()).eval()
+    ids, mask = random_batch()
+    expected = model(ids, attention_mask=mask).memory
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    for loaded in (RehearsalMemoryModel.from_pretrained(tmp_path), AutoModel.from_pretrained(tmp_path)):
+        assert type(loaded) is RehearsalMemoryModel
+        torch.testing.assert_close(loaded.eval()(ids, attention_mask=mask).memory, expected)
+
+
+def test_missing_weights_are_initialised_by_init_weights():
+    # from_pretrained builds on the meta device: a parameter set only in __init__ would come back as garbage
+    config = tiny_config()
+    model = RehearsalMemoryModel.from_pretrained(None, config=config, state_dict={})
+    memory = model.initial_memory
+    assert torch.isfinite(memory).all()
+    assert 0.3 < memory.std().item() < 0.7  # initial_memory_std = 0.5
+    assert model.writer.gru.weight_hh.abs().max() <= config.memory_dim**-0.5 + 1e-6
+
+
+def test_streaming_equals_one_pass():
+    model = RehearsalMemoryModel(tiny_config()).eval()
+    ids, mask = random_batch(length=37)  # not a multiple of segment_length
+    one_pass = model(ids, attention_mask=mask).memory
+    memory = model.init_memory(ids.shape[0])
+    for start in range(0, ids.shape[1], 16):  # chunks of two segments
+        memory = model.write(memory, ids[:, start : start + 16], attention_mask=mask[:, start : start + 16])
+    torch.testing.assert_close(memory, one_pass)
+
+
+def test_padded_row_matches_row_alone():
+    model = RehearsalMemoryModel(tiny_config()).eval()
+    ids, mask = random_batch()
+    batched = model(ids, attention_mask=mask).memory
+    alone = model(ids[1:2, :13]).memory
+    torch.testing.assert_close(batched[1:2], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_all_padding_segment_keeps_memory():
+    model = RehearsalMemoryModel(tiny_config()).eval()
+    ids, mask = random_batch(length=16)
+    mask[0, 8:] = 0
+    first_segment = model(ids[:, :8], attention_mask=mask[:, :8]).memory
+    both = model(ids, attention_mask=mask).memory
+    torch.testing.assert_close(both[0], first_segment[0])
+    assert not torch.allclose(both[2], first_segment[2])
+
+
+def test_slots_differ_after_writing():
+    model = RehearsalMemoryModel(tiny_config(num_memory_slots=6)).eval()
+    ids, mask = random_batch(length=64)
+    memory = model(ids, attention_mask=mask).memory  # (B, K, D)
+    distances = torch.cdist(memory, memory)  # (B, K, K)
+    off_diagonal = distances[:, ~torch.eye(6, dtype=torch.bool)]
+    assert off_diagonal.min() > 1e-2, "memory slots collapsed into one vector"
+
+
+def test_every_parameter_gets_a_gradient():
+    for config in (tiny_config(), tiny_config(input_feature_dim=7)):
+        model = RehearsalMemoryModel(config).train()
+        if config.input_feature_dim:
+            memory = model(input_features=torch.randn(2, 20, 7)).memory
+            unused = {"encoder.embeddings.word_embeddings.weight"}  # features bypass the token table
+        else:
+            memory = model(torch.randint(0, 50, (2, 20))).memory
+            unused = set()
+        memory.pow(2).sum().backward()
+        missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+        assert set(missing) == unused
+
+
+def test_feature_inputs_stream_like_one_pass():
+    model = RehearsalMemoryModel(tiny_config(input_feature_dim=7)).eval()
+    features = torch.randn(2, 24, 7)
+    memory = model.write(model.init_memory(2), input_features=features[:, :8])
+    memory = model.write(memory, input_features=features[:, 8:])
+    torch.testing.assert_close(memory, model(input_features=features).memory)
+
+
+def test_item_features_on_request():
+    model = RehearsalMemoryModel(tiny_config()).eval()
+    ids, mask = random_batch(length=20)
+    out = model(ids, attention_mask=mask, output_item_features=True)
+    assert out.item_features.shape == (3, 20, 32) and out.item_embeddings.shape == (3, 20, 32)
+    assert out.item_features[1, 13:].abs().sum() == 0  # the short row's padded tail
+    assert model(ids, attention_mask=mask).item_features is None
+
+
+def test_encoder_has_no_unused_pooler():
+    assert RehearsalMemoryModel(tiny_config()).encoder.pooler is None
+
+
+def test_from_encoder_pretrained_loads_the_saved_encoder(tmp_path):
+    encoder = BertModel(BertConfig(**TINY_ENCODER))
+    encoder.save_pretrained(tmp_path)
+    model = RehearsalMemoryModel.from_encoder_pretrained(str(tmp_path), num_memory_slots=5, segment_length=8)
+    assert model.config.num_memory_slots == 5
+    saved = {k: v for k, v in encoder.state_dict().items() if not k.startswith("pooler.")}
+    loaded = model.encoder.state_dict()
+    assert saved.keys() == loaded.keys()
+    for key, value in saved.items():
+        torch.testing.assert_close(loaded[key], value, msg=key)
+    assert torch.isfinite(model.initial_memory).all() and model.initial_memory.std() > 0.3
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m: m(), "exactly one"),
+        (lambda m: m(torch.zeros(2, 5, dtype=torch.long), input_features=torch.zeros(2, 5, 7)), "exactly one"),
+        (lambda m: m(input_features=torch.zeros(2, 5, 7)), "configured for token ids"),
+        (lambda m: m(torch.zeros(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 6)), "attention_mask"),
+        (lambda m: m.write(torch.zeros(2, 3, 32), torch.zeros(2, 5, dtype=torch.long)), "memory"),
+        (lambda m: m(torch.full((2, 5), 50)), r"\[0, 50\)"),
+        (lambda m: m(torch.zeros(2, 0, dtype=torch.long)), "empty"),
+    ],
+)
+def test_bad_inputs_get_clear_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(RehearsalMemoryModel(tiny_config()))
+
+
+def test_bad_features_get_clear_errors():
+    model = RehearsalMemoryModel(tiny_config(input_feature_dim=7))
+    with pytest.raises(ValueError, match=r"\(batch, length, 7\)"):
+        model(input_features=torch.zeros(2, 5, 6))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        model(input_features=torch.full((2, 5, 7), float("nan")))
