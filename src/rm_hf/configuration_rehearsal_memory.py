@@ -56,16 +56,36 @@ class RehearsalMemoryConfig(PreTrainedConfig):
     initializer_range: float | int = 0.02
     # question answering head
     num_reasoning_hops: int = 3
+    # self-supervised rehearsal (training only; the modules are not run at inference)
+    use_rehearsal: bool = True
+    num_rehearsal_fragments: int = 4  # J fragments per sequence
+    rehearsal_fragment_length: int = 8  # R consecutive real items per fragment
+    rehearsal_mask_ratio: float | int = 0.5  # recollection: share of fragment items masked
+    rehearsal_replace_ratio: float | int = 0.5  # familiarity: share of unmasked items replaced in negatives
+    rehearsal_hidden_size: int | None = None  # None: memory_dim
+    rehearsal_num_layers: int = 2
+    rehearsal_num_heads: int = 4
+    infonce_temperature: float | int = 0.1  # recollection of feature inputs
+    # history sampler: which fragments to rehearse
+    sampler_mode: str = "uniform"  # one of SAMPLER_MODES
+    sampler_temperature: float | int = 1.0
+    sampler_uniform_floor: float | int = 0.1  # share of probability spread uniformly over valid fragments
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.memory_dim is None:
             self.memory_dim = self.encoder_config.hidden_size
+        if self.rehearsal_hidden_size is None:
+            self.rehearsal_hidden_size = self.memory_dim
         self.check_values()
 
     def check_values(self):
         """Raise `ValueError` naming the first field outside its allowed range."""
-        positive = ("num_memory_slots", "memory_dim", "num_memory_heads", "segment_length", "num_reasoning_hops")
+        positive = (
+            "num_memory_slots", "memory_dim", "num_memory_heads", "segment_length", "num_reasoning_hops",
+            "num_rehearsal_fragments", "rehearsal_fragment_length", "rehearsal_hidden_size",
+            "rehearsal_num_layers", "rehearsal_num_heads",
+        )
         for name in positive:
             value = getattr(self, name)
             if value < 1:
@@ -85,6 +105,25 @@ class RehearsalMemoryConfig(PreTrainedConfig):
             raise ValueError(
                 f"RehearsalMemoryConfig.segment_length ({self.segment_length}) must be <= the encoder's "
                 f"max_position_embeddings ({max_positions})."
+            )
+        if self.rehearsal_hidden_size % self.rehearsal_num_heads != 0:
+            raise ValueError(
+                f"RehearsalMemoryConfig.rehearsal_hidden_size ({self.rehearsal_hidden_size}) must be divisible by "
+                f"rehearsal_num_heads ({self.rehearsal_num_heads})."
+            )
+        for name in ("rehearsal_mask_ratio", "rehearsal_replace_ratio"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"RehearsalMemoryConfig.{name} must lie in (0, 1], got {getattr(self, name)}.")
+        if not 0 <= self.sampler_uniform_floor <= 1:
+            raise ValueError(
+                f"RehearsalMemoryConfig.sampler_uniform_floor must lie in [0, 1], got {self.sampler_uniform_floor}."
+            )
+        for name in ("sampler_temperature", "infonce_temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"RehearsalMemoryConfig.{name} must be > 0, got {getattr(self, name)}.")
+        if self.sampler_mode not in SAMPLER_MODES:
+            raise ValueError(
+                f"RehearsalMemoryConfig.sampler_mode must be one of {SAMPLER_MODES}, got {self.sampler_mode!r}."
             )
         if self.initial_memory_std <= 0:
             raise ValueError(f"RehearsalMemoryConfig.initial_memory_std must be > 0, got {self.initial_memory_std}.")

@@ -25,6 +25,8 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_rehearsal_memory import RehearsalMemoryConfig
+from .history_sampler import RehearsalMemoryHistorySampler
+from .rehearsal import RehearsalMemoryRehearser
 
 
 class RehearsalMemoryAttention(nn.Module):
@@ -70,6 +72,35 @@ class RehearsalMemoryWriter(nn.Module):
         return updated.view(batch, slots, dim)
 
 
+class RehearsalMemoryReader(nn.Module):
+    """Reads the memory with a query: a few hops of query-to-slot attention, each refining the query."""
+
+    def __init__(self, config: RehearsalMemoryConfig):
+        super().__init__()
+        dim = config.memory_dim
+        self.hops = nn.ModuleList(
+            RehearsalMemoryAttention(dim, dim, config.num_memory_heads) for _ in range(config.num_reasoning_hops)
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(config.num_reasoning_hops))
+
+    def forward(self, query: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        # query (B, D), memory (B, K, D) -> (B, D)
+        state = query.unsqueeze(1)  # (B, 1, D)
+        for attention, norm in zip(self.hops, self.norms):
+            state = norm(state + attention(state, memory))
+        return state.squeeze(1)
+
+
+@dataclass
+class RehearsalOutput:
+    """Training-time rehearsal terms of one batch (see `RehearsalMemoryModel.rehearse`)."""
+
+    recollection_loss: torch.Tensor
+    familiarity_loss: torch.Tensor
+    sampler_loss: torch.Tensor | None = None
+    teacher_readout: torch.Tensor | None = None
+
+
 @dataclass
 class RehearsalMemoryModelOutput(ModelOutput):
     """
@@ -108,6 +139,9 @@ class RehearsalMemoryPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, RehearsalMemoryModel):
             init.normal_(module.initial_memory, std=self.config.initial_memory_std)
+        elif isinstance(module, RehearsalMemoryRehearser):
+            init.normal_(module.mask_embedding, std=1.0)  # unit scale, like the normalised items
+            init.normal_(module.cls_embedding, std=1.0)
         elif isinstance(module, nn.GRUCell):
             bound = module.hidden_size**-0.5
             for weight in (module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh):
@@ -130,6 +164,9 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
         )
         self.initial_memory = nn.Parameter(torch.empty(config.num_memory_slots, config.memory_dim))
         self.writer = RehearsalMemoryWriter(config)
+        if config.use_rehearsal:  # training-only modules; inference never runs them
+            self.rehearser = RehearsalMemoryRehearser(config)
+            self.history_sampler = RehearsalMemoryHistorySampler(config)
         self.post_init()
 
     @classmethod
@@ -192,6 +229,22 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
         )
         use_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if use_dict else output.to_tuple()
+
+    def rehearse(self, outputs, input_ids=None, input_features=None, attention_mask=None, fragment_weights=None, query=None):
+        """Rehearsal losses for a batch just read with `output_item_features=True`.
+
+        fragment_weights (B, T): per-item importance for `sampler_mode="external"`; query (B, memory_dim):
+        the task query, for `sampler_mode="teacher"`.
+        """
+        targets = input_features if input_features is not None else input_ids
+        if attention_mask is None:
+            attention_mask = torch.ones(targets.shape[:2], dtype=torch.long, device=targets.device)
+        starts, sampler_loss, teacher_readout = self.history_sampler(
+            attention_mask, outputs.item_features, fragment_weights, query
+        )
+        token_table = None if input_features is not None else self.get_input_embeddings().weight
+        losses = self.rehearser(outputs.memory, outputs.item_embeddings, targets, attention_mask, starts, token_table)
+        return RehearsalOutput(losses.recollection, losses.familiarity, sampler_loss, teacher_readout)
 
     def _read_sequence(self, memory, input_ids, input_features, attention_mask, keep_items=False):
         inputs = self._check_inputs(memory, input_ids, input_features, attention_mask)
@@ -280,4 +333,122 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
         return inputs
 
 
-__all__ = ["RehearsalMemoryPreTrainedModel", "RehearsalMemoryModel", "RehearsalMemoryModelOutput"]
+@dataclass
+class RehearsalMemoryQuestionAnsweringOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): answer cross-entropy, when `labels` are given.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): scores over the answer vocabulary.
+        recollection_loss, familiarity_loss, sampler_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            rehearsal terms, in training with `use_rehearsal` only; `RehearsalMemoryTrainer` weights and adds them.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    recollection_loss: torch.FloatTensor | None = None
+    familiarity_loss: torch.FloatTensor | None = None
+    sampler_loss: torch.FloatTensor | None = None
+
+
+class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
+    """Answers questions about a story from its memory alone: the story is written into memory, the question
+    is encoded by the same backbone and mean-pooled, a few hops of attention read the slots, and a classifier
+    scores the answer vocabulary (`config.id2label`)."""
+
+    def __init__(self, config: RehearsalMemoryConfig):
+        super().__init__(config)
+        self.rehearsal_memory = RehearsalMemoryModel(config)
+        self.question_projection = nn.Linear(config.encoder_config.hidden_size, config.memory_dim)
+        self.reader = RehearsalMemoryReader(config)
+        self.classifier = nn.Linear(config.memory_dim, config.num_labels)
+        if config.use_rehearsal and config.sampler_mode == "teacher":
+            # the full-access teacher answers from its attended fragments; trained by the task loss
+            self.teacher_classifier = nn.Linear(config.encoder_config.hidden_size + config.memory_dim, config.num_labels)
+        self.post_init()
+
+    def encode_question(self, question_input_ids, question_attention_mask=None) -> torch.Tensor:
+        """(B, L) question tokens -> (B, memory_dim) pooled question."""
+        if question_attention_mask is None:
+            question_attention_mask = torch.ones_like(question_input_ids)
+        features = self.rehearsal_memory.encoder(
+            input_ids=question_input_ids, attention_mask=question_attention_mask
+        ).last_hidden_state  # (B, L, E)
+        weights = question_attention_mask.unsqueeze(-1).to(features.dtype)
+        pooled = (features * weights).sum(1) / weights.sum(1).clamp_min(1)  # (B, E)
+        return self.question_projection(pooled)
+
+    def answer(self, memory, question_input_ids, question_attention_mask=None) -> torch.Tensor:
+        """Answer logits (B, num_labels) for questions against stored memories (B, K, D), without the story.
+        Several questions about one story: repeat its memory, e.g. `memory.expand(num_questions, -1, -1)`."""
+        if memory.shape[0] != question_input_ids.shape[0]:
+            raise ValueError(
+                f"`memory` holds {memory.shape[0]} sequences but {question_input_ids.shape[0]} questions were given."
+            )
+        return self.classifier(self.reader(self.encode_question(question_input_ids, question_attention_mask), memory))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        question_input_ids: torch.LongTensor | None = None,
+        question_attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        memory: torch.FloatTensor | None = None,
+        fragment_weights: torch.FloatTensor | None = None,
+        return_dict: bool | None = None,
+    ) -> RehearsalMemoryQuestionAnsweringOutput | tuple:
+        r"""
+        input_ids / input_features, attention_mask: the story, as for [`RehearsalMemoryModel`].
+        question_input_ids, question_attention_mask (`(batch_size, question_length)`): the questions.
+        labels (`torch.LongTensor` of shape `(batch_size,)`): answer ids in `config.id2label`.
+        memory: memory to continue writing the story into (streaming); the initial memory when omitted.
+        fragment_weights (`(batch_size, sequence_length)`): per-item importance for `sampler_mode="external"`.
+        """
+        if question_input_ids is None:
+            raise ValueError("`question_input_ids` is required: the question to answer from memory.")
+        story = input_ids if input_ids is not None else input_features
+        if story is not None and story.shape[0] != question_input_ids.shape[0]:
+            raise ValueError(
+                f"The story batch ({story.shape[0]}) and the question batch ({question_input_ids.shape[0]}) differ in size."
+            )
+        if labels is not None and (labels.min() < 0 or labels.max() >= self.config.num_labels):
+            raise ValueError(
+                f"`labels` must lie in [0, {self.config.num_labels}) (config.id2label), got values in "
+                f"[{labels.min().item()}, {labels.max().item()}]."
+            )
+        rehearsing = self.training and self.config.use_rehearsal
+        outputs = self.rehearsal_memory(
+            input_ids, input_features, attention_mask, memory=memory, output_item_features=rehearsing
+        )
+        query = self.encode_question(question_input_ids, question_attention_mask)  # (B, D)
+        logits = self.classifier(self.reader(query, outputs.memory))
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+
+        recollection_loss = familiarity_loss = sampler_loss = None
+        if rehearsing:
+            rehearsal = self.rehearsal_memory.rehearse(
+                outputs, input_ids, input_features, attention_mask, fragment_weights, query
+            )
+            recollection_loss, familiarity_loss, sampler_loss = (
+                rehearsal.recollection_loss, rehearsal.familiarity_loss, rehearsal.sampler_loss
+            )
+            if rehearsal.teacher_readout is not None and labels is not None:
+                teacher_logits = self.teacher_classifier(torch.cat([rehearsal.teacher_readout, query.detach()], -1))
+                sampler_loss = sampler_loss + F.cross_entropy(teacher_logits, labels)
+
+        output = RehearsalMemoryQuestionAnsweringOutput(
+            loss=loss, logits=logits, recollection_loss=recollection_loss,
+            familiarity_loss=familiarity_loss, sampler_loss=sampler_loss,
+        )
+        use_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if use_dict else output.to_tuple()
+
+
+__all__ = [
+    "RehearsalMemoryPreTrainedModel",
+    "RehearsalMemoryModel",
+    "RehearsalMemoryModelOutput",
+    "RehearsalMemoryForQuestionAnswering",
+    "RehearsalMemoryQuestionAnsweringOutput",
+]

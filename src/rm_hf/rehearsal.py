@@ -1,0 +1,131 @@
+"""Rehearsal model H(M, fragments): self-supervised tasks solved from the memory alone (training only).
+
+A small bidirectional transformer reads `[CLS] + fragment items` and cross-attends to the memory of the
+fragment's own sequence (fragments are paired with memories by `repeat_interleave`; `repeat` would pair
+them with other sequences' memories).
+- Recollection: a fraction of the fragment's items is replaced by a learned [MASK] vector and
+  reconstructed: token ids by cross-entropy through the tied input embeddings, feature vectors by
+  InfoNCE against the other masked items of the batch.
+- Familiarity: a negative copy of the masked fragment has a fraction of its unmasked items replaced by
+  items of another sequence (or, with batch size 1, of another part of the same sequence); the [CLS]
+  output scores "this fragment is from my memory" with a logistic loss -[log s+ + log(1 - s-)] (the
+  paper prints the sign wrong).
+Losses are averaged over real masked items and real fragments; everything is batched over sequences
+and fragments.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class RehearsalLosses:
+    recollection: torch.Tensor
+    familiarity: torch.Tensor
+
+
+def gather_items(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """values (B, T, ...) and positions (B, J, R) -> (B, J, R, ...)."""
+    batch, frags, length = positions.shape
+    flat = positions.reshape(batch, frags * length)
+    index = flat.view(batch, -1, *([1] * (values.dim() - 2))).expand(-1, -1, *values.shape[2:])
+    return values.gather(1, index).view(batch, frags, length, *values.shape[2:])
+
+
+def random_subset(candidates: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Pick about `ratio` of the True entries of each row of (N, R), at least one where any exist."""
+    noise = torch.rand(candidates.shape, device=candidates.device).masked_fill(~candidates, 2.0)
+    count = (candidates.sum(dim=-1, keepdim=True) * ratio).round().clamp(min=1)  # (N, 1)
+    rank = noise.argsort(dim=-1).argsort(dim=-1)  # rank of each entry's noise within its row
+    return candidates & (rank < count)
+
+
+class RehearsalMemoryRehearser(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        hidden = config.rehearsal_hidden_size
+        item_dim = config.encoder_config.hidden_size
+        self.mask_ratio = config.rehearsal_mask_ratio
+        self.replace_ratio = config.rehearsal_replace_ratio
+        self.fragment_length = config.rehearsal_fragment_length
+        self.temperature = config.infonce_temperature
+        # items and memory enter at unit scale (LayerNorm), like the [MASK] and [CLS] vectors; at the
+        # initializer's 0.02 scale the [CLS] state barely depends on the fragment and familiarity cannot start
+        self.item_projection = nn.Sequential(nn.Linear(item_dim, hidden), nn.LayerNorm(hidden))
+        self.memory_projection = nn.Sequential(nn.Linear(config.memory_dim, hidden), nn.LayerNorm(hidden))
+        self.mask_embedding = nn.Parameter(torch.empty(hidden))
+        self.cls_embedding = nn.Parameter(torch.empty(hidden))
+        self.position_embeddings = nn.Embedding(config.rehearsal_fragment_length + 1, hidden)
+        layer = nn.TransformerDecoderLayer(
+            hidden, config.rehearsal_num_heads, 4 * hidden, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.layers = nn.TransformerDecoder(layer, config.rehearsal_num_layers, norm=nn.LayerNorm(hidden))
+        self.familiarity_head = nn.Linear(hidden, 1)
+        # token inputs: back to the embedding width, scored against the tied input embeddings;
+        # feature inputs: into the raw feature space, scored by InfoNCE
+        target_dim = config.input_feature_dim if config.input_feature_dim is not None else item_dim
+        self.recollection_head = nn.Linear(hidden, target_dim)
+
+    def forward(self, memory, item_embeddings, targets, attention_mask, starts, token_embeddings=None):
+        """memory (B, K, D); item_embeddings (B, T, E) context-free inputs; targets (B, T) token ids or
+        (B, T, F) features; attention_mask (B, T); starts (B, J). `token_embeddings` (V, E): the tied
+        input embedding table, for token targets."""
+        batch, num_frags = starts.shape
+        offsets = torch.arange(self.fragment_length, device=starts.device)
+        positions = (starts.unsqueeze(-1) + offsets).clamp(max=attention_mask.shape[1] - 1)  # (B, J, R)
+        valid = gather_items(attention_mask.bool(), positions) & (starts.unsqueeze(-1) + offsets < attention_mask.shape[1])
+        items = self.item_projection(gather_items(item_embeddings, positions))  # (B, J, R, H)
+        masked = random_subset(valid.flatten(0, 1), self.mask_ratio).view_as(valid)  # (B, J, R)
+        items = torch.where(masked.unsqueeze(-1), self.mask_embedding.to(items.dtype), items)
+
+        replaced = random_subset((valid & ~masked).flatten(0, 1), self.replace_ratio).view_as(valid)
+        donors = self.donor_items(item_embeddings, attention_mask, positions)  # (B, J, R, E)
+        negatives = torch.where(replaced.unsqueeze(-1), self.item_projection(donors), items)
+
+        # positives and negatives in one pass: (2 * B * J, 1 + R, H)
+        fragments = torch.cat([items, negatives]).flatten(0, 1)
+        cls = self.cls_embedding.to(items.dtype).expand(fragments.shape[0], 1, -1)
+        hidden = torch.cat([cls, fragments], dim=1) + self.position_embeddings.weight
+        key_mask = torch.cat([valid.new_ones(valid.shape[:2] + (1,)), valid], dim=-1).flatten(0, 1).repeat(2, 1)
+        # each fragment attends to its own sequence's memory: (B, K, D) -> (2 * B * J, K, H)
+        own_memory = self.memory_projection(memory).repeat_interleave(num_frags, dim=0).repeat(2, 1, 1)
+        hidden = self.layers(hidden, own_memory, tgt_key_padding_mask=~key_mask)
+
+        scores = self.familiarity_head(hidden[:, 0]).view(2, batch * num_frags)  # row 0: positives, 1: negatives
+        labels = torch.stack([torch.ones_like(scores[0]), torch.zeros_like(scores[1])])
+        # a fragment too short to have an item replaced has no real negative: leave it out
+        real = replaced.flatten(0, 1).any(dim=-1).to(scores.dtype).expand(2, -1)
+        familiarity = F.binary_cross_entropy_with_logits(scores, labels, weight=real, reduction="sum")
+        familiarity = familiarity / real.sum().clamp_min(1)
+        predictions = self.recollection_head(hidden[: batch * num_frags, 1:])  # (B * J, R, target_dim)
+        predictions = predictions[masked.flatten(0, 1)]  # (N_masked, target_dim)
+        masked_targets = gather_items(targets, positions)[masked]  # (N_masked,) ids or (N_masked, F)
+        if token_embeddings is not None:
+            recollection = F.cross_entropy(predictions @ token_embeddings.t(), masked_targets)
+        else:
+            recollection = self.info_nce(predictions, masked_targets)
+        return RehearsalLosses(recollection=recollection, familiarity=familiarity)
+
+    def donor_items(self, item_embeddings, attention_mask, positions):
+        """Items from another sequence of the batch (another part of the same one when B = 1)."""
+        batch, num_frags, length = positions.shape
+        if batch > 1:
+            shift = torch.randint(1, batch, (batch,), device=positions.device)
+            donors = (torch.arange(batch, device=positions.device) + shift) % batch
+            weights = attention_mask[donors].float().unsqueeze(1).expand(-1, num_frags, -1)  # (B, J, T)
+        else:
+            donors = torch.zeros(1, dtype=torch.long, device=positions.device)
+            outside = torch.ones(1, num_frags, attention_mask.shape[1], device=positions.device)
+            outside.scatter_(2, positions, 0.0)
+            weights = attention_mask.float().unsqueeze(1) * outside
+            weights = torch.where(weights.sum(-1, keepdim=True) > 0, weights, attention_mask.float().unsqueeze(1))
+        picks = torch.multinomial(weights.reshape(batch * num_frags, -1), length, replacement=True)
+        return gather_items(item_embeddings[donors], picks.view(batch, num_frags, length))
+
+    def info_nce(self, predictions, targets):
+        # every other masked item of the batch is a negative for this one
+        logits = F.normalize(predictions, dim=-1) @ F.normalize(targets, dim=-1).t() / self.temperature
+        return F.cross_entropy(logits, torch.arange(len(targets), device=logits.device))

@@ -1,0 +1,94 @@
+"""The question-answering head: save/load, Auto classes (installed and remote code), many questions per
+memory, streaming with interleaved questions, and input checks."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForQuestionAnswering
+
+from rm_hf import RehearsalMemoryForQuestionAnswering, RehearsalMemoryModel
+from tests.conftest import tiny_config
+from tests.test_hub import remote_memory
+
+LABELS = {i: f"answer{i}" for i in range(5)}
+
+
+def qa_model(**overrides):
+    return RehearsalMemoryForQuestionAnswering(tiny_config(id2label=LABELS, rehearsal_num_heads=2, **overrides)).eval()
+
+
+def story_and_questions(batch=3, length=30):
+    ids = torch.randint(0, 50, (batch, length))
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[1, 11:] = 0
+    questions = torch.randint(0, 50, (batch, 6))
+    question_mask = torch.ones_like(questions)
+    question_mask[0, 4:] = 0
+    return ids, mask, questions, question_mask
+
+
+def test_save_load_and_auto_classes(tmp_path):
+    model = qa_model()
+    ids, mask, questions, question_mask = story_and_questions()
+    expected = model(ids, mask, questions, question_mask).logits
+    model.save_pretrained(tmp_path)
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForQuestionAnswering"].endswith("RehearsalMemoryForQuestionAnswering")
+    assert auto_map["AutoModel"].endswith(".RehearsalMemoryModel")
+
+    loaded = AutoModelForQuestionAnswering.from_pretrained(tmp_path).eval()
+    assert type(loaded) is RehearsalMemoryForQuestionAnswering
+    assert loaded.config.id2label == LABELS
+    torch.testing.assert_close(loaded(ids, mask, questions, question_mask).logits, expected)
+
+    base = AutoModel.from_pretrained(tmp_path).eval()  # the head checkpoint loads as its base
+    assert type(base) is RehearsalMemoryModel
+    torch.testing.assert_close(base(ids, attention_mask=mask).memory, model.rehearsal_memory(ids, attention_mask=mask).memory)
+
+
+def test_head_checkpoint_loads_as_base_through_remote_code(tmp_path):
+    model = qa_model()
+    model.save_pretrained(tmp_path / "checkpoint")
+    ids = torch.randint(0, 50, (2, 17))
+    name, memory = remote_memory(tmp_path / "checkpoint", ids, tmp_path)
+    assert name == "RehearsalMemoryModel"
+    torch.testing.assert_close(memory, model.rehearsal_memory(ids).memory)
+
+
+def test_many_questions_against_one_memory_match_the_forward_path():
+    model = qa_model()
+    ids, mask, questions, question_mask = story_and_questions()
+    per_question = model(ids, mask, questions, question_mask).logits
+    memory = model.rehearsal_memory(ids, attention_mask=mask).memory
+    torch.testing.assert_close(model.answer(memory, questions, question_mask), per_question)
+    # five questions about story 2, answered from its one stored memory
+    many = torch.randint(0, 50, (5, 6))
+    from_memory = model.answer(memory[2:3].expand(5, -1, -1), many)
+    reread = model(ids[2:3].expand(5, -1), mask[2:3].expand(5, -1), many).logits
+    torch.testing.assert_close(from_memory, reread)
+
+
+def test_streaming_answers_interleaved_questions():
+    # bAbI style: questions arrive in the middle of a story; write up to each one, answer, keep writing
+    model = qa_model()
+    story = torch.randint(0, 50, (1, 40))
+    question = torch.randint(0, 50, (1, 6))
+    memory = model.rehearsal_memory.init_memory(1)
+    for start, end in ((0, 16), (16, 32), (32, 40)):
+        memory = model.rehearsal_memory.write(memory, story[:, start:end])
+        streamed = model.answer(memory, question)
+        torch.testing.assert_close(streamed, model(story[:, :end], question_input_ids=question).logits)
+
+
+def test_qa_input_errors():
+    model = qa_model()
+    ids, mask, questions, _ = story_and_questions()
+    with pytest.raises(ValueError, match="differ in size"):
+        model(ids, mask, questions[:2])
+    with pytest.raises(ValueError, match=r"labels.*\[0, 5\)"):
+        model(ids, mask, questions, labels=torch.tensor([0, 1, 5]))
+    with pytest.raises(ValueError, match="question_input_ids"):
+        model(ids, mask)
+    with pytest.raises(ValueError, match="sequences but"):
+        model.answer(torch.zeros(2, 4, 32), questions)
