@@ -8,6 +8,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering
 
 from .configuration_rehearsal_memory import RehearsalMemoryConfig
 from .modeling_rehearsal_memory import (
+    RehearsalMemoryClickPredictionOutput,
+    RehearsalMemoryForClickPrediction,
     RehearsalMemoryForQuestionAnswering,
     RehearsalMemoryModel,
     RehearsalMemoryModelOutput,
@@ -27,6 +29,8 @@ RehearsalMemoryForQuestionAnswering.register_for_auto_class("AutoModelForQuestio
 __version__ = "0.1.0"
 
 __all__ = [
+    "RehearsalMemoryClickPredictionOutput",
+    "RehearsalMemoryForClickPrediction",
     "RehearsalMemoryConfig",
     "RehearsalMemoryForQuestionAnswering",
     "RehearsalMemoryQuestionAnsweringOutput",

@@ -56,6 +56,11 @@ class RehearsalMemoryConfig(PreTrainedConfig):
     initializer_range: float | int = 0.02
     # question answering head
     num_reasoning_hops: int = 3
+    # click prediction head: behaviour items enter as features [item embedding ; category embedding]
+    item_vocab_size: int | None = None  # contiguous item ids, 0 = padding
+    category_vocab_size: int | None = None
+    behavior_vocab_size: int = 5  # 0 padding, pv, cart, fav, buy
+    item_embedding_dim: int = 32
     # self-supervised rehearsal (training only; the modules are not run at inference)
     use_rehearsal: bool = True
     num_rehearsal_fragments: int = 4  # J fragments per sequence
@@ -75,6 +80,8 @@ class RehearsalMemoryConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.memory_dim is None:
             self.memory_dim = self.encoder_config.hidden_size
+        if self.item_vocab_size is not None and self.input_feature_dim is None:
+            self.input_feature_dim = 2 * self.item_embedding_dim
         if self.rehearsal_hidden_size is None:
             self.rehearsal_hidden_size = self.memory_dim
         self.check_values()
@@ -82,6 +89,7 @@ class RehearsalMemoryConfig(PreTrainedConfig):
     def check_values(self):
         """Raise `ValueError` naming the first field outside its allowed range."""
         positive = (
+            "item_embedding_dim", "behavior_vocab_size",
             "num_memory_slots", "memory_dim", "num_memory_heads", "segment_length", "num_reasoning_hops",
             "num_rehearsal_fragments", "rehearsal_fragment_length", "rehearsal_hidden_size",
             "rehearsal_num_layers", "rehearsal_num_heads",
@@ -100,6 +108,11 @@ class RehearsalMemoryConfig(PreTrainedConfig):
                 f"RehearsalMemoryConfig.input_feature_dim must be None (token inputs) or >= 1, "
                 f"got {self.input_feature_dim}."
             )
+        for name in ("item_vocab_size", "category_vocab_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 2:
+                raise ValueError(
+                    f"RehearsalMemoryConfig.{name} must be None or >= 2 (id 0 is padding), got {getattr(self, name)}."
+                )
         max_positions = getattr(self.encoder_config, "max_position_embeddings", None)
         if max_positions is not None and self.segment_length > max_positions:
             raise ValueError(

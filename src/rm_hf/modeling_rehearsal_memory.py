@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import ModelOutput
 
 from .configuration_rehearsal_memory import RehearsalMemoryConfig
@@ -127,11 +128,25 @@ class RehearsalMemoryPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["RehearsalMemoryWriter"]
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        # A head checkpoint should also load as its base through `AutoModel`, installed or as remote code.
-        if self._auto_class is not None:
+        # Every checkpoint also loads as its base through `AutoModel`, installed or as remote code, heads
+        # without an Auto class of their own (click prediction) included.
+        shipping_code = RehearsalMemoryModel._auto_class is not None  # set by `import rm_hf`
+        if shipping_code:
             entry = f"{__name__.rsplit('.', 1)[-1]}.RehearsalMemoryModel"
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": entry}
         super().save_pretrained(save_directory, *args, **kwargs)
+        if shipping_code and self._auto_class is None:
+            custom_object_save(self, save_directory)  # copy the code the `auto_map` entry points to
+
+    def rehearsal_terms(self, outputs, query, teacher_loss, **inputs):
+        """(recollection, familiarity, sampler) losses of a training batch. `teacher_loss` maps the teacher
+        head's logits to its task loss (None without labels)."""
+        rehearsal = self.rehearsal_memory.rehearse(outputs, query=query, **inputs)
+        sampler_loss = rehearsal.sampler_loss
+        if rehearsal.teacher_readout is not None and teacher_loss is not None:
+            teacher_logits = self.teacher_head(torch.cat([rehearsal.teacher_readout, query.detach()], dim=-1))
+            sampler_loss = sampler_loss + teacher_loss(teacher_logits)
+        return rehearsal.recollection_loss, rehearsal.familiarity_loss, sampler_loss
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -363,7 +378,7 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
         self.classifier = nn.Linear(config.memory_dim, config.num_labels)
         if config.use_rehearsal and config.sampler_mode == "teacher":
             # the full-access teacher answers from its attended fragments; trained by the task loss
-            self.teacher_classifier = nn.Linear(config.encoder_config.hidden_size + config.memory_dim, config.num_labels)
+            self.teacher_head = nn.Linear(config.encoder_config.hidden_size + config.memory_dim, config.num_labels)
         self.post_init()
 
     def encode_question(self, question_input_ids, question_attention_mask=None) -> torch.Tensor:
@@ -427,15 +442,11 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
 
         recollection_loss = familiarity_loss = sampler_loss = None
         if rehearsing:
-            rehearsal = self.rehearsal_memory.rehearse(
-                outputs, input_ids, input_features, attention_mask, fragment_weights, query
+            recollection_loss, familiarity_loss, sampler_loss = self.rehearsal_terms(
+                outputs, query, None if labels is None else (lambda teacher_logits: F.cross_entropy(teacher_logits, labels)),
+                input_ids=input_ids, input_features=input_features, attention_mask=attention_mask,
+                fragment_weights=fragment_weights,
             )
-            recollection_loss, familiarity_loss, sampler_loss = (
-                rehearsal.recollection_loss, rehearsal.familiarity_loss, rehearsal.sampler_loss
-            )
-            if rehearsal.teacher_readout is not None and labels is not None:
-                teacher_logits = self.teacher_classifier(torch.cat([rehearsal.teacher_readout, query.detach()], -1))
-                sampler_loss = sampler_loss + F.cross_entropy(teacher_logits, labels)
 
         output = RehearsalMemoryQuestionAnsweringOutput(
             loss=loss, logits=logits, recollection_loss=recollection_loss,
@@ -445,7 +456,146 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
         return output if use_dict else output.to_tuple()
 
 
+@dataclass
+class RehearsalMemoryClickPredictionOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): binary cross-entropy, when `labels` are given.
+        logits (`torch.FloatTensor` of shape `(batch_size,)`): click logits.
+        recollection_loss, familiarity_loss, sampler_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            rehearsal terms, in training with `use_rehearsal` only.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    recollection_loss: torch.FloatTensor | None = None
+    familiarity_loss: torch.FloatTensor | None = None
+    sampler_loss: torch.FloatTensor | None = None
+
+
+class RehearsalMemoryForClickPrediction(RehearsalMemoryPreTrainedModel):
+    """Click prediction from a user's behaviour memory: behaviours ([item ; category] embeddings plus a
+    behaviour-type embedding) are written into memory as features; the target item reads the memory by
+    attention; an MLP over [target, read, target * read] gives one logit. A user's memory can be kept and
+    updated as behaviours arrive (see `rm_hf.memory_store`), so a request costs O(K), not O(history)."""
+
+    def __init__(self, config: RehearsalMemoryConfig):
+        super().__init__(config)
+        if config.item_vocab_size is None or config.category_vocab_size is None:
+            raise ValueError("Click prediction needs RehearsalMemoryConfig.item_vocab_size and category_vocab_size.")
+        if config.input_feature_dim != 2 * config.item_embedding_dim:
+            raise ValueError(
+                f"RehearsalMemoryConfig.input_feature_dim ({config.input_feature_dim}) must be "
+                f"2 * item_embedding_dim ({2 * config.item_embedding_dim}) for click prediction."
+            )
+        dim = config.item_embedding_dim
+        self.item_embeddings = nn.Embedding(config.item_vocab_size, dim, padding_idx=0)
+        self.category_embeddings = nn.Embedding(config.category_vocab_size, dim, padding_idx=0)
+        self.behavior_embeddings = nn.Embedding(config.behavior_vocab_size, 2 * dim, padding_idx=0)
+        self.rehearsal_memory = RehearsalMemoryModel(config)
+        self.target_projection = nn.Linear(2 * dim, config.memory_dim)
+        self.reader = RehearsalMemoryReader(config)
+        self.scorer = nn.Sequential(
+            nn.Linear(3 * config.memory_dim, config.memory_dim), nn.GELU(), nn.Linear(config.memory_dim, 1)
+        )
+        if config.use_rehearsal and config.sampler_mode == "teacher":
+            self.teacher_head = nn.Linear(config.encoder_config.hidden_size + config.memory_dim, 1)
+        self.post_init()
+
+    def embed_behaviors(self, history_items, history_categories=None, history_behaviors=None) -> torch.Tensor:
+        """(B, T) ids -> (B, T, 2 * item_embedding_dim) features for the memory machine."""
+        self.check_ids(history_items, self.config.item_vocab_size, "history_items")
+        categories = history_categories if history_categories is not None else torch.zeros_like(history_items)
+        self.check_ids(categories, self.config.category_vocab_size, "history_categories")
+        features = torch.cat([self.item_embeddings(history_items), self.category_embeddings(categories)], dim=-1)
+        if history_behaviors is not None:
+            self.check_ids(history_behaviors, self.config.behavior_vocab_size, "history_behaviors")
+            features = features + self.behavior_embeddings(history_behaviors)
+        return features
+
+    def encode_target(self, target_item, target_category=None) -> torch.Tensor:
+        """(B,) target ids -> (B, memory_dim) query."""
+        categories = target_category if target_category is not None else torch.zeros_like(target_item)
+        self.check_ids(target_item, self.config.item_vocab_size, "target_item")
+        self.check_ids(categories, self.config.category_vocab_size, "target_category")
+        target = torch.cat([self.item_embeddings(target_item), self.category_embeddings(categories)], dim=-1)
+        return self.target_projection(target)
+
+    def score(self, memory, target_item, target_category=None) -> torch.Tensor:
+        """Click logits (B,) of targets against stored memories (B, K, D), without the history."""
+        return self.score_query(self.encode_target(target_item, target_category), memory)
+
+    def score_query(self, query, memory):
+        read = self.reader(query, memory)  # (B, D)
+        return self.scorer(torch.cat([query, read, query * read], dim=-1)).squeeze(-1)
+
+    @staticmethod
+    def check_ids(ids, vocab_size, name):
+        if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
+            raise ValueError(
+                f"`{name}` must lie in [0, {vocab_size}) (map unknown ids to 0 with the data's vocabulary), "
+                f"got values in [{ids.min().item()}, {ids.max().item()}]."
+            )
+
+    def forward(
+        self,
+        history_items: torch.LongTensor | None = None,
+        history_categories: torch.LongTensor | None = None,
+        history_behaviors: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        target_item: torch.LongTensor | None = None,
+        target_category: torch.LongTensor | None = None,
+        labels: torch.FloatTensor | None = None,
+        memory: torch.FloatTensor | None = None,
+        fragment_weights: torch.FloatTensor | None = None,
+        return_dict: bool | None = None,
+    ) -> RehearsalMemoryClickPredictionOutput | tuple:
+        r"""
+        history_items, history_categories, history_behaviors (`(batch_size, history_length)`): the user's
+            behaviours, oldest first, right-padded with 0.
+        attention_mask (`(batch_size, history_length)`): 1 for real behaviours.
+        target_item, target_category (`(batch_size,)`): the candidate to score.
+        labels (`(batch_size,)`): 1 for a click, 0 otherwise.
+        memory: a user memory to continue writing into; the initial memory when omitted.
+        """
+        if history_items is None or target_item is None:
+            raise ValueError("`history_items` and `target_item` are required.")
+        if target_item.shape[0] != history_items.shape[0]:
+            raise ValueError(
+                f"The history batch ({history_items.shape[0]}) and the target batch ({target_item.shape[0]}) differ in size."
+            )
+        if labels is not None and not ((labels == 0) | (labels == 1)).all():
+            raise ValueError("`labels` must be 0 (no click) or 1 (click).")
+        features = self.embed_behaviors(history_items, history_categories, history_behaviors)  # (B, T, 2d)
+        rehearsing = self.training and self.config.use_rehearsal
+        outputs = self.rehearsal_memory(
+            input_features=features, attention_mask=attention_mask, memory=memory, output_item_features=rehearsing
+        )
+        query = self.encode_target(target_item, target_category)
+        logits = self.score_query(query, outputs.memory)
+        loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype)) if labels is not None else None
+
+        recollection_loss = familiarity_loss = sampler_loss = None
+        if rehearsing:
+            recollection_loss, familiarity_loss, sampler_loss = self.rehearsal_terms(
+                outputs, query,
+                None if labels is None else (
+                    lambda teacher_logits: F.binary_cross_entropy_with_logits(teacher_logits.squeeze(-1), labels.to(logits.dtype))
+                ),
+                input_features=features, attention_mask=attention_mask, fragment_weights=fragment_weights,
+            )
+
+        output = RehearsalMemoryClickPredictionOutput(
+            loss=loss, logits=logits, recollection_loss=recollection_loss,
+            familiarity_loss=familiarity_loss, sampler_loss=sampler_loss,
+        )
+        use_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if use_dict else output.to_tuple()
+
+
 __all__ = [
+    "RehearsalMemoryForClickPrediction",
+    "RehearsalMemoryClickPredictionOutput",
     "RehearsalMemoryPreTrainedModel",
     "RehearsalMemoryModel",
     "RehearsalMemoryModelOutput",

@@ -106,7 +106,8 @@ class RehearsalMemoryRehearser(nn.Module):
         if token_embeddings is not None:
             recollection = F.cross_entropy(predictions @ token_embeddings.t(), masked_targets)
         else:
-            recollection = self.info_nce(predictions, masked_targets)
+            # targets may be learned embeddings (click items): detached, so they are not pulled towards predictions
+            recollection = self.info_nce(predictions, masked_targets.detach())
         return RehearsalLosses(recollection=recollection, familiarity=familiarity)
 
     def donor_items(self, item_embeddings, attention_mask, positions):

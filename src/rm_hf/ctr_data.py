@@ -1,0 +1,669 @@
+"""Click-prediction data over long user behaviour histories.
+
+Readers for MovieLens ratings, the Taobao `UserBehavior.csv` log (built the way MIMN does) and a generic
+behaviour CSV, plus a synthetic task whose answer lies only at the start of very long histories. All
+return a `DatasetDict` (`train`, `test`) of rows
+
+    user_id: str, history_items / history_categories / history_behaviors: list[int] (oldest first),
+    target_item: int, target_category: int, label: int (0/1)
+
+and the `BehaviorVocab` that maps raw ids to the contiguous ids in those rows (0 is padding). The readers
+share one vectorised core (`_event_samples`): "earlier" means strictly earlier in time, so events logged in
+the same second never enter each other's history. The parsed log is held in memory as compact columns;
+histories are stored flat in Arrow, never as Python lists.
+"""
+
+import csv
+import json
+import logging
+import math
+import os
+import tempfile
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from datasets import Dataset, DatasetDict, Features, List, Value
+
+logger = logging.getLogger(__name__)
+
+BEHAVIOR_TYPES = {"pv": 1, "cart": 2, "fav": 3, "buy": 4}
+VOCAB_FILE_NAME = "behavior_vocab.json"
+TAOBAO_COLUMNS = ("user_id", "item_id", "category_id", "behavior_type", "timestamp")
+MOVIELENS_RATINGS_COLUMNS = ("userId", "movieId", "rating", "timestamp")
+MOVIELENS_MOVIES_COLUMNS = ("movieId", "title", "genres")
+BEHAVIOR_LOG_COLUMNS = ("user", "item", "category", "timestamp")
+
+CLICK_FEATURES = Features(
+    {
+        "user_id": Value("string"),
+        "history_items": List(Value("int32")),
+        "history_categories": List(Value("int32")),
+        "history_behaviors": List(Value("int32")),
+        "target_item": Value("int32"),
+        "target_category": Value("int32"),
+        "label": Value("int32"),
+    }
+)
+
+
+class BehaviorFormatError(ValueError):
+    """A line of a behaviour file that cannot be read; the message names the file, line and expectation."""
+
+    def __init__(self, path: str | os.PathLike, line_number: int, line: str, expected: str):
+        self.path = str(path)
+        self.line_number = line_number
+        self.line = line
+        self.expected = expected
+        super().__init__(f"{self.path}, line {line_number}: expected {expected}; got {_shorten(line)!r}")
+
+
+def _shorten(line: str, width: int = 80) -> str:
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+@dataclass
+class BehaviorVocab:
+    """Raw item / category ids (as strings) to contiguous ids from 1; 0 is padding in every vocabulary.
+
+    `item_categories[i]` is the category id of item id `i` (its first one seen), used to give sampled
+    negative items a category. `bad_lines` counts the malformed lines a reader skipped with
+    `skip_bad_lines=True` while building this vocabulary; it describes one load and is not saved.
+    """
+
+    items: dict[str, int] = field(default_factory=dict)
+    categories: dict[str, int] = field(default_factory=dict)
+    item_categories: list[int] = field(default_factory=lambda: [0])
+    behaviors: dict[str, int] = field(default_factory=lambda: dict(BEHAVIOR_TYPES))
+    bad_lines: int = field(default=0, compare=False)
+
+    @property
+    def item_vocab_size(self) -> int:
+        return len(self.items) + 1
+
+    @property
+    def category_vocab_size(self) -> int:
+        return len(self.categories) + 1
+
+    @property
+    def behavior_vocab_size(self) -> int:
+        return max(self.behaviors.values()) + 1
+
+    def add(self, item: str, category: str) -> tuple[int, int]:
+        """Ids of `item` and `category`, registering them (and the item's category) when new."""
+        category_id = self.categories.setdefault(category, len(self.categories) + 1)
+        item_id = self.items.get(item)
+        if item_id is None:
+            item_id = self.items[item] = len(self.items) + 1
+            self.item_categories.append(category_id)
+        return item_id, category_id
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the vocabulary as JSON (to `behavior_vocab.json` inside `path` if it is a directory).
+
+        Written to a temporary file that replaces the target, so a crash never leaves a half-written file.
+        """
+        path = _vocab_file(path)
+        state = {name: value for name, value in asdict(self).items() if name != "bad_lines"}
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, 0o644)  # mkstemp's 0600 would make the file unreadable to others sharing a checkpoint
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(state, f)
+            os.replace(tmp_name, path)
+        except BaseException:
+            os.unlink(tmp_name)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "BehaviorVocab":
+        """Read a vocabulary written by `save` (a file, or a directory holding `behavior_vocab.json`)."""
+        return cls(**json.loads(_vocab_file(path).read_text(encoding="utf-8")))
+
+
+def _vocab_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path / VOCAB_FILE_NAME if path.is_dir() else path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parsing
+
+
+def _read_csv(
+    path: Path,
+    vocab: BehaviorVocab,
+    skip_bad_lines: bool,
+    *,
+    parse_row: Callable[[list[str]], Any] | None = None,
+    parse_header: Callable[[list[str]], Callable[[list[str]], Any]] | None = None,
+) -> Iterator[Any]:
+    """Yield `parse_row(fields)` for each non-blank line of a CSV file with one record per line.
+
+    With `parse_header`, the first line is the header and `parse_header(fields)` returns the row parser;
+    a bad header is never skipped. A row parser raises ValueError (its message says what was expected)
+    and must not change any state before it returns, so a skipped line leaves no trace.
+    """
+    yielded = False
+    line_number = 0
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            # Shown in errors; a byte-order mark (spreadsheet exports) is not part of the data.
+            line = raw.decode("utf-8", errors="replace").removeprefix("\ufeff").rstrip("\r\n")
+            if not line.strip():
+                continue
+            try:
+                fields = _csv_fields(raw)
+                if parse_row is None:
+                    parse_row = parse_header(fields)
+                    continue
+                record = parse_row(fields)
+            except ValueError as e:
+                if parse_row is None or not skip_bad_lines:  # a bad header is never skipped
+                    raise BehaviorFormatError(path, line_number, line, str(e)) from None
+                vocab.bad_lines += 1
+                logger.debug("Skipping %s", BehaviorFormatError(path, line_number, line, str(e)))
+                continue
+            yielded = True
+            yield record
+    if not yielded:
+        if line_number == 0:
+            expected = "behaviour records; the file is empty"
+        elif parse_row is None:
+            expected = "a header line; the file has only blank lines"
+        else:
+            expected = f"at least one valid record ({vocab.bad_lines} bad lines skipped)"
+        raise BehaviorFormatError(path, line_number + 1, "", expected)
+
+
+def _csv_fields(raw: bytes) -> list[str]:
+    try:
+        return next(csv.reader([raw.decode("utf-8-sig")]))
+    except UnicodeDecodeError:
+        raise ValueError("UTF-8 text") from None
+    except csv.Error as e:
+        raise ValueError(f"a well-formed CSV line ({e})") from None
+
+
+def _check_column_count(fields: list[str], names: tuple[str, ...]) -> None:
+    if len(fields) != len(names):
+        raise ValueError(f"{len(names)} columns ({','.join(names)}), found {len(fields)}")
+
+
+def _column_indices(header: list[str], required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, int]:
+    """Positions of the named columns in a header line; ValueError when a required one is missing."""
+    positions = {name.strip(): i for i, name in enumerate(header)}
+    missing = [name for name in required if name not in positions]
+    if missing:
+        raise ValueError(f"a header with columns {','.join(required)} (missing {','.join(missing)})")
+    return {name: positions[name] for name in required + optional if name in positions}
+
+
+def _integer_id(text: str, column: str) -> str:
+    """Canonical form of a numeric id, so `007` and `7` are the same item; at most 18 digits, so it fits int64."""
+    text = text.strip()
+    canonical = text.lstrip("0") or "0"
+    if not (text.isascii() and text.isdigit() and len(canonical) <= 18):
+        raise ValueError(f"a non-negative integer {column} of at most 18 digits, found {_shorten(text, 30)!r}")
+    return canonical
+
+
+def _string_id(text: str, column: str) -> str:
+    text = text.strip()
+    if not text:
+        raise ValueError(f"a non-empty {column}")
+    return text
+
+
+def _number(text: str, column: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"a numeric {column}, found {_shorten(text.strip(), 30)!r}")
+    return value
+
+
+def _behavior(text: str) -> int:
+    behavior = BEHAVIOR_TYPES.get(text.strip().lower())
+    if behavior is None:
+        raise ValueError(f"a behaviour type in {'/'.join(BEHAVIOR_TYPES)}, found {_shorten(text.strip(), 30)!r}")
+    return behavior
+
+
+class _EventLog:
+    """Parsed events as compact columns; user keys become dense user indices in order of appearance."""
+
+    def __init__(self) -> None:
+        self.user_ids: dict[str, int] = {}
+        self.user = array("q")
+        self.time = array("d")
+        self.tiebreak = array("q")  # orders events logged in the same second
+        self.item = array("q")
+        self.category = array("q")
+        self.behavior = array("q")
+        self.label = array("q")
+
+    def append(self, user: str, time: float, tiebreak: int, item: int, category: int, behavior: int, label: int):
+        self.user.append(self.user_ids.setdefault(user, len(self.user_ids)))
+        self.time.append(time)
+        self.tiebreak.append(tiebreak)
+        self.item.append(item)
+        self.category.append(category)
+        self.behavior.append(behavior)
+        self.label.append(label)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The shared sample-building core
+
+
+@dataclass
+class _Samples:
+    """Click samples as numpy columns; histories are ragged, stored flat with one length per sample."""
+
+    user: np.ndarray  # index into the user names
+    history_lengths: np.ndarray
+    history_items: np.ndarray
+    history_categories: np.ndarray
+    history_behaviors: np.ndarray
+    target_item: np.ndarray
+    target_category: np.ndarray
+    target_time: np.ndarray
+    label: np.ndarray
+
+    def to_dataset_dict(self, user_names: list[str], is_test: np.ndarray) -> DatasetDict:
+        """`train` and `test` datasets, `is_test` telling per sample which one it goes to."""
+        offsets = np.zeros(len(self.user) + 1, dtype=np.int64)
+        np.cumsum(self.history_lengths, out=offsets[1:])
+        if offsets[-1] > np.iinfo(np.int32).max:  # Arrow list offsets are int32
+            raise ValueError(f"{offsets[-1]} history events in all exceed one Arrow column; lower max_history")
+
+        list_offsets = pa.array(offsets.astype(np.int32))
+
+        def ragged(values: np.ndarray) -> pa.Array:
+            return pa.ListArray.from_arrays(list_offsets, pa.array(values.astype(np.int32)))
+
+        columns = {
+            "user_id": pa.array(np.asarray(user_names, dtype=object)[self.user], type=pa.string()),
+            "history_items": ragged(self.history_items),
+            "history_categories": ragged(self.history_categories),
+            "history_behaviors": ragged(self.history_behaviors),
+            "target_item": pa.array(self.target_item.astype(np.int32)),
+            "target_category": pa.array(self.target_category.astype(np.int32)),
+            "label": pa.array(self.label.astype(np.int32)),
+        }
+        is_test = np.asarray(is_test, dtype=bool)
+        splits = {}
+        for name, mask in (("train", ~is_test), ("test", is_test)):
+            mask = pa.array(mask)
+            splits[name] = Dataset.from_dict({c: a.filter(mask) for c, a in columns.items()}, features=CLICK_FEATURES)
+        return DatasetDict(splits)
+
+
+def _event_samples(
+    log: _EventLog, *, min_history: int, max_history: int, last_only: bool = False, copies: int = 1
+) -> _Samples:
+    """One sample per event with at least `min_history` strictly earlier events of its user (only each
+    user's last event with `last_only`), repeated `copies` times; the history is the user's strictly
+    earlier events, oldest first, truncated to the most recent `max_history`."""
+    if min_history < 0 or max_history < 1:
+        raise ValueError(f"need min_history >= 0 and max_history >= 1, got {min_history} and {max_history}")
+    user, time = np.asarray(log.user), np.asarray(log.time)
+    order = np.lexsort((np.asarray(log.tiebreak), time, user))
+    user, time = user[order], time[order]
+    item, category = np.asarray(log.item)[order], np.asarray(log.category)[order]
+    behavior, label = np.asarray(log.behavior)[order], np.asarray(log.label)[order]
+
+    # For each event: where its user's events start, and where the run of its user's events logged at the
+    # same time starts; everything between the two is its strictly earlier history.
+    index = np.arange(len(user))
+    new_user = np.ones(len(user), dtype=bool)
+    new_user[1:] = user[1:] != user[:-1]
+    new_time = new_user.copy()
+    new_time[1:] |= time[1:] != time[:-1]
+    user_start = np.maximum.accumulate(np.where(new_user, index, 0))
+    history_end = np.maximum.accumulate(np.where(new_time, index, 0))
+
+    selected = history_end - user_start >= min_history
+    if last_only:
+        selected &= np.append(new_user[1:], True)
+    targets = np.repeat(index[selected], copies)
+
+    end = history_end[targets]
+    start = np.maximum(user_start[targets], end - max_history)
+    lengths = end - start
+    # Flat positions of every history: sample s contributes start[s], ..., end[s] - 1.
+    first_output = np.cumsum(lengths) - lengths
+    gather = np.arange(lengths.sum()) + np.repeat(start - first_output, lengths)
+    return _Samples(
+        user=user[targets],
+        history_lengths=lengths,
+        history_items=item[gather],
+        history_categories=category[gather],
+        history_behaviors=behavior[gather],
+        target_item=item[targets],
+        target_category=category[targets],
+        target_time=time[targets],
+        label=label[targets],
+    )
+
+
+def _replace_with_negatives(samples: _Samples, replace: np.ndarray, vocab: BehaviorVocab, rng: np.random.Generator):
+    """Swap the targets where `replace` holds for a random other item of the vocabulary, labelled 0.
+
+    With fewer than two items there is no other item, so the targets stay as they are.
+    """
+    num_items = len(vocab.items)
+    if num_items < 2:
+        return
+    real = samples.target_item[replace]
+    other = rng.integers(1, num_items, size=len(real))  # 1 .. num_items - 1, then skip over the real item
+    other += other >= real
+    samples.target_item[replace] = other
+    samples.target_category[replace] = np.asarray(vocab.item_categories)[other]
+    samples.label[replace] = 0
+
+
+def _test_users(num_users: int, test_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """A boolean per user: a random `test_fraction` of the users (rounded) is held out."""
+    if not 0.0 <= test_fraction <= 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}")
+    is_test = np.zeros(num_users, dtype=bool)
+    is_test[rng.permutation(num_users)[: round(num_users * test_fraction)]] = True
+    return is_test
+
+
+def _split_by_user(
+    samples: _Samples, user_names: list[str], test_fraction: float, rng: np.random.Generator
+) -> DatasetDict:
+    # Only users with samples are split, so the test share of sample-bearing users is `test_fraction`.
+    users, sample_user = np.unique(samples.user, return_inverse=True)
+    return samples.to_dataset_dict(user_names, _test_users(len(users), test_fraction, rng)[sample_user])
+
+
+def _log_bad_lines(vocab: BehaviorVocab, path: Path) -> None:
+    if vocab.bad_lines:
+        logger.warning("Skipped %d malformed lines while reading %s", vocab.bad_lines, path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Readers
+
+
+def load_movielens(
+    ratings_csv: str | os.PathLike,
+    movies_csv: str | os.PathLike,
+    min_history: int = 5,
+    max_history: int = 200,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    skip_bad_lines: bool = False,
+) -> tuple[DatasetDict, BehaviorVocab]:
+    """MovieLens ratings as click samples: label = rating >= 4, category = a movie's first genre.
+
+    One sample per rating with at least `min_history` earlier ratings of its user; ratings in the same
+    second are ordered by movieId. Users are split into train and test with `seed`. Every behaviour is 1.
+    """
+    ratings_csv, movies_csv = Path(ratings_csv), Path(movies_csv)
+    vocab = BehaviorVocab()
+
+    def movies_header(header: list[str]) -> Callable[[list[str]], tuple[str, str]]:
+        columns = _column_indices(header, MOVIELENS_MOVIES_COLUMNS)
+
+        def parse(fields: list[str]) -> tuple[str, str]:
+            _check_column_count(fields, tuple(header))
+            genres = fields[columns["genres"]].strip()
+            if not genres:
+                raise ValueError("pipe-separated genres")
+            return _integer_id(fields[columns["movieId"]], "movieId"), genres.split("|")[0]
+
+        return parse
+
+    for movie, genre in _read_csv(movies_csv, vocab, skip_bad_lines, parse_header=movies_header):
+        vocab.add(movie, genre)
+
+    def ratings_header(header: list[str]) -> Callable[[list[str]], tuple[str, float, str, float]]:
+        columns = _column_indices(header, MOVIELENS_RATINGS_COLUMNS)
+
+        def parse(fields: list[str]) -> tuple[str, float, str, float]:
+            _check_column_count(fields, tuple(header))
+            movie = _integer_id(fields[columns["movieId"]], "movieId")
+            if movie not in vocab.items:
+                raise ValueError(f"a movieId listed in {movies_csv.name}, found {_shorten(movie, 30)}")
+            return (
+                _integer_id(fields[columns["userId"]], "userId"),
+                _number(fields[columns["timestamp"]], "timestamp"),
+                movie,
+                _number(fields[columns["rating"]], "rating"),
+            )
+
+        return parse
+
+    log = _EventLog()
+    for user, time, movie, rating in _read_csv(ratings_csv, vocab, skip_bad_lines, parse_header=ratings_header):
+        item = vocab.items[movie]
+        log.append(user, time, int(movie), item, vocab.item_categories[item], 1, int(rating >= 4))
+    _log_bad_lines(vocab, ratings_csv)
+
+    samples = _event_samples(log, min_history=min_history, max_history=max_history)
+    return _split_by_user(samples, list(log.user_ids), test_fraction, np.random.default_rng(seed)), vocab
+
+
+def load_taobao(
+    path: str | os.PathLike,
+    max_history: int = 200,
+    min_history: int = 1,
+    negative_ratio: float = 0.5,
+    split_quantile: float = 0.7,
+    seed: int = 0,
+    skip_bad_lines: bool = False,
+) -> tuple[DatasetDict, BehaviorVocab]:
+    """Taobao `UserBehavior.csv` (no header) as click samples, built the way MIMN does.
+
+    One sample per user: the target is the user's last behaviour, swapped with probability
+    `negative_ratio` for a random other item (label 0; otherwise label 1); the history is every earlier
+    behaviour, truncated to the last `max_history`. Users whose last behaviour is at or before the
+    `split_quantile` quantile of last-behaviour times are `train`, the later ones `test`.
+    """
+    if not (0.0 <= negative_ratio <= 1.0 and 0.0 <= split_quantile <= 1.0):
+        raise ValueError(
+            f"negative_ratio and split_quantile must be in [0, 1], got {negative_ratio}, {split_quantile}"
+        )
+    path = Path(path)
+    vocab = BehaviorVocab()
+
+    def parse(fields: list[str]) -> tuple[str, str, str, int, float]:
+        _check_column_count(fields, TAOBAO_COLUMNS)
+        user, item, category, behavior, timestamp = fields
+        return (
+            _integer_id(user, "user_id"),
+            _integer_id(item, "item_id"),
+            _integer_id(category, "category_id"),
+            _behavior(behavior),
+            _number(timestamp, "timestamp"),
+        )
+
+    log = _EventLog()
+    for line_order, (user, item, category, behavior, time) in enumerate(
+        _read_csv(path, vocab, skip_bad_lines, parse_row=parse)
+    ):
+        log.append(user, time, line_order, *vocab.add(item, category), behavior, 1)
+    _log_bad_lines(vocab, path)
+
+    rng = np.random.default_rng(seed)
+    samples = _event_samples(log, min_history=min_history, max_history=max_history, last_only=True)
+    _replace_with_negatives(samples, rng.random(len(samples.user)) < negative_ratio, vocab, rng)
+    is_test = np.zeros(len(samples.user), dtype=bool)
+    if len(samples.user):
+        is_test = samples.target_time > np.quantile(samples.target_time, split_quantile)
+    return samples.to_dataset_dict(list(log.user_ids), is_test), vocab
+
+
+def load_behavior_log(
+    path: str | os.PathLike,
+    max_history: int = 200,
+    min_history: int = 1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    skip_bad_lines: bool = False,
+) -> tuple[DatasetDict, BehaviorVocab]:
+    """A behaviour CSV with a header naming `user,item,category,timestamp` and optionally `label` (0/1)
+    and `behavior` (pv/cart/fav/buy, default pv); ids are arbitrary strings, timestamps numbers.
+
+    One sample per event with at least `min_history` earlier events of its user; the history holds every
+    earlier event, whatever its label. Without a `label` column
+    every event is a click (label 1) and gets a twin sample with a random other item as target (label 0).
+    Users are split into train and test with `seed`.
+    """
+    path = Path(path)
+    vocab = BehaviorVocab()
+    has_label = False
+
+    def header(fields: list[str]) -> Callable[[list[str]], tuple[str, float, str, str, int, int]]:
+        nonlocal has_label
+        columns = _column_indices(fields, BEHAVIOR_LOG_COLUMNS, optional=("label", "behavior"))
+        has_label = "label" in columns
+
+        def parse(row: list[str]) -> tuple[str, float, str, str, int, int]:
+            _check_column_count(row, tuple(fields))
+            label = row[columns["label"]].strip() if has_label else "1"
+            if label not in ("0", "1"):
+                raise ValueError(f"a label of 0 or 1, found {_shorten(label, 30)!r}")
+            return (
+                _string_id(row[columns["user"]], "user"),
+                _number(row[columns["timestamp"]], "timestamp"),
+                _string_id(row[columns["item"]], "item"),
+                _string_id(row[columns["category"]], "category"),
+                _behavior(row[columns["behavior"]]) if "behavior" in columns else BEHAVIOR_TYPES["pv"],
+                int(label),
+            )
+
+        return parse
+
+    log = _EventLog()
+    for line_order, (user, time, item, category, behavior, label) in enumerate(
+        _read_csv(path, vocab, skip_bad_lines, parse_header=header)
+    ):
+        log.append(user, time, line_order, *vocab.add(item, category), behavior, label)
+    _log_bad_lines(vocab, path)
+
+    rng = np.random.default_rng(seed)
+    copies = 1 if has_label else 2
+    samples = _event_samples(log, min_history=min_history, max_history=max_history, copies=copies)
+    if not has_label:  # copies of one event are adjacent: every second sample becomes its negative twin
+        _replace_with_negatives(samples, np.arange(len(samples.user)) % 2 == 1, vocab, rng)
+    return _split_by_user(samples, list(log.user_ids), test_fraction, rng), vocab
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Synthetic long-history task
+
+
+def generate_behavior_histories(
+    num_users: int = 2000,
+    history_length: int = 1000,
+    num_items: int = 500,
+    num_categories: int = 20,
+    num_interests: int = 3,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+) -> tuple[DatasetDict, BehaviorVocab]:
+    """Click samples whose answer lies only in the first ~10% of a long history.
+
+    Item `i` has category `(i - 1) % num_categories + 1`. Each user's categories are shuffled into
+    `num_interests` interests, as many held-out categories, and the rest (noise). The first ~10% of the
+    history draws items from the interests only, the rest from noise categories only. Exactly half the
+    users (label 1) get a target from an interest, the others (label 0) one from a held-out category, so
+    the target's category never occurs late in the history either way: a model that forgets the start
+    scores AUC ~0.5, one that remembers it ~1. Every behaviour is pv. Users are split by `test_fraction`.
+    """
+    if not (1 <= num_interests and 2 * num_interests < num_categories <= num_items):
+        raise ValueError("need 1 <= num_interests, 2 * num_interests < num_categories <= num_items")
+    if history_length <= num_interests:
+        raise ValueError(f"history_length must exceed num_interests ({num_interests}), got {history_length}")
+    rng = np.random.default_rng(seed)
+    early_length = max(num_interests, round(0.1 * history_length))
+    late_length = history_length - early_length
+    items_per_category = num_items // num_categories  # every category has at least this many items
+
+    categories = rng.permuted(np.tile(np.arange(1, num_categories + 1), (num_users, 1)), axis=1)
+    interests = categories[:, :num_interests]
+    held_out = categories[:, num_interests : 2 * num_interests]
+    noise = categories[:, 2 * num_interests :]
+
+    # The first num_interests early events show each interest once, so every interest really occurs.
+    picks = rng.integers(num_interests, size=(num_users, early_length - num_interests))
+    early = np.concatenate([interests, np.take_along_axis(interests, picks, axis=1)], axis=1)
+    early = rng.permuted(early, axis=1)
+    picks = rng.integers(noise.shape[1], size=(num_users, late_length))
+    history_categories = np.concatenate([early, np.take_along_axis(noise, picks, axis=1)], axis=1)
+
+    label = rng.permutation(np.arange(num_users) % 2)
+    pick = rng.integers(num_interests, size=num_users)
+    target_category = np.where(label == 1, interests[np.arange(num_users), pick], held_out[np.arange(num_users), pick])
+
+    def item_of(category: np.ndarray) -> np.ndarray:
+        return category + num_categories * rng.integers(items_per_category, size=category.shape)
+
+    vocab = BehaviorVocab(
+        items={str(i): i for i in range(1, num_items + 1)},
+        categories={str(c): c for c in range(1, num_categories + 1)},
+        item_categories=[0] + [(i - 1) % num_categories + 1 for i in range(1, num_items + 1)],
+    )
+    samples = _Samples(
+        user=np.arange(num_users),
+        history_lengths=np.full(num_users, history_length),
+        history_items=item_of(history_categories).ravel(),
+        history_categories=history_categories.ravel(),
+        history_behaviors=np.full(num_users * history_length, BEHAVIOR_TYPES["pv"]),
+        target_item=item_of(target_category),
+        target_category=target_category,
+        target_time=np.zeros(num_users),  # synthetic histories have no clock
+        label=label,
+    )
+    is_test = _test_users(num_users, test_fraction, rng)
+    return samples.to_dataset_dict([f"user{u}" for u in range(num_users)], is_test), vocab
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batching
+
+
+@dataclass
+class ClickCollator:
+    """Pad click samples into a batch of tensors.
+
+    Histories are padded on the right with 0 to the longest in the batch (rounded up to
+    `pad_to_multiple_of`); `max_history` first keeps only each history's most recent events.
+    """
+
+    max_history: int | None = None
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        columns = ("history_items", "history_categories", "history_behaviors")
+        histories = {
+            column: [list(f[column])[-self.max_history :] if self.max_history else list(f[column]) for f in features]
+            for column in columns
+        }
+        lengths = [len(h) for h in histories["history_items"]]
+        width = max(lengths, default=0)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = {
+            column: torch.tensor([h + [0] * (width - len(h)) for h in values], dtype=torch.long)
+            for column, values in histories.items()
+        }
+        batch["attention_mask"] = (torch.arange(width) < torch.tensor(lengths).unsqueeze(1)).long()
+        batch["target_item"] = torch.tensor([int(f["target_item"]) for f in features], dtype=torch.long)
+        batch["target_category"] = torch.tensor([int(f["target_category"]) for f in features], dtype=torch.long)
+        batch["labels"] = torch.tensor([float(f["label"]) for f in features], dtype=torch.float)
+        return batch

@@ -1,0 +1,499 @@
+"""Tests of the click-prediction data: readers, synthetic long-history task, collator and vocabulary.
+
+Fixtures are invented rows written to tmp_path; the real Taobao sample is used by path when present.
+"""
+
+import logging
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rm_hf.ctr_data import (
+    BehaviorFormatError,
+    BehaviorVocab,
+    ClickCollator,
+    generate_behavior_histories,
+    load_behavior_log,
+    load_movielens,
+    load_taobao,
+)
+
+TAOBAO_SAMPLE = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "taobao-sample" / "UserBehavior_head.csv"
+)
+BEHAVIORS = ("pv", "cart", "fav", "buy")
+
+
+def rows(dataset_dict):
+    return [row for split in ("train", "test") for row in dataset_dict[split]]
+
+
+def raw_ids(mapping: dict[str, int]) -> dict[int, str]:
+    return {v: k for k, v in mapping.items()}
+
+
+def reference_histories(events, min_history, max_history, last_only=False):
+    """Naive reference: events are (user, time, tiebreak, payload); yields (user, target, history payloads)."""
+    by_user = defaultdict(list)
+    for event in events:
+        by_user[event[0]].append(event)
+    for user, user_events in by_user.items():
+        user_events.sort(key=lambda e: (e[1], e[2]))
+        targets = user_events[-1:] if last_only else user_events
+        for target in targets:
+            earlier = [e for e in user_events if e[1] < target[1]]
+            if len(earlier) >= min_history:
+                yield user, target[3], tuple(e[3] for e in earlier[-max_history:])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MovieLens
+
+MOVIES = """movieId,title,genres
+1,Paper Lanterns (2031),Drama|Romance
+2,"Glass Orchard, The (2029)",Comedy|Drama
+3,Rust Meridian (2030),Action|Sci-Fi|Thriller
+4,"Nine Winters, Part Two (2033)",Animation|Children
+5,Quiet Harbour (2028),Documentary
+6,Salt and Static (2032),Comedy
+7,The Long Ledger (2030),Crime|Drama
+8,Velvet Tide (2034),Romance
+"""
+
+
+def movielens_events(num_users=10, seed=3):
+    """(user, timestamp, movie, rating) sorted by user then movie with shuffled timestamps and some ties."""
+    rng = random.Random(seed)
+    events = []
+    for user in range(1, num_users + 1):
+        movies = sorted(rng.sample(range(1, 9), rng.randint(4, 8)))
+        times = rng.sample(range(1_000, 1_050), len(movies))
+        times[-1] = times[0]  # a tie inside the user's history
+        events += [(user, t, movie, rng.choice([1.0, 2.5, 3.5, 4.0, 4.5, 5.0])) for movie, t in zip(movies, times)]
+    return events
+
+
+def write_movielens(tmp_path, events):
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text("userId,movieId,rating,timestamp\n" + "".join(f"{u},{m},{r},{t}\n" for u, t, m, r in events))
+    movies = tmp_path / "movies.csv"
+    movies.write_text(MOVIES)
+    return ratings, movies
+
+
+def test_movielens_matches_reference_histories(tmp_path):
+    events = movielens_events()
+    ratings, movies = write_movielens(tmp_path, events)
+    data, vocab = load_movielens(ratings, movies, min_history=2, max_history=4)
+
+    movie_of = raw_ids(vocab.items)
+    got = sorted(
+        (
+            int(row["user_id"]),
+            int(movie_of[row["target_item"]]),
+            tuple(int(movie_of[i]) for i in row["history_items"]),
+            row["label"],
+        )
+        for row in rows(data)
+    )
+    rating = {(u, m): r for u, _, m, r in events}
+    expected = sorted(
+        (user, movie, history, int(rating[user, movie] >= 4))
+        for user, movie, history in reference_histories(
+            [(u, t, m, m) for u, t, m, _ in events], min_history=2, max_history=4
+        )
+    )
+    assert got == expected
+    assert {r for _, _, _, r in events} >= {3.5, 4.0}  # both sides of the label threshold occur
+    for row in rows(data):
+        assert row["history_behaviors"] == [1] * len(row["history_items"])
+
+
+def test_movielens_categories_from_first_genre_and_quoted_titles(tmp_path):
+    ratings, movies = write_movielens(tmp_path, movielens_events())
+    data, vocab = load_movielens(ratings, movies, min_history=1)
+    genre_of = raw_ids(vocab.categories)
+    assert genre_of[vocab.item_categories[vocab.items["2"]]] == "Comedy"  # title "Glass Orchard, The (2029)"
+    assert genre_of[vocab.item_categories[vocab.items["4"]]] == "Animation"
+    assert vocab.item_vocab_size == 9 and vocab.behavior_vocab_size == 5
+    for row in rows(data):
+        assert row["target_category"] == vocab.item_categories[row["target_item"]]
+
+
+def test_movielens_min_history_counts_and_history_time_order(tmp_path):
+    events = movielens_events()
+    ratings, movies = write_movielens(tmp_path, events)
+    data, vocab = load_movielens(ratings, movies, min_history=3, max_history=200)
+    time_of = {(str(u), vocab.items[str(m)]): t for u, t, m, _ in events}
+    expected_count = sum(1 for u, t, _, _ in events if sum(1 for v, s, _, _ in events if v == u and s < t) >= 3)
+    assert sum(len(data[split]) for split in data) == expected_count
+    for row in rows(data):
+        times = [time_of[row["user_id"], item] for item in row["history_items"]]
+        assert len(times) >= 3
+        assert times == sorted(times)
+        assert max(times) < time_of[row["user_id"], row["target_item"]]
+
+
+def test_movielens_split_by_user_is_deterministic(tmp_path):
+    ratings, movies = write_movielens(tmp_path, movielens_events())
+    first, _ = load_movielens(ratings, movies, min_history=1, seed=7)
+    again, _ = load_movielens(ratings, movies, min_history=1, seed=7)
+    other, _ = load_movielens(ratings, movies, min_history=1, seed=8)
+    train_users, test_users = set(first["train"]["user_id"]), set(first["test"]["user_id"])
+    assert not train_users & test_users
+    assert len(test_users) == 2  # 20% of 10 users
+    assert first["train"].to_list() == again["train"].to_list()
+    assert first["test"].to_list() == again["test"].to_list()
+    assert set(other["test"]["user_id"]) != test_users
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Taobao
+
+# Invented rows, not in time order, with a tie at user 7's last second.
+TAOBAO_ROWS = """7,501,90,pv,1600000300
+7,502,91,cart,1600000100
+7,503,90,pv,1600000200
+7,504,92,buy,1600000400
+7,505,92,pv,1600000400
+8,506,93,pv,1600000050
+8,501,90,fav,1600000010
+9,507,94,pv,1600000500
+10,508,95,pv,1600000600
+10,509,95,pv,1600000700
+10,510,96,buy,1600000650
+"""
+
+
+def taobao_log(num_users, seed=0):
+    """Invented Taobao-format rows: (user, item, category, behaviour, timestamp)."""
+    rng = random.Random(seed)
+    lines = []
+    for user in range(1, num_users + 1):
+        for _ in range(rng.randint(2, 12)):
+            item = rng.randint(1, 300)
+            lines.append((user, item, 1000 + item % 17, rng.choice(BEHAVIORS), 1_600_000_000 + rng.randint(0, 10**6)))
+    rng.shuffle(lines)
+    return lines
+
+
+def check_taobao_against_raw(data, vocab, raw_rows, max_history):
+    """Every sample's history is the user's strictly earlier behaviours; positives target the last one."""
+    item_of, category_of = raw_ids(vocab.items), raw_ids(vocab.categories)
+    events = [(u, int(t), line, (str(int(i)), str(int(c)), b)) for line, (u, i, c, b, t) in enumerate(raw_rows)]
+    time_of = defaultdict(dict)
+    for u, t, _, (item, _, _) in events:
+        time_of[str(u)].setdefault(item, []).append(t)
+    reference = {str(u): (target, history) for u, target, history in reference_histories(events, 1, max_history, True)}
+    samples = rows(data)
+    assert {row["user_id"] for row in samples} == set(reference)
+    assert len(samples) == len(reference)
+    for row in samples:
+        target, history = reference[row["user_id"]]
+        got = tuple(
+            (item_of[i], category_of[c], BEHAVIORS[b - 1])
+            for i, c, b in zip(row["history_items"], row["history_categories"], row["history_behaviors"])
+        )
+        assert got == history
+        target_time = max(max(ts) for ts in time_of[row["user_id"]].values())
+        assert all(min(time_of[row["user_id"]][item]) < target_time for item, _, _ in got)
+        if row["label"] == 1:
+            assert (item_of[row["target_item"]], category_of[row["target_category"]]) == target[:2]
+        else:
+            assert item_of[row["target_item"]] != target[0]
+            assert row["target_category"] == vocab.item_categories[row["target_item"]]
+
+
+def test_taobao_fixture_builds_one_sample_per_user(tmp_path):
+    path = tmp_path / "behavior.csv"
+    path.write_text(TAOBAO_ROWS)
+    data, vocab = load_taobao(path, max_history=3)
+    raw_rows = [line.split(",") for line in TAOBAO_ROWS.split()]
+    check_taobao_against_raw(data, vocab, raw_rows, max_history=3)
+    # user 9 has no earlier behaviour; user 7's two last-second behaviours are not each other's history
+    assert {r["user_id"] for r in rows(data)} == {"7", "8", "10"}
+    user7 = next(r for r in rows(data) if r["user_id"] == "7")
+    assert len(user7["history_items"]) == 3
+
+
+def test_taobao_negatives_and_time_split_on_larger_log(tmp_path):
+    lines = taobao_log(600)
+    path = tmp_path / "behavior.csv"
+    path.write_text("".join(",".join(map(str, line)) + "\n" for line in lines))
+    data, vocab = load_taobao(path, max_history=5, seed=1)
+    check_taobao_against_raw(data, vocab, [tuple(map(str, line)) for line in lines], max_history=5)
+    labels = [row["label"] for row in rows(data)]
+    assert 0.4 < labels.count(0) / len(labels) < 0.6
+
+    last_time = defaultdict(int)
+    for user, _, _, _, t in lines:
+        last_time[str(user)] = max(last_time[str(user)], t)
+    train_times = [last_time[u] for u in data["train"]["user_id"]]
+    test_times = [last_time[u] for u in data["test"]["user_id"]]
+    assert max(train_times) < min(test_times)
+    assert 0.65 < len(train_times) / (len(train_times) + len(test_times)) < 0.75
+
+    again, _ = load_taobao(path, max_history=5, seed=1)
+    assert again["train"].to_list() == data["train"].to_list()
+
+
+def test_taobao_negative_is_never_the_real_item(tmp_path):
+    path = tmp_path / "behavior.csv"
+    path.write_text("".join(f"{u},{1 + u % 2},5,pv,{t}\n" for u in range(40) for t in (1, 2)))
+    data, _ = load_taobao(path)
+    negatives = [row for row in rows(data) if row["label"] == 0]
+    assert negatives
+    for row in negatives:  # with two items the only other item is the one the user did not see
+        assert row["target_item"] != row["history_items"][-1]
+
+
+@pytest.mark.skipif(not TAOBAO_SAMPLE.exists(), reason="Taobao sample not present beside the project")
+def test_taobao_real_sample():
+    data, vocab = load_taobao(TAOBAO_SAMPLE, max_history=50)
+    assert len(data["train"]) + len(data["test"]) == 43
+    assert set(data["train"]["user_id"]).isdisjoint(data["test"]["user_id"])
+    with open(TAOBAO_SAMPLE) as f:
+        raw_rows = [line.strip().split(",") for line in f]
+    check_taobao_against_raw(data, vocab, raw_rows, max_history=50)
+    assert vocab.bad_lines == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Generic behaviour log
+
+
+def test_behavior_log_with_label_and_behavior_columns(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text(
+        "timestamp,user,item,category,behavior,label\n"
+        "3,alice,lamp,home,pv,0\n"
+        "1,alice,kettle,home,cart,1\n"
+        "2,alice,sofa-x,furniture,buy,1\n"
+        "5,bob,lamp,home,fav,1\n"
+        "4,bob,kettle,home,pv,0\n"
+    )
+    data, vocab = load_behavior_log(path, min_history=1, test_fraction=0.5)
+    by_target = {(r["user_id"], r["target_item"]): r for r in rows(data)}
+    lamp, kettle, sofa = vocab.items["lamp"], vocab.items["kettle"], vocab.items["sofa-x"]
+    assert set(by_target) == {("alice", sofa), ("alice", lamp), ("bob", lamp)}
+    assert by_target["alice", lamp]["history_items"] == [kettle, sofa]
+    assert by_target["alice", lamp]["history_behaviors"] == [2, 4]
+    assert by_target["alice", lamp]["label"] == 0
+    assert by_target["bob", lamp]["label"] == 1
+    assert by_target["alice", lamp]["target_category"] == vocab.categories["home"]
+    assert len(data["test"]) in (1, 2) and set(data["train"]["user_id"]).isdisjoint(data["test"]["user_id"])
+
+
+def test_behavior_log_without_label_samples_one_negative_per_positive(tmp_path):
+    path = tmp_path / "log.csv"
+    lines = [f"u{i % 5},item{(i * 7) % 23},cat{(i * 7) % 23 % 4},{i}" for i in range(60)]
+    path.write_text("user,item,category,timestamp\n" + "\n".join(lines) + "\n")
+    data, vocab = load_behavior_log(path, min_history=2, max_history=3, seed=4)
+    samples = rows(data)
+    positives = [r for r in samples if r["label"] == 1]
+    negatives = [r for r in samples if r["label"] == 0]
+    assert len(positives) == len(negatives) == 5 * (12 - 2)
+
+    def histories(group):
+        return sorted((r["user_id"], tuple(r["history_items"])) for r in group)
+
+    assert histories(positives) == histories(negatives)
+    real = {(r["user_id"], tuple(r["history_items"])): r["target_item"] for r in positives}
+    for r in negatives:
+        assert r["target_item"] != real[r["user_id"], tuple(r["history_items"])]
+        assert r["target_category"] == vocab.item_categories[r["target_item"]]
+    assert all(len(r["history_items"]) <= 3 for r in samples)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Malformed input
+
+
+@pytest.mark.parametrize(
+    ("loader", "content", "line_number", "expected"),
+    [
+        ("taobao", "1,2,3,pv,100\n1,2,3,pv\n", 2, "5 columns"),
+        ("taobao", "1,2,3,pv,100\n\n1,2,3,pv,soon\n", 3, "numeric timestamp"),
+        ("taobao", "1,2,3,pv,100\n1,x2,3,pv,101\n", 2, "integer item_id"),
+        ("taobao", "1,2,3,pv,100\n1,2,3,pv,101\n1,2,3,click,102\n", 3, "behaviour type"),
+        ("taobao", "", 1, "empty"),
+        ("taobao", "1,2,3,pv,100\n\xff\xfe,2\n", 2, "UTF-8"),
+        ("behavior_log", "user,item,timestamp\nu,i,1\n", 1, "category"),
+        ("behavior_log", "user,item,category,timestamp,label\nu,i,c,1,yes\n", 2, "label of 0 or 1"),
+        ("movielens", "1,1,4.0,100\n", 1, "header"),
+        ("movielens", "userId,movieId,rating,timestamp\n1,1,4.0,100\n1,99,3.0,101\n", 3, "movieId listed"),
+        ("movielens", "userId,movieId,rating,timestamp\n1,1,good,100\n", 2, "numeric rating"),
+    ],
+)
+def test_format_errors_name_file_and_line(tmp_path, loader, content, line_number, expected):
+    path = tmp_path / "input.csv"
+    path.write_bytes(content.encode("latin-1"))
+    with pytest.raises(BehaviorFormatError) as info:
+        if loader == "movielens":
+            (tmp_path / "movies.csv").write_text(MOVIES)
+            load_movielens(path, tmp_path / "movies.csv", min_history=0)
+        else:
+            {"taobao": load_taobao, "behavior_log": load_behavior_log}[loader](path)
+    message = str(info.value)
+    assert str(path) in message and f"line {line_number}:" in message and expected in message
+    assert info.value.line_number == line_number
+
+
+def test_format_error_shortens_long_lines(tmp_path):
+    path = tmp_path / "behavior.csv"
+    path.write_text("1,2,3,pv," + "9" * 500 + "x\n")
+    with pytest.raises(BehaviorFormatError) as info:
+        load_taobao(path)
+    assert len(str(info.value)) < 300 and "..." in str(info.value)
+
+
+def test_skip_bad_lines_counts_and_logs(tmp_path, caplog):
+    clean = tmp_path / "clean.csv"
+    clean.write_text(TAOBAO_ROWS)
+    dirty = tmp_path / "dirty.csv"
+    good = TAOBAO_ROWS.splitlines(keepends=True)
+    dirty.write_text("".join(good[:2] + ["7,1,2,pv\n"] + good[2:6] + ["8,1,2,like,5\n", "x,1,2,pv,5\n"] + good[6:]))
+    with pytest.raises(BehaviorFormatError):
+        load_taobao(dirty)
+    with caplog.at_level(logging.WARNING, logger="rm_hf.ctr_data"):
+        data, vocab = load_taobao(dirty, skip_bad_lines=True)
+    expected, clean_vocab = load_taobao(clean)
+    assert vocab.bad_lines == 3 and clean_vocab.bad_lines == 0
+    assert "Skipped 3 malformed lines" in caplog.text
+    assert data["train"].to_list() == expected["train"].to_list()
+    assert data["test"].to_list() == expected["test"].to_list()
+
+
+LINE_PIECES = st.sampled_from(["1", "22", "0", "-3", "1.5", "", " ", "pv", "buy", "cart", "fav", "x", '"', "\x00"])
+VALID_LINE = st.builds(
+    lambda u, i, c, b, t: f"{u},{i},{c},{b},{t}",
+    st.integers(0, 5),
+    st.integers(0, 30),
+    st.integers(0, 4),
+    st.sampled_from(BEHAVIORS),
+    st.integers(0, 10**10),
+)
+MUTATED_LINE = st.builds(
+    lambda line, pieces, cut: ",".join(line.split(",")[:cut] + pieces),
+    VALID_LINE,
+    st.lists(LINE_PIECES, max_size=4),
+    st.integers(0, 5),
+)
+ANY_LINE = st.one_of(VALID_LINE, MUTATED_LINE, st.text(max_size=30))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(ANY_LINE, max_size=12), skip=st.booleans())
+def test_taobao_reader_parses_or_raises_format_error(tmp_path, lines, skip):
+    path = tmp_path / "fuzz.csv"
+    path.write_text("\n".join(lines), encoding="utf-8", errors="surrogatepass")
+    try:
+        data, vocab = load_taobao(path, skip_bad_lines=skip)
+    except BehaviorFormatError as e:
+        assert str(path) in str(e)
+        return
+    for row in rows(data):
+        assert 0 < row["target_item"] < vocab.item_vocab_size
+        assert all(0 < i < vocab.item_vocab_size for i in row["history_items"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Synthetic long-history task
+
+
+def early_and_late(row, num_events):
+    categories = row["history_categories"]
+    return set(categories[:num_events]), set(categories[num_events:])
+
+
+def test_generator_is_deterministic_balanced_and_consistent():
+    data, vocab = generate_behavior_histories(num_users=200, history_length=100, seed=5)
+    again, _ = generate_behavior_histories(num_users=200, history_length=100, seed=5)
+    other, _ = generate_behavior_histories(num_users=200, history_length=100, seed=6)
+    assert data["train"].to_list() == again["train"].to_list()
+    assert data["test"].to_list() == again["test"].to_list()
+    assert data["train"]["history_items"] != other["train"]["history_items"]
+    assert (len(data["train"]), len(data["test"])) == (160, 40)
+    labels = [row["label"] for row in rows(data)]
+    assert labels.count(1) == labels.count(0) == 100
+    assert (vocab.item_vocab_size, vocab.category_vocab_size) == (501, 21)
+    for row in rows(data):
+        assert len(row["history_items"]) == 100
+        items = row["history_items"] + [row["target_item"]]
+        categories = row["history_categories"] + [row["target_category"]]
+        assert all(vocab.item_categories[i] == c for i, c in zip(items, categories))
+        assert all(0 < i < vocab.item_vocab_size for i in items)
+
+
+def test_generator_interests_only_early_and_oracles():
+    data, _ = generate_behavior_histories(num_users=400, history_length=200, num_interests=3, seed=2)
+    samples = rows(data)
+    early_correct = late_correct = 0
+    for row in samples:
+        early, late = early_and_late(row, 20)  # the first 10%
+        assert len(early) == 3 and not early & late
+        early_correct += (row["target_category"] in early) == bool(row["label"])
+        late_correct += (row["target_category"] in set(row["history_categories"][100:])) == bool(row["label"])
+    assert early_correct / len(samples) == 1.0
+    assert abs(late_correct / len(samples) - 0.5) < 0.1
+
+
+def test_generator_default_size_is_fast():
+    start = time.perf_counter()
+    data, _ = generate_behavior_histories()
+    assert time.perf_counter() - start < 15
+    assert len(data["train"]) + len(data["test"]) == 2000
+    assert len(data["test"][0]["history_items"]) == 1000
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Collator and vocabulary
+
+
+def test_collator_pads_right_and_truncates_oldest():
+    features = [
+        {"history_items": [1, 2, 3], "history_categories": [4, 5, 6], "history_behaviors": [1, 1, 2],
+         "target_item": 7, "target_category": 8, "label": 1},
+        {"history_items": [9], "history_categories": [10], "history_behaviors": [4],
+         "target_item": 11, "target_category": 12, "label": 0},
+    ]  # fmt: skip
+    batch = ClickCollator(pad_to_multiple_of=4)(features)
+    assert batch["history_items"].tolist() == [[1, 2, 3, 0], [9, 0, 0, 0]]
+    assert batch["history_behaviors"].tolist() == [[1, 1, 2, 0], [4, 0, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+    assert batch["target_item"].tolist() == [7, 11] and batch["target_category"].tolist() == [8, 12]
+    assert batch["labels"].dtype == torch.float32 and batch["labels"].tolist() == [1.0, 0.0]
+    assert all(batch[k].dtype == torch.long for k in ("history_items", "history_categories", "attention_mask"))
+
+    truncated = ClickCollator(max_history=2)(features)
+    assert truncated["history_categories"].tolist() == [[5, 6], [10, 0]]
+    assert truncated["attention_mask"].tolist() == [[1, 1], [1, 0]]
+
+
+def test_collator_on_generated_dataset():
+    data, _ = generate_behavior_histories(num_users=8, history_length=30, seed=1)
+    batch = ClickCollator(max_history=16)([data["train"][i] for i in range(4)])
+    assert batch["history_items"].shape == batch["attention_mask"].shape == (4, 16)
+    assert batch["labels"].shape == (4,)
+
+
+def test_vocab_save_load_round_trip(tmp_path):
+    vocab = BehaviorVocab()
+    vocab.add("sofa", "furniture")
+    vocab.add("42", "home")
+    vocab.add("lamp", "home")
+    vocab.bad_lines = 2
+    written = vocab.save(tmp_path)
+    assert written == tmp_path / "behavior_vocab.json"
+    assert [p.name for p in tmp_path.iterdir()] == ["behavior_vocab.json"]  # no temporary file left
+    loaded = BehaviorVocab.load(tmp_path)
+    assert loaded == vocab and loaded.bad_lines == 0
+    assert (loaded.item_vocab_size, loaded.category_vocab_size, loaded.behavior_vocab_size) == (4, 3, 5)
+    assert loaded.item_categories == [0, 1, 2, 2]
+    assert BehaviorVocab.load(vocab.save(tmp_path / "other.json")) == vocab
