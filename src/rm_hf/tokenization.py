@@ -1,0 +1,36 @@
+"""A word-level tokenizer for bAbI-style text, trained with the `tokenizers` library.
+
+bAbI stories use a few hundred words, so one id per lowercased word (punctuation split off) is all a model
+needs, and it saves and loads like any Hugging Face tokenizer.
+"""
+
+from collections.abc import Iterable
+
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+# Trained first, in this order, so [PAD] gets id 0, which `QACollator` pads with by default.
+SPECIAL_TOKENS = [PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN]
+
+
+def build_word_tokenizer(texts: Iterable[str], min_frequency: int = 1) -> PreTrainedTokenizerFast:
+    """Train a lowercasing word-level tokenizer on `texts`; words seen fewer than `min_frequency` times map to [UNK].
+
+    Words are split on whitespace and every punctuation character ("kitchen." -> "kitchen", "."). The result
+    adds no special tokens by itself: callers place [CLS] and [SEP] where they need them.
+    """
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK_TOKEN))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=min_frequency)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=PAD_TOKEN,
+        unk_token=UNK_TOKEN,
+        cls_token=CLS_TOKEN,
+        sep_token=SEP_TOKEN,
+        mask_token=MASK_TOKEN,
+        model_input_names=["input_ids", "attention_mask"],
+    )
