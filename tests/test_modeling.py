@@ -72,6 +72,8 @@ def test_missing_weights_are_initialised_by_init_weights():
     assert torch.isfinite(memory).all()
     assert 0.3 < memory.std().item() < 0.7  # initial_memory_std = 0.5
     assert model.writer.gru.weight_hh.abs().max() <= config.memory_dim**-0.5 + 1e-6
+    # memory attention projections use fan-in scaling, not the 0.02 default of other linear layers
+    assert abs(model.writer.attention.q_proj.weight.std().item() - config.memory_dim**-0.5) < 0.03
 
 
 def test_streaming_equals_one_pass():

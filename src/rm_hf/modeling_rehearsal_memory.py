@@ -30,16 +30,20 @@ from .history_sampler import RehearsalMemoryHistorySampler
 from .rehearsal import RehearsalMemoryRehearser
 
 
+class RehearsalMemoryProjection(nn.Linear):
+    """A linear projection of the memory attentions, initialised with fan-in scaling (see `_init_weights`)."""
+
+
 class RehearsalMemoryAttention(nn.Module):
     """Multi-head attention from a few queries (memory slots or a question) to a set of keys/values."""
 
     def __init__(self, query_dim: int, key_dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
-        self.q_proj = nn.Linear(query_dim, query_dim)
-        self.k_proj = nn.Linear(key_dim, query_dim)
-        self.v_proj = nn.Linear(key_dim, query_dim)
-        self.o_proj = nn.Linear(query_dim, query_dim)
+        self.q_proj = RehearsalMemoryProjection(query_dim, query_dim)
+        self.k_proj = RehearsalMemoryProjection(key_dim, query_dim)
+        self.v_proj = RehearsalMemoryProjection(key_dim, query_dim)
+        self.o_proj = RehearsalMemoryProjection(query_dim, query_dim)
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor | None = None):
         # queries (B, Q, D), keys (B, N, Dk), key_mask (B, N) True for real items
@@ -151,6 +155,12 @@ class RehearsalMemoryPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         # `from_pretrained` builds on the meta device: whatever a checkpoint lacks is set here, never in __init__.
+        if isinstance(module, RehearsalMemoryProjection):
+            # At the 0.02 default, slot queries barely differ, every slot reads the average item and the slots
+            # take long to specialise (measured on bAbI qa1: loss 1.09 with fan-in scaling, 1.52 without, 400 steps)
+            init.normal_(module.weight, std=module.in_features**-0.5)
+            init.zeros_(module.bias)
+            return
         super()._init_weights(module)
         if isinstance(module, RehearsalMemoryModel):
             init.normal_(module.initial_memory, std=self.config.initial_memory_std)
