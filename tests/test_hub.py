@@ -30,7 +30,11 @@ def remote_memory(checkpoint, ids, tmp_path):
     torch.save(ids, ids_path)
     result = subprocess.run(
         [sys.executable, "-c", REMOTE_LOAD, str(checkpoint), str(ids_path)],
-        cwd=tmp_path, capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""}, timeout=300,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": ""},
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.split()[-1], torch.load(str(ids_path) + ".out", weights_only=True)

@@ -44,7 +44,9 @@ def test_save_load_and_auto_classes(tmp_path):
 
     base = AutoModel.from_pretrained(tmp_path).eval()  # the head checkpoint loads as its base
     assert type(base) is RehearsalMemoryModel
-    torch.testing.assert_close(base(ids, attention_mask=mask).memory, model.rehearsal_memory(ids, attention_mask=mask).memory)
+    torch.testing.assert_close(
+        base(ids, attention_mask=mask).memory, model.rehearsal_memory(ids, attention_mask=mask).memory
+    )
 
 
 def test_head_checkpoint_loads_as_base_through_remote_code(tmp_path):

@@ -87,8 +87,9 @@ def test_external_sampler_follows_the_weights():
     mask = torch.ones(1, 100, dtype=torch.long)
     weights = torch.zeros(1, 100)
     weights[0, 60:64] = 1.0  # the only important items
-    config = tiny_config(sampler_mode="external", rehearsal_fragment_length=4, num_rehearsal_fragments=1,
-                         sampler_uniform_floor=0.1)
+    config = tiny_config(
+        sampler_mode="external", rehearsal_fragment_length=4, num_rehearsal_fragments=1, sampler_uniform_floor=0.1
+    )
     sampler = RehearsalMemoryHistorySampler(config)
     hits = sum(57 <= sampler(mask, fragment_weights=weights)[0].item() <= 63 for _ in range(200))
     assert hits > 150  # uniform would give 7/97 of 200, about 14

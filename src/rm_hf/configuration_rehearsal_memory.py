@@ -89,10 +89,18 @@ class RehearsalMemoryConfig(PreTrainedConfig):
     def check_values(self):
         """Raise `ValueError` naming the first field outside its allowed range."""
         positive = (
-            "item_embedding_dim", "behavior_vocab_size",
-            "num_memory_slots", "memory_dim", "num_memory_heads", "segment_length", "num_reasoning_hops",
-            "num_rehearsal_fragments", "rehearsal_fragment_length", "rehearsal_hidden_size",
-            "rehearsal_num_layers", "rehearsal_num_heads",
+            "item_embedding_dim",
+            "behavior_vocab_size",
+            "num_memory_slots",
+            "memory_dim",
+            "num_memory_heads",
+            "segment_length",
+            "num_reasoning_hops",
+            "num_rehearsal_fragments",
+            "rehearsal_fragment_length",
+            "rehearsal_hidden_size",
+            "rehearsal_num_layers",
+            "rehearsal_num_heads",
         )
         for name in positive:
             value = getattr(self, name)

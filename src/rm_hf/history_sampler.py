@@ -12,7 +12,6 @@ every valid fragment keeps some chance of being rehearsed. Inputs are right-padd
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -71,7 +70,9 @@ class RehearsalMemoryHistorySampler(nn.Module):
             scores = uniform
         elif self.mode == "external":
             if fragment_weights is None:
-                raise ValueError("sampler_mode='external' needs `fragment_weights` (per-item importance) in the batch.")
+                raise ValueError(
+                    "sampler_mode='external' needs `fragment_weights` (per-item importance) in the batch."
+                )
             weight = window_sums(fragment_weights.float() * attention_mask, self.fragment_length)  # (B, T)
             scores = torch.log(weight + 1e-6)
         else:

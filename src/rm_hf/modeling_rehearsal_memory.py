@@ -255,7 +255,9 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
         use_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if use_dict else output.to_tuple()
 
-    def rehearse(self, outputs, input_ids=None, input_features=None, attention_mask=None, fragment_weights=None, query=None):
+    def rehearse(
+        self, outputs, input_ids=None, input_features=None, attention_mask=None, fragment_weights=None, query=None
+    ):
         """Rehearsal losses for a batch just read with `output_item_features=True`.
 
         fragment_weights (B, T): per-item importance for `sampler_mode="external"`; query (B, memory_dim):
@@ -453,14 +455,21 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
         recollection_loss = familiarity_loss = sampler_loss = None
         if rehearsing:
             recollection_loss, familiarity_loss, sampler_loss = self.rehearsal_terms(
-                outputs, query, None if labels is None else (lambda teacher_logits: F.cross_entropy(teacher_logits, labels)),
-                input_ids=input_ids, input_features=input_features, attention_mask=attention_mask,
+                outputs,
+                query,
+                None if labels is None else (lambda teacher_logits: F.cross_entropy(teacher_logits, labels)),
+                input_ids=input_ids,
+                input_features=input_features,
+                attention_mask=attention_mask,
                 fragment_weights=fragment_weights,
             )
 
         output = RehearsalMemoryQuestionAnsweringOutput(
-            loss=loss, logits=logits, recollection_loss=recollection_loss,
-            familiarity_loss=familiarity_loss, sampler_loss=sampler_loss,
+            loss=loss,
+            logits=logits,
+            recollection_loss=recollection_loss,
+            familiarity_loss=familiarity_loss,
+            sampler_loss=sampler_loss,
         )
         use_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if use_dict else output.to_tuple()
@@ -588,16 +597,26 @@ class RehearsalMemoryForClickPrediction(RehearsalMemoryPreTrainedModel):
         recollection_loss = familiarity_loss = sampler_loss = None
         if rehearsing:
             recollection_loss, familiarity_loss, sampler_loss = self.rehearsal_terms(
-                outputs, query,
-                None if labels is None else (
-                    lambda teacher_logits: F.binary_cross_entropy_with_logits(teacher_logits.squeeze(-1), labels.to(logits.dtype))
+                outputs,
+                query,
+                None
+                if labels is None
+                else (
+                    lambda teacher_logits: F.binary_cross_entropy_with_logits(
+                        teacher_logits.squeeze(-1), labels.to(logits.dtype)
+                    )
                 ),
-                input_features=features, attention_mask=attention_mask, fragment_weights=fragment_weights,
+                input_features=features,
+                attention_mask=attention_mask,
+                fragment_weights=fragment_weights,
             )
 
         output = RehearsalMemoryClickPredictionOutput(
-            loss=loss, logits=logits, recollection_loss=recollection_loss,
-            familiarity_loss=familiarity_loss, sampler_loss=sampler_loss,
+            loss=loss,
+            logits=logits,
+            recollection_loss=recollection_loss,
+            familiarity_loss=familiarity_loss,
+            sampler_loss=sampler_loss,
         )
         use_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if use_dict else output.to_tuple()

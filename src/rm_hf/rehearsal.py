@@ -76,7 +76,9 @@ class RehearsalMemoryRehearser(nn.Module):
         batch, num_frags = starts.shape
         offsets = torch.arange(self.fragment_length, device=starts.device)
         positions = (starts.unsqueeze(-1) + offsets).clamp(max=attention_mask.shape[1] - 1)  # (B, J, R)
-        valid = gather_items(attention_mask.bool(), positions) & (starts.unsqueeze(-1) + offsets < attention_mask.shape[1])
+        valid = gather_items(attention_mask.bool(), positions) & (
+            starts.unsqueeze(-1) + offsets < attention_mask.shape[1]
+        )
         items = self.item_projection(gather_items(item_embeddings, positions))  # (B, J, R, H)
         masked = random_subset(valid.flatten(0, 1), self.mask_ratio).view_as(valid)  # (B, J, R)
         items = torch.where(masked.unsqueeze(-1), self.mask_embedding.to(items.dtype), items)

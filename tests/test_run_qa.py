@@ -1,0 +1,152 @@
+"""End to end: examples/run_qa.py trains, evaluates, writes results and a model card, and its checkpoint
+reloads through the Auto classes; two torchrun processes train one model together (DDP over gloo); and a
+few hundred steps on an easy generated task learn well above chance."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForQuestionAnswering
+from rm_hf.babi import answer_vocabulary
+from rm_hf.qa_data import QACollator, encode_qa_dataset
+from rm_hf.story_generator import generate_stories
+from rm_hf.tokenization import build_word_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_RUN = [
+    "--num_train_stories", "64", "--num_eval_stories", "24", "--story_length", "8", "--hidden_size", "32",
+    "--num_memory_slots", "4", "--segment_length", "16", "--per_device_train_batch_size", "8",
+    "--max_steps", "3", "--logging_steps", "1", "--save_strategy", "no", "--use_cpu", "--report_to", "none",
+]  # fmt: skip
+
+
+def run(command, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result.stdout + result.stderr
+
+
+def test_run_qa_writes_results_card_and_a_reloadable_checkpoint(tmp_path):
+    output = tmp_path / "qa"
+    run([sys.executable, "examples/run_qa.py", "--output_dir", str(output), *TINY_RUN], tmp_path)
+    results = json.loads((output / "all_results.json").read_text())
+    assert 0 <= results["eval_all_accuracy"] <= 1
+    assert abs(results["eval_all_accuracy"] + results["eval_all_error"] - 1) < 1e-9
+    assert {"eval_where_person_accuracy", "eval_who_has_accuracy"} <= results.keys()
+
+    card = ModelCard.load(output / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "question-answering"
+    reported = {
+        r["dataset"]["name"]: r["metrics"][0]["value"] for r in card.data.to_dict()["model-index"][0]["results"]
+    }
+    assert (
+        abs(reported[next(n for n in reported if n.endswith(" all"))] - round(results["eval_all_accuracy"], 4)) < 1e-9
+    )
+    assert "CC BY 3.0" in card.text
+
+    model = AutoModelForQuestionAnswering.from_pretrained(output).eval()
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    assert isinstance(model, RehearsalMemoryForQuestionAnswering)
+    question = tokenizer("Where is Alice?", add_special_tokens=False)["input_ids"]
+    assert tokenizer.unk_token_id not in question
+    logits = model(torch.tensor([question]), question_input_ids=torch.tensor([question])).logits
+    assert logits.shape == (1, len(model.config.id2label))
+
+
+def test_run_qa_on_real_babi_task_1(tmp_path, babi_dir):
+    output = tmp_path / "babi"
+    at = TINY_RUN.index("--story_length")
+    args = TINY_RUN[:at] + TINY_RUN[at + 2 :]  # no generated stories here
+    run(
+        [
+            sys.executable,
+            "examples/run_qa.py",
+            "--output_dir",
+            str(output),
+            "--babi_dir",
+            str(babi_dir),
+            "--babi_subset",
+            "en",
+            "--tasks",
+            "1",
+            "--max_eval_samples",
+            "40",
+            *args,
+        ],
+        tmp_path,
+    )
+    results = json.loads((output / "all_results.json").read_text())
+    assert "eval_qa1_accuracy" in results
+
+
+@pytest.mark.slow
+def test_two_torchrun_processes_train_one_model_with_rehearsal(tmp_path):
+    output = tmp_path / "ddp"
+    log = run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29531",
+            "examples/run_qa.py",
+            "--output_dir",
+            str(output),
+            *TINY_RUN,
+        ],
+        tmp_path,
+    )
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 16" in log  # 8 per device x 2
+    assert "recollection_loss" in log and "familiarity_loss" in log
+    assert (output / "model.safetensors").exists()
+
+
+def test_a_few_hundred_steps_learn_an_easy_task():
+    torch.manual_seed(0)
+    raw = generate_stories(1200, story_length=4, num_people=2, num_places=4, question_types=("where_person",), seed=0)
+    train, test = raw.select(range(1000)), raw.select(range(1000, 1200))
+    tokenizer = build_word_tokenizer(s for row in raw for s in (*row["story"], row["question"]))
+    answers = answer_vocabulary(raw)
+    label2id = {a: i for i, a in enumerate(answers)}
+    collate = QACollator()
+    train_rows = list(encode_qa_dataset(train, tokenizer, label2id))
+    test_batch = collate(list(encode_qa_dataset(test, tokenizer, label2id)))
+    config = RehearsalMemoryConfig(
+        encoder_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 64,
+        },
+        num_memory_slots=4,
+        num_memory_heads=2,
+        segment_length=16,
+        rehearsal_num_heads=2,
+        id2label=dict(enumerate(answers)),
+    )
+    model = RehearsalMemoryForQuestionAnswering(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for step in range(300):
+        batch = collate([train_rows[i] for i in torch.randint(0, len(train_rows), (32,)).tolist()])
+        out = model(**batch)
+        loss = out.loss + out.recollection_loss + 0.5 * out.familiarity_loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(**test_batch).logits.argmax(-1) == test_batch["labels"]).float().mean().item()
+    assert accuracy > 0.6, accuracy  # chance: 1/4
