@@ -28,5 +28,9 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q tests
 
+# quick benchmarks (minutes on 2 CPU cores); see bench/*.py --help for the full runs
+bench: setup
+	$(BIN)/python bench/bench_rehearsal.py
+
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,165 @@
+"""What rehearsal costs and buys, measured side by side in one run.
+
+1. Accuracy with and without rehearsal on generated long stories whose supporting fact lies far back,
+   same seeds, data and step budget (and on bAbI tasks with --babi_dir).
+2. The history sampler: share of sampled fragments that cover a supporting fact, `uniform` vs `teacher`
+   (trained with the task) vs `external` (the supporting facts themselves, an upper reference).
+3. Overhead: median training-step time with rehearsal / without.
+
+    python bench/bench_rehearsal.py                 # quick: a few minutes on 2 CPU cores
+    python bench/bench_rehearsal.py --steps 3000 --seeds 0 1 2 --babi_dir ../shared/data/babi --tasks 2 3
+
+Writes bench/results/rehearsal.json.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForQuestionAnswering
+from rm_hf.babi import answer_vocabulary, load_babi
+from rm_hf.history_sampler import RehearsalMemoryHistorySampler
+from rm_hf.qa_data import QACollator, encode_qa_dataset
+from rm_hf.story_generator import generate_stories
+from rm_hf.tokenization import build_word_tokenizer
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def build_task(train_raw, test_raw):
+    tokenizer = build_word_tokenizer(s for row in train_raw for s in (*row["story"], row["question"]))
+    answers = answer_vocabulary([train_raw, test_raw])
+    label2id = {a: i for i, a in enumerate(answers)}
+    train = list(encode_qa_dataset(train_raw, tokenizer, label2id))
+    test = list(encode_qa_dataset(test_raw, tokenizer, label2id))
+    return tokenizer, answers, train, test
+
+
+def make_model(tokenizer, answers, **overrides):
+    config = RehearsalMemoryConfig(
+        encoder_config={"vocab_size": len(tokenizer), "hidden_size": 64, "num_hidden_layers": 2,
+                        "num_attention_heads": 4, "intermediate_size": 256, "max_position_embeddings": 64},
+        id2label=dict(enumerate(answers)), segment_length=32, **overrides,
+    )  # fmt: skip
+    return RehearsalMemoryForQuestionAnswering(config)
+
+
+def train_and_test(model, train, test, steps, seed, batch_size=32, lr=2e-3):
+    """Plain AdamW loop (the Trainer's loss: task + recollection + 0.5 familiarity + sampler)."""
+    torch.manual_seed(seed)
+    collate = QACollator()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    step_times = []
+    model.train()
+    for _ in tqdm(range(steps), desc="train", leave=False):
+        batch = collate([train[i] for i in torch.randint(0, len(train), (batch_size,)).tolist()])
+        start = time.perf_counter()
+        out = model(**batch)
+        loss = out.loss
+        for weight, term in ((1.0, out.recollection_loss), (0.5, out.familiarity_loss), (1.0, out.sampler_loss)):
+            if term is not None:
+                loss = loss + weight * term
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step_times.append(time.perf_counter() - start)
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for first in range(0, len(test), 128):
+            batch = collate(test[first : first + 128])
+            batch.pop("fragment_weights")
+            correct += (model(**batch).logits.argmax(-1) == batch["labels"]).sum().item()
+    return correct / len(test), statistics.median(step_times)
+
+
+def fragment_coverage(model, test, draws=5):
+    """Share of fragments drawn by the model's sampler that contain a supporting-fact token."""
+    collate = QACollator()
+    sampler: RehearsalMemoryHistorySampler = model.rehearsal_memory.history_sampler
+    length = sampler.fragment_length
+    covered = total = 0
+    with torch.no_grad():
+        for first in range(0, len(test), 64):
+            batch = collate(test[first : first + 64])
+            outputs = model.rehearsal_memory(batch["input_ids"], attention_mask=batch["attention_mask"],
+                                             output_item_features=True)  # fmt: skip
+            query = model.encode_question(batch["question_input_ids"], batch["question_attention_mask"])
+            support = batch["fragment_weights"]  # (B, T) 1 on supporting-fact tokens
+            for _ in range(draws):
+                starts, _, _ = sampler(batch["attention_mask"], outputs.item_features, support, query)
+                positions = (starts.unsqueeze(-1) + torch.arange(length)).clamp(max=support.shape[1] - 1)
+                hits = support.gather(1, positions.flatten(1)).view_as(positions).amax(-1)  # (B, J)
+                covered += hits.sum().item()
+                total += hits.numel()
+    return covered / total
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--story_length", type=int, default=30)
+    parser.add_argument("--num_stories", type=int, default=3000)
+    parser.add_argument("--babi_dir", default=None)
+    parser.add_argument("--tasks", type=int, nargs="+", default=[2])
+    parser.add_argument("--output", default=str(RESULTS / "rehearsal.json"))
+    args = parser.parse_args()
+
+    tasks = {}
+    raw = generate_stories(args.num_stories, story_length=args.story_length, min_fact_distance=args.story_length // 2,
+                           question_types=("where_person",), seed=0)  # fmt: skip
+    split = int(0.85 * len(raw))
+    tasks[f"generated ({args.story_length} sentences, fact >= {args.story_length // 2} back)"] = build_task(
+        raw.select(range(split)), raw.select(range(split, len(raw)))
+    )
+    for task in args.tasks if args.babi_dir else []:
+        subset = "en-10k" if task != 3 else "en"
+        tasks[f"bAbI qa{task} ({subset})"] = build_task(
+            load_babi(args.babi_dir, [task], "train", subset), load_babi(args.babi_dir, [task], "test", subset)
+        )
+
+    results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+               "date": date.today().isoformat(), "steps": args.steps, "seeds": args.seeds, "accuracy": {},
+               "coverage": {}, "step_seconds": {}}  # fmt: skip
+    for name, (tokenizer, answers, train, test) in tasks.items():
+        for use_rehearsal in (False, True):
+            label = "with rehearsal" if use_rehearsal else "without rehearsal"
+            runs = []
+            for seed in tqdm(args.seeds, desc=f"{name}, {label}"):
+                torch.manual_seed(seed)
+                model = make_model(tokenizer, answers, use_rehearsal=use_rehearsal)
+                accuracy, step_time = train_and_test(model, train, test, args.steps, seed)
+                runs.append(accuracy)
+                results["step_seconds"].setdefault(label, []).append(step_time)
+            results["accuracy"].setdefault(name, {})[label] = runs
+            print(f"{name:<50} {label:<18} accuracy per seed {[round(a, 3) for a in runs]}")
+
+        coverage = {}
+        for mode in ("uniform", "teacher", "external"):
+            torch.manual_seed(0)
+            model = make_model(tokenizer, answers, sampler_mode=mode)
+            if mode == "teacher":
+                train_and_test(model, train, test, args.steps, seed=0)
+            coverage[mode] = fragment_coverage(model, test)
+        results["coverage"][name] = coverage
+        print(f"{name:<50} supporting-fact coverage of sampled fragments {coverage}")
+
+    medians = {label: statistics.median(times) for label, times in results["step_seconds"].items()}
+    results["step_seconds"] = medians
+    results["overhead_ratio"] = medians["with rehearsal"] / medians["without rehearsal"]
+    print(f"median step time {medians}; rehearsal overhead x{results['overhead_ratio']:.2f}")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
