@@ -31,6 +31,7 @@ test: setup
 # quick benchmarks (minutes on 2 CPU cores); see bench/*.py --help for the full runs
 bench: setup
 	$(BIN)/python bench/bench_rehearsal.py
+	$(BIN)/python bench/bench_ctr.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

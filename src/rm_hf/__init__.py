@@ -7,6 +7,8 @@ Importing the package registers the config and every model class with the Auto c
 from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering
 
 from .configuration_rehearsal_memory import RehearsalMemoryConfig
+from .ctr_baselines import MeanPoolClickModel, TargetAttentionClickModel
+from .memory_store import UserMemoryStore
 from .modeling_rehearsal_memory import (
     RehearsalMemoryClickPredictionOutput,
     RehearsalMemoryForClickPrediction,
@@ -29,6 +31,9 @@ RehearsalMemoryForQuestionAnswering.register_for_auto_class("AutoModelForQuestio
 __version__ = "0.1.0"
 
 __all__ = [
+    "MeanPoolClickModel",
+    "TargetAttentionClickModel",
+    "UserMemoryStore",
     "RehearsalMemoryClickPredictionOutput",
     "RehearsalMemoryForClickPrediction",
     "RehearsalMemoryConfig",

@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 from datasets import Dataset, DatasetDict, Features, List, Value
+
+from .file_utils import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -110,15 +111,8 @@ class BehaviorVocab:
         """
         path = _vocab_file(path)
         state = {name: value for name, value in asdict(self).items() if name != "bad_lines"}
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o644)  # mkstemp's 0600 would make the file unreadable to others sharing a checkpoint
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(state, f)
-            os.replace(tmp_name, path)
-        except BaseException:
-            os.unlink(tmp_name)
-            raise
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(state), encoding="utf-8")
         return path
 
     @classmethod

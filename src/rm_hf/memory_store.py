@@ -1,0 +1,193 @@
+"""Per-user Rehearsal Memory for click prediction: write behaviours as they arrive, score candidates from memory.
+
+A request then costs O(K) per candidate (K memory slots) plus at most one partial segment, whatever the
+length of the user's history; the history itself is never kept.
+
+Exactness: the memory machine writes a history in segments of `config.segment_length` starting at
+position 0. The store therefore keeps, per user, the memory over all *complete* segments plus a pending
+buffer of fewer than `segment_length` behaviours. `update` appends to the buffer and writes every segment
+it completes; `predict` writes the buffer into a temporary copy of the memory. Scores thus equal the
+model's forward pass over the whole history (to float rounding), however the behaviours were split into
+updates.
+
+At scale this class is the reference for the value layout, not the store: a user's memory (K x D floats,
+e.g. 16 x 64 fp32 = 4 KiB) and pending buffer (< segment_length ids) are the value an existing feature
+store or key-value service keeps under the user id. A stream consumer reading the behaviour log calls
+`update` outside the request path; the ranking service fetches the value and scores its candidates.
+Memories are tied to the weights that wrote them: after retraining, rebuild them by replaying the logs.
+We do not build a distributed store; `save` / `load` snapshot one process's store into a safetensors file
+(user ids in its metadata, whose 100 MB header limit holds a few million ids), for tests, benchmarks and
+small deployments. Not thread-safe.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .file_utils import atomic_path
+from .modeling_rehearsal_memory import RehearsalMemoryForClickPrediction
+
+STORE_FORMAT = "rm_hf.UserMemoryStore/1"
+
+
+class UserMemoryStore:
+    """Each user's memory over complete segments and pending behaviours, for a click-prediction model.
+
+    Users are keyed by `str(user_id)`. An unknown user has the learned initial memory and no behaviours.
+    The model is put in eval mode; every method runs without gradients.
+    """
+
+    def __init__(self, model: RehearsalMemoryForClickPrediction):
+        self.model = model.eval()
+        self.config = model.config
+        # user -> (memory (K, D) over complete segments, pending (P, 3) item/category/behaviour ids, P < S)
+        self._users: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def __contains__(self, user_id) -> bool:
+        return str(user_id) in self._users
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @torch.no_grad()
+    def update(self, user_id, items, categories=None, behaviors=None) -> None:
+        """Append a user's new behaviours (1-D ids, oldest first) and write every segment they complete.
+
+        Missing `categories` / `behaviors` are 0, as in the model's forward pass. Costs O(new behaviours).
+        """
+        new = self._behavior_rows(items, categories, behaviors)  # (N, 3)
+        memory, pending = self._state(str(user_id))
+        rows = torch.cat([pending, new])
+        complete = rows.shape[0] // self.config.segment_length * self.config.segment_length
+        if complete:
+            memory = self._write(memory, rows[:complete])
+        self._users[str(user_id)] = (memory, rows[complete:].clone())
+
+    @torch.no_grad()
+    def predict(self, user_id, candidate_items, candidate_categories=None) -> torch.Tensor:
+        """Click probabilities (C,) of C candidates (1-D ids) for one user, from the memory alone."""
+        return torch.sigmoid(self.logits(user_id, candidate_items, candidate_categories))
+
+    @torch.no_grad()
+    def logits(self, user_id, candidate_items, candidate_categories=None) -> torch.Tensor:
+        """Click logits (C,) of C candidates for one user: what the model's forward pass gives as `logits`."""
+        items = self._ids(candidate_items, "candidate_items")
+        categories = None if candidate_categories is None else self._ids(candidate_categories, "candidate_categories")
+        if categories is not None and categories.shape != items.shape:
+            raise ValueError(
+                f"`candidate_categories` ({len(categories)}) and `candidate_items` ({len(items)}) differ in length."
+            )
+        memory, pending = self._state(str(user_id))
+        if len(pending):
+            memory = self._write(memory, pending)  # a temporary memory; the stored one waits for a full segment
+        return self.model.score(memory.expand(len(items), -1, -1), items, categories)  # (C, K, D) -> (C,)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write every user's state to one safetensors file, atomically: a crash leaves the old file intact."""
+        path = Path(path)
+        users = list(self._users)
+        config = self.config
+        memories = [memory for memory, _ in self._users.values()]
+        pending = [rows for _, rows in self._users.values()]
+        tensors = {
+            "memories": torch.stack(memories) if users else torch.empty(0, config.num_memory_slots, config.memory_dim),
+            "pending": torch.cat(pending) if users else torch.empty(0, 3, dtype=torch.long),
+            "pending_lengths": torch.tensor([len(rows) for rows in pending], dtype=torch.long),
+        }
+        metadata = {
+            "format": STORE_FORMAT,
+            "user_ids": json.dumps(users),
+            "segment_length": str(config.segment_length),
+        }
+        with atomic_path(path) as tmp:
+            save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, tmp, metadata=metadata)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: RehearsalMemoryForClickPrediction) -> "UserMemoryStore":
+        """Read a store written by `save`, for the model that wrote it. A truncated, corrupt or mismatched
+        file raises ValueError naming the file."""
+        path = Path(path)
+        try:
+            with safe_open(path, framework="pt") as f:
+                metadata = f.metadata() or {}
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+        except SafetensorError as e:
+            raise ValueError(f"{path}: not a readable UserMemoryStore file (truncated or corrupt?): {e}") from None
+
+        def invalid(reason: str) -> ValueError:
+            return ValueError(f"{path}: not a valid UserMemoryStore file: {reason}.")
+
+        if metadata.get("format") != STORE_FORMAT:
+            raise invalid(f"format {metadata.get('format')!r}, expected {STORE_FORMAT!r}")
+        try:
+            users = json.loads(metadata["user_ids"])
+        except (KeyError, json.JSONDecodeError):
+            raise invalid("no readable user_ids in the metadata") from None
+        config = model.config
+        if metadata.get("segment_length") != str(config.segment_length):
+            raise invalid(
+                f"written with segment_length {metadata.get('segment_length')}, the model has {config.segment_length}"
+            )
+        if tensors.keys() != {"memories", "pending", "pending_lengths"}:
+            raise invalid(f"tensors {sorted(tensors)}, expected memories, pending, pending_lengths")
+        memories, pending, lengths = tensors["memories"], tensors["pending"], tensors["pending_lengths"]
+        expected = (len(users), config.num_memory_slots, config.memory_dim)
+        if tuple(memories.shape) != expected:
+            raise invalid(f"memories of shape {tuple(memories.shape)}, expected (users, K, D) = {expected}")
+        if (
+            lengths.shape != (len(users),)
+            or pending.dim() != 2 or pending.shape[1] != 3
+            or int(lengths.sum()) != pending.shape[0]
+            or bool((lengths >= config.segment_length).any())
+        ):
+            raise invalid("pending buffers do not match pending_lengths")
+
+        store = cls(model)
+        memories = memories.to(store.device, model.dtype)
+        buffers = pending.to(store.device).split(lengths.tolist())
+        store._users = {user: (memory, rows) for user, memory, rows in zip(users, memories, buffers, strict=True)}
+        return store
+
+    def _state(self, user: str) -> tuple[torch.Tensor, torch.Tensor]:
+        initial = (
+            self.model.rehearsal_memory.initial_memory.detach(),
+            torch.empty(0, 3, dtype=torch.long, device=self.device),
+        )
+        return self._users.get(user, initial)
+
+    def _write(self, memory: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        # memory (K, D), rows (N, 3) -> (K, D); N a multiple of segment_length except for the pending tail
+        features = self.model.embed_behaviors(rows[:, 0][None], rows[:, 1][None], rows[:, 2][None])  # (1, N, 2d)
+        return self.model.rehearsal_memory.write(memory[None], input_features=features)[0]
+
+    def _behavior_rows(self, items, categories, behaviors) -> torch.Tensor:
+        """Validated (N, 3) item / category / behaviour ids; ids enter the pending buffer unwritten, so they
+        are checked here rather than when their segment is complete."""
+        items = self._ids(items, "items")
+        self.model.check_ids(items, self.config.item_vocab_size, "items")
+        columns = [items]
+        for values, name, vocab_size in (
+            (categories, "categories", self.config.category_vocab_size),
+            (behaviors, "behaviors", self.config.behavior_vocab_size),
+        ):
+            ids = torch.zeros_like(items) if values is None else self._ids(values, name)
+            if ids.shape != items.shape:
+                raise ValueError(f"`{name}` ({len(ids)}) and `items` ({len(items)}) differ in length.")
+            self.model.check_ids(ids, vocab_size, name)
+            columns.append(ids)
+        return torch.stack(columns, dim=1)
+
+    def _ids(self, values, name: str) -> torch.Tensor:
+        ids = torch.as_tensor(values, dtype=torch.long, device=self.device)
+        if ids.dim() != 1:
+            raise ValueError(f"`{name}` must be a 1-D sequence of ids, got shape {tuple(ids.shape)}.")
+        return ids

@@ -1,0 +1,144 @@
+"""The click-prediction head and its baselines: save/load, the base model from a click checkpoint, gradients
+with rehearsal, scoring stored memories, input checks, and learning the synthetic long-history task."""
+
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from transformers import AutoModel
+
+from rm_hf import RehearsalMemoryForClickPrediction, RehearsalMemoryModel
+from rm_hf.ctr_baselines import MeanPoolClickModel, TargetAttentionClickModel
+from rm_hf.ctr_data import ClickCollator, generate_behavior_histories
+from tests.conftest import tiny_config
+
+ITEMS, CATEGORIES = 30, 6
+CLICK_MODELS = [RehearsalMemoryForClickPrediction, MeanPoolClickModel, TargetAttentionClickModel]
+FEATURES_ONLY = {"rehearsal_memory.encoder.embeddings.word_embeddings.weight"}  # features bypass the token table
+
+
+def click_config(**overrides):
+    return tiny_config(
+        item_vocab_size=ITEMS, category_vocab_size=CATEGORIES, item_embedding_dim=8, rehearsal_num_heads=2, **overrides
+    )
+
+
+def click_batch(batch=3, length=21):
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[1, 9:] = 0  # a short history, padded on the right
+    return {
+        "history_items": torch.randint(1, ITEMS, (batch, length)) * mask,
+        "history_categories": torch.randint(1, CATEGORIES, (batch, length)) * mask,
+        "history_behaviors": torch.randint(1, 5, (batch, length)) * mask,
+        "attention_mask": mask,
+        "target_item": torch.randint(1, ITEMS, (batch,)),
+        "target_category": torch.randint(1, CATEGORIES, (batch,)),
+        "labels": torch.tensor([1.0, 0.0, 1.0])[:batch],
+    }
+
+
+def behaviour_features(model, batch):
+    return model.embed_behaviors(batch["history_items"], batch["history_categories"], batch["history_behaviors"])
+
+
+def test_save_load_identical_logits_and_base_model_from_click_checkpoint(tmp_path):
+    model = RehearsalMemoryForClickPrediction(click_config()).eval()
+    batch = click_batch()
+    expected = model(**batch).logits
+    model.save_pretrained(tmp_path)
+    loaded = RehearsalMemoryForClickPrediction.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded(**batch).logits, expected)
+
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(base) is RehearsalMemoryModel
+    with torch.no_grad():
+        features = behaviour_features(model, batch)
+        torch.testing.assert_close(
+            base(input_features=features, attention_mask=batch["attention_mask"]).memory,
+            model.rehearsal_memory(input_features=features, attention_mask=batch["attention_mask"]).memory,
+        )
+
+
+@pytest.mark.parametrize("mode", ["uniform", "teacher"])
+def test_every_parameter_gets_a_gradient_with_rehearsal(mode):
+    model = RehearsalMemoryForClickPrediction(click_config(sampler_mode=mode)).train()
+    out = model(**click_batch())
+    terms = [out.loss, out.recollection_loss, out.familiarity_loss] + ([out.sampler_loss] if mode == "teacher" else [])
+    for term in terms:
+        assert torch.isfinite(term)
+    sum(terms).backward()
+    missing = {n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0}
+    assert missing == FEATURES_ONLY
+
+
+def test_score_from_a_stored_memory_equals_forward():
+    model = RehearsalMemoryForClickPrediction(click_config()).eval()
+    batch = click_batch()
+    with torch.no_grad():
+        features = behaviour_features(model, batch)
+        memory = model.rehearsal_memory(input_features=features, attention_mask=batch["attention_mask"]).memory
+        scored = model.score(memory, batch["target_item"], batch["target_category"])
+    torch.testing.assert_close(scored, model(**batch).logits)
+
+
+@pytest.mark.parametrize("model_class", CLICK_MODELS)
+def test_bad_ids_and_labels_are_refused(model_class):
+    model = model_class(click_config())
+    batch = click_batch()
+    with pytest.raises(ValueError, match=r"`history_items` must lie in \[0, 30\)"):
+        model(**{**batch, "history_items": batch["history_items"] + ITEMS})
+    with pytest.raises(ValueError, match="`labels` must be 0"):
+        model(**{**batch, "labels": torch.tensor([1.0, 2.0, 0.5])})
+
+
+@pytest.mark.parametrize("model_class", [MeanPoolClickModel, TargetAttentionClickModel])
+def test_baselines_train_save_load_and_score_many_candidates(model_class, tmp_path):
+    model = model_class(click_config()).train()
+    batch = click_batch()
+    batch["attention_mask"][2] = 0  # an empty history still gives a finite score
+    out = model(**batch)
+    assert out.logits.shape == (3,) and torch.isfinite(out.logits).all()
+    out.loss.backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+    model.eval()
+    expected = model(**batch).logits
+    model.save_pretrained(tmp_path)
+    torch.testing.assert_close(model_class.from_pretrained(tmp_path).eval()(**batch).logits, expected)
+
+    # C candidates per user read the history once; each matches a forward pass with that candidate as target
+    candidates = torch.randint(1, ITEMS, (3, 4))
+    scores = model.score_candidates(
+        batch["history_items"], batch["history_categories"], batch["history_behaviors"], batch["attention_mask"],
+        candidates,
+    )
+    history = {k: batch[k] for k in ("history_items", "history_categories", "history_behaviors", "attention_mask")}
+    for column in range(4):
+        torch.testing.assert_close(scores[:, column], model(**history, target_item=candidates[:, column]).logits)
+
+
+def test_learns_the_synthetic_long_history_task():
+    # The user's interests appear only in the first ~10% of a 64-event history (4 segments): the memory must
+    # keep them through three segments of noise. Measured: test AUC 0.81-0.95 after 400 steps over four seeds.
+    data, vocab = generate_behavior_histories(
+        num_users=2000, history_length=64, num_items=5, num_categories=5, num_interests=2, seed=0
+    )
+    config = tiny_config(
+        item_vocab_size=vocab.item_vocab_size, category_vocab_size=vocab.category_vocab_size, item_embedding_dim=16,
+        segment_length=16, use_rehearsal=False,
+        initializer_range=0.3,  # at the default 0.02 it was still at AUC 0.58 after 1,000 steps
+    )
+    model = RehearsalMemoryForClickPrediction(config)
+    collate = ClickCollator()
+    train, test = collate(list(data["train"])), collate(list(data["test"]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(400):
+        rows = torch.randint(0, len(train["labels"]), (32,), generator=generator)
+        loss = model(**{name: values[rows] for name, values in train.items()}).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        logits = model.eval()(**test).logits
+    assert roc_auc_score(test["labels"], logits) > 0.75
