@@ -81,14 +81,7 @@ class ClickBaselinePreTrainedModel(PreTrainedModel):
         return_dict: bool | None = None,
     ) -> RehearsalMemoryClickPredictionOutput | tuple:
         r"""Arguments as for [`RehearsalMemoryForClickPrediction`]: (B, T) histories, (B,) targets and labels."""
-        if history_items is None or target_item is None:
-            raise ValueError("`history_items` and `target_item` are required.")
-        if target_item.shape[0] != history_items.shape[0]:
-            raise ValueError(
-                f"The history batch ({len(history_items)}) and the target batch ({len(target_item)}) differ in size."
-            )
-        if labels is not None and not ((labels == 0) | (labels == 1)).all():
-            raise ValueError("`labels` must be 0 (no click) or 1 (click).")
+        RehearsalMemoryForClickPrediction.check_click_inputs(history_items, target_item, labels)
         logits = self.score_candidates(
             history_items, history_categories, history_behaviors, attention_mask,
             target_item[:, None], None if target_category is None else target_category[:, None],
