@@ -85,6 +85,9 @@ def test_run_qa_on_real_babi_task_1(tmp_path, babi_dir):
     )
     results = json.loads((output / "all_results.json").read_text())
     assert "eval_qa1_accuracy" in results
+    # one question type: the Hub metadata reports it once, not again as "all"
+    entries = ModelCard.load(output / "README.md").data.to_dict()["model-index"][0]["results"]
+    assert [e["metrics"][0]["value"] for e in entries] == [round(results["eval_all_accuracy"], 4)]
 
 
 @pytest.mark.slow

@@ -95,6 +95,8 @@ def write_qa_model_card(
     """Write a card for a trained `RehearsalMemoryForQuestionAnswering`. `results` maps a question type
     (or "all") to `{"accuracy": float, "count": int}`."""
     config = model.config
+    # with a single question type its row repeats "all"; the Hub metadata lists it once
+    reported = results if len(results) > 2 else {"all": results["all"]}
     eval_results = [
         EvalResult(
             task_type="question-answering",
@@ -104,7 +106,7 @@ def write_qa_model_card(
             metric_type="accuracy",
             metric_value=round(row["accuracy"], 4),
         )
-        for name, row in results.items()
+        for name, row in reported.items()
     ]
     card_data = ModelCardData(
         model_name=Path(model_id).name,
