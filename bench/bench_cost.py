@@ -144,6 +144,8 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.plot([r["length"] for r in grad], [r["write_with_grad_peak_rss_delta_mib"] for r in grad], "^:",
             label="write with autograd (contrast)")  # fmt: skip
     ax.plot(lengths, [r["full_access_peak_rss_delta_mib"] for r in rows], "s-", label="full access, one question")
+    highest = max(max(line.get_ydata()) for line in ax.get_lines())
+    ax.set_ylim(0, 1.5 * highest)  # room for the legend above the lines
     ax.set(xscale="log", xlabel="input length (tokens)", ylabel="peak RSS increase (MiB)", title="Peak memory")
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
