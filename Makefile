@@ -28,7 +28,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q tests
 
-# quick benchmarks (about 20 minutes on 2 CPU cores); see bench/*.py --help for the full runs
+# quick benchmarks (each a few minutes on 2 CPU cores; not yet timed end to end); see bench/*.py --help for full runs
 bench: setup
 	$(BIN)/python bench/bench_rehearsal.py
 	$(BIN)/python bench/bench_ctr.py
