@@ -28,10 +28,12 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q tests
 
-# quick benchmarks (minutes on 2 CPU cores); see bench/*.py --help for the full runs
+# quick benchmarks (each a few minutes on 2 CPU cores; not yet timed end to end); see bench/*.py --help for full runs
 bench: setup
 	$(BIN)/python bench/bench_rehearsal.py
 	$(BIN)/python bench/bench_ctr.py
+	$(BIN)/python bench/bench_cost.py
+	$(BIN)/python bench/bench_long_input.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

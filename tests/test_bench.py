@@ -1,0 +1,81 @@
+"""CI smoke runs of every benchmark script, so they never rot: each runs as a subprocess with its tiniest
+settings, writes into a temporary folder (never bench/results), and its JSON has the expected keys and sane
+values. Numbers from these runs mean nothing; the real ones come from the quick defaults (`make bench`)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def run_bench(script: str, *args: str) -> None:
+    # One OpenMP thread: on a busy 2-core machine two threads that wait for each other run many times slower.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], check=False, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, f"{script} failed:\n{done.stderr[-3000:]}"
+
+
+def test_bench_rehearsal_smoke(tmp_path):
+    output = tmp_path / "rehearsal.json"
+    run_bench("bench_rehearsal.py", "--steps", "2", "--seeds", "0", "--num_stories", "60", "--story_length", "6",
+              "--output", str(output))  # fmt: skip
+    results = json.loads(output.read_text())
+    assert {"machine", "date", "steps", "seeds", "accuracy", "coverage", "step_seconds", "overhead_ratio"} <= set(results)
+    (accuracy,) = results["accuracy"].values()
+    assert set(accuracy) == {"with rehearsal", "without rehearsal"}
+    assert all(0 <= a <= 1 for runs in accuracy.values() for a in runs)
+    (coverage,) = results["coverage"].values()
+    assert set(coverage) == {"uniform", "teacher", "external"} and all(0 <= c <= 1 for c in coverage.values())
+    assert results["overhead_ratio"] > 0
+
+
+def test_bench_ctr_smoke(tmp_path):
+    run_bench("bench_ctr.py", "--num_users", "40", "--history_length", "40", "--max_steps", "2", "--batch_size", "4",
+              "--cost_lengths", "50", "--repeats", "1", "--num_candidates", "4", "--output_dir", str(tmp_path))  # fmt: skip
+    results = json.loads((tmp_path / "ctr.json").read_text())
+    assert set(results["test_auc"]) == {"rm_rehearsal", "rm_no_rehearsal", "mean_pool", "target_attention"}
+    # 8 test users of a tiny synthetic set: AUC is NaN only when they all share a label
+    assert all(math.isnan(auc) or 0 <= auc <= 1 for auc in results["test_auc"].values())
+    (cost,) = results["request_cost"]
+    assert cost["history_length"] == 50 and cost["store_ms"] > 0 and cost["target_attention_ms"] > 0
+    assert (tmp_path / "ctr_cost.png").stat().st_size > 0
+
+
+def test_bench_cost_smoke(tmp_path):
+    run_bench("bench_cost.py", "--smoke", "--output_dir", str(tmp_path))
+    results = json.loads((tmp_path / "cost.json").read_text())
+    assert {"machine", "command", "arguments", "parameters", "lengths", "summary", "training"} <= set(results)
+    assert [row["length"] for row in results["lengths"]] == [256, 1024]
+    for row in results["lengths"]:
+        assert row["write_seconds"] > 0 and row["write_tokens_per_second"] > 0
+        assert row["rm_question_ms"] > 0 and row["full_access_question_ms"] > 0
+        assert row["full_access_cached_question_ms"] > 0
+        assert row["write_peak_rss_delta_mib"] >= 0 and row["full_access_peak_rss_delta_mib"] >= 0
+        assert row["memory_has_grad_fn"] is False
+    assert results["lengths"][0]["write_with_grad_peak_rss_delta_mib"] >= 0
+    assert results["lengths"][1]["write_with_grad_peak_rss_delta_mib"] is None  # beyond --grad_max_length
+    training = results["training"]
+    assert training["with_rehearsal_examples_per_second"] > 0 and training["without_rehearsal_examples_per_second"] > 0
+    assert (tmp_path / "cost.png").stat().st_size > 0
+
+
+def test_bench_long_input_smoke(tmp_path):
+    run_bench("bench_long_input.py", "--smoke", "--output_dir", str(tmp_path))
+    results = json.loads((tmp_path / "long_input.json").read_text())
+    assert {"machine", "command", "arguments", "runs", "summary"} <= set(results)
+    assert [run["length"] for run in results["runs"]] == [1_000, 5_000]
+    for run in results["runs"]:
+        assert run["seconds"] > 0 and run["tokens_per_second"] > 0
+        assert run["peak_rss_mib"] >= run["rss_before_mib"] > 0
+        assert run["memory_has_grad_fn"] is False
+    assert results["summary"]["memory_ever_has_grad_fn"] is False
+    assert (tmp_path / "long_input.png").stat().st_size > 0
