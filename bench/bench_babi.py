@@ -1,0 +1,134 @@
+"""bAbI table: one model per task, trained and evaluated with `examples/run_qa.py`, with and without rehearsal.
+
+Each (variant, task) row is trained from scratch, its test accuracy, error and training time are stored in
+bench/results/babi.json as soon as it finishes, and a rerun with the same settings skips rows already there,
+so a full run over all 20 tasks (hours on CPU) can be stopped and resumed. The JSON says which rows were run.
+
+    python bench/bench_babi.py                          # quick: tasks 1-3, a short step budget
+    python bench/bench_babi.py --tasks 1-20 --max_steps 20000 --eval_questions 0   # full table
+
+Task 3 has no en-10k training file; `run_qa.py` reads it from en/ (1k questions). Reference systems are quoted
+from their papers (10k training setting), not re-run here.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+from datetime import date
+from pathlib import Path
+
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import run_qa
+
+RESULTS = Path(__file__).parent / "results"
+DEFAULT_BABI = Path(__file__).resolve().parents[2] / "shared" / "data" / "babi"
+# Mean test error (%) and failed tasks (error > 5%) over the 20 tasks, 10k training questions per task.
+QUOTED = [
+    {"system": "MemN2N (Sukhbaatar et al., 2015)", "reads": "all sentences", "mean_error": 4.2, "failed": 3},
+    {
+        "system": "DNC, best run (Graves et al., 2016)",
+        "reads": "one pass, fixed memory",
+        "mean_error": 3.8,
+        "failed": 2,
+    },
+    {"system": "EntNet (Henaff et al., 2017)", "reads": "one pass, fixed memory", "mean_error": 0.5, "failed": 0},
+]
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    return f"{platform.machine()}, {os.cpu_count()} cores"
+
+
+def parse_tasks(text: str) -> list[int]:
+    if "-" in text:
+        first, last = (int(t) for t in text.split("-"))
+        return list(range(first, last + 1))
+    return [int(t) for t in text.split(",")]
+
+
+def run_row(args, task: int, rehearsal: bool) -> dict:
+    # the checkpoint and its model card stay in outputs/ (git-ignored) for inspection
+    output_dir = Path("outputs") / "bench_babi" / f"{'rehearsal' if rehearsal else 'plain'}-qa{task}"
+    argv = [
+        "--babi_dir", str(args.babi_dir), "--tasks", str(task), "--output_dir", str(output_dir),
+        "--use_rehearsal", str(rehearsal), "--max_steps", str(args.max_steps),
+        "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),
+        "--warmup_steps", str(args.max_steps // 20), "--seed", str(args.seed), "--use_cpu", "true",
+        "--report_to", "none", "--save_strategy", "no", "--logging_steps", str(max(1, args.max_steps // 10)),
+        "--disable_tqdm", "true",
+    ]  # fmt: skip
+    if args.eval_questions:
+        argv += ["--max_eval_samples", str(args.eval_questions)]
+    outcome = run_qa.main(argv)
+    accuracy = outcome["results"]["all"]["accuracy"]
+    return {
+        "task": task,
+        "rehearsal": rehearsal,
+        "accuracy": accuracy,
+        "error": 1 - accuracy,
+        "passed": 1 - accuracy < 0.05,
+        "test_questions": outcome["results"]["all"]["count"],
+        "train_seconds": outcome["metrics"]["train_runtime"],
+        "steps": args.max_steps,
+    }
+
+
+def summarise(rows: list[dict]) -> dict:
+    summary = {}
+    for rehearsal in (True, False):
+        chosen = [row for row in rows if row["rehearsal"] == rehearsal]
+        if chosen:
+            summary["with rehearsal" if rehearsal else "without rehearsal"] = {
+                "tasks_run": sorted(row["task"] for row in chosen),
+                "mean_error": sum(row["error"] for row in chosen) / len(chosen),
+                "tasks_passed": sum(row["passed"] for row in chosen),
+            }
+    return summary
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--babi_dir", type=Path, default=DEFAULT_BABI)
+    parser.add_argument("--tasks", default="1-3", help="e.g. 1-20 or 1,2,3")
+    parser.add_argument("--max_steps", type=int, default=600)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--eval_questions", type=int, default=1000, help="0 = the whole test file")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", default="rehearsal,plain", help="rehearsal, plain or both")
+    parser.add_argument("--output", type=Path, default=RESULTS / "babi.json")
+    args = parser.parse_args()
+    if not args.babi_dir.is_dir():
+        sys.exit(f"bAbI folder not found: {args.babi_dir} (pass --babi_dir)")
+
+    settings = {k: getattr(args, k) for k in ("max_steps", "batch_size", "learning_rate", "eval_questions", "seed")}
+    previous = json.loads(args.output.read_text()) if args.output.exists() else {}
+    rows = previous.get("rows", []) if previous.get("settings") == settings else []
+    done = {(row["task"], row["rehearsal"]) for row in rows}
+    variants = [v == "rehearsal" for v in args.variants.split(",")]
+    todo = [(task, r) for task in parse_tasks(args.tasks) for r in variants if (task, r) not in done]
+    for task, rehearsal in tqdm(todo, desc="bAbI tasks"):
+        rows.append(run_row(args, task, rehearsal))
+        result = {
+            "command": "python bench/" + Path(__file__).name + " " + " ".join(sys.argv[1:]),
+            "machine": cpu_model(),
+            "date": date.today().isoformat(),
+            "settings": settings,
+            "rows": sorted(rows, key=lambda row: (row["task"], not row["rehearsal"])),
+            "summary": summarise(rows),
+            "quoted_not_rerun": QUOTED,
+        }
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2))
+    print(json.dumps(summarise(rows), indent=2))
+
+
+if __name__ == "__main__":
+    main()
