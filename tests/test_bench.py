@@ -79,3 +79,19 @@ def test_bench_long_input_smoke(tmp_path):
         assert run["memory_has_grad_fn"] is False
     assert results["summary"]["memory_ever_has_grad_fn"] is False
     assert (tmp_path / "long_input.png").stat().st_size > 0
+
+
+def test_bench_babi_smoke_resumes_per_row(tmp_path, babi_dir):
+    output, checkpoints = tmp_path / "babi.json", tmp_path / "checkpoints"
+    tiny = ["--babi_dir", str(babi_dir), "--babi_subset", "en", "--tasks", "1", "--max_steps", "2", "--eval_questions", "20",
+            "--output", str(output), "--checkpoint_dir", str(checkpoints)]  # fmt: skip
+    run_bench("bench_babi.py", *tiny, "--variants", "plain")
+    first = json.loads(output.read_text())
+    assert [(row["task"], row["rehearsal"]) for row in first["rows"]] == [(1, False)]
+    assert first["rows"][0]["test_questions"] == 20 and 0 <= first["rows"][0]["error"] <= 1
+    assert (checkpoints / "plain-qa1" / "README.md").exists()
+    # a rerun with the same settings keeps the finished row and runs only the new one
+    run_bench("bench_babi.py", *tiny, "--variants", "plain,rehearsal")
+    second = json.loads(output.read_text())
+    assert second["rows"][1] == first["rows"][0] and second["rows"][0]["rehearsal"] is True
+    assert set(second["summary"]) == {"with rehearsal", "without rehearsal"}

@@ -91,7 +91,9 @@ def test_run_qa_on_real_babi_task_1(tmp_path, babi_dir):
 
 
 @pytest.mark.slow
-def test_two_torchrun_processes_train_one_model_with_rehearsal(tmp_path):
+@pytest.mark.parametrize("checkpointing", ["false", "true"])
+def test_two_torchrun_processes_train_one_model_with_rehearsal(tmp_path, checkpointing):
+    # with activation checkpointing too: DDP fails on any parameter that gets no gradient
     output = tmp_path / "ddp"
     log = run(
         [
@@ -106,6 +108,8 @@ def test_two_torchrun_processes_train_one_model_with_rehearsal(tmp_path):
             "--output_dir",
             str(output),
             *TINY_RUN,
+            "--gradient_checkpointing",
+            checkpointing,
         ],
         tmp_path,
     )
