@@ -6,12 +6,18 @@ Each term is logged on its own (`task_loss`, `recollection_loss`, ...), averaged
 and over processes. The model returns a per-micro-batch mean, so the Trainer must divide by the
 gradient-accumulation steps itself (`loss_is_scaled_for_ga = False`; see hf-conventions §3.1). Runs on
 many GPUs unchanged through `accelerate launch` or `torchrun`.
+
+Metrics files are replaced atomically and the final model folder holds no pickle.
 """
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transformers import Trainer, TrainingArguments
+
+from .file_utils import atomic_path
 
 REHEARSAL_TERMS = ("recollection_loss", "familiarity_loss", "sampler_loss")
 
@@ -73,3 +79,31 @@ class RehearsalMemoryTrainer(Trainer):
         logs.update(averages)
         super().log(logs, start_time)
         self._metrics[mode].clear()
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        # The folder people publish holds no pickle: the arguments go to JSON instead of training_args.bin.
+        # Checkpoint folders keep Trainer's files (optimizer.pt, rng_state.pth, ...), which it loads with
+        # weights_only=True.
+        if _internal_call or not self.args.should_save:
+            return
+        output_dir = Path(output_dir if output_dir is not None else self.args.output_dir)
+        (output_dir / "training_args.bin").unlink(missing_ok=True)
+        with atomic_path(output_dir / "training_args.json") as tmp:
+            tmp.write_text(self.args.to_json_string(), encoding="utf-8")
+
+    def save_metrics(self, split: str, metrics: dict[str, float], combined: bool = True) -> None:
+        """`Trainer.save_metrics` (`{split}_results.json`, merged into `all_results.json`), with each file
+        replaced atomically, so a crash never leaves half a JSON file."""
+        if not self.is_world_process_zero():
+            return
+        output_dir = Path(self.args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        files = {f"{split}_results.json": metrics}
+        if combined:
+            path = output_dir / "all_results.json"
+            files["all_results.json"] = {**(json.loads(path.read_text()) if path.exists() else {}), **metrics}
+        for name, values in files.items():
+            with atomic_path(output_dir / name) as tmp:
+                tmp.write_text(json.dumps(values, indent=4, sort_keys=True), encoding="utf-8")
+
