@@ -4,7 +4,8 @@ Data: the synthetic long-history task (`--data synthetic`), the Taobao `UserBeha
 ratings or a generic behaviour CSV. Models: `rm` (Rehearsal Memory, `--use_rehearsal`, `--sampler_mode`),
 `mean_pool` and `target_attention` (they read the raw history). Writes the model, `behavior_vocab.json` and
 `all_results.json` (eval AUC and accuracy, and the number of malformed lines skipped with `--skip_bad_lines`)
-into `--output_dir`.
+into `--output_dir`. With `--save_steps N`, a run that dies continues where its last checkpoint left off when
+started again with `--resume_from_checkpoint last`.
 
     python examples/run_ctr.py --data synthetic --num_users 2000 --history_length 1000 --model rm \
         --output_dir outputs/ctr --do_train --do_eval --max_steps 500 --learning_rate 3e-3
@@ -24,7 +25,7 @@ from transformers import EvalPrediction, HfArgumentParser
 from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForClickPrediction
 from rm_hf.ctr_baselines import MeanPoolClickModel, TargetAttentionClickModel
 from rm_hf.ctr_data import ClickCollator, generate_behavior_histories, load_behavior_log, load_movielens, load_taobao
-from rm_hf.trainer import RehearsalMemoryTrainer, RehearsalTrainingArguments
+from rm_hf.trainer import RehearsalMemoryTrainer, RehearsalTrainingArguments, checkpoint_to_resume
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args))
         trainer.save_model()  # model, config and (for `rm`) the code for trust_remote_code loading
         if trainer.is_world_process_zero():
             vocab.save(training_args.output_dir)

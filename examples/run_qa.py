@@ -10,7 +10,8 @@
 
 Writes the model, the word-level tokenizer, the remote code, `all_results.json` (accuracy and error per
 question type, and the number of malformed bAbI lines skipped with `--skip_bad_lines`) and a model card
-(README.md) into `--output_dir`.
+(README.md) into `--output_dir`. With `--save_steps N`, a run that dies continues where its last checkpoint left
+off when started again with `--resume_from_checkpoint last`.
 """
 
 import logging
@@ -29,7 +30,7 @@ from rm_hf.model_card import write_qa_model_card
 from rm_hf.qa_data import QACollator, encode_qa_dataset
 from rm_hf.story_generator import generate_stories
 from rm_hf.tokenization import build_word_tokenizer
-from rm_hf.trainer import RehearsalMemoryTrainer, RehearsalTrainingArguments
+from rm_hf.trainer import RehearsalMemoryTrainer, RehearsalTrainingArguments, checkpoint_to_resume
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
     )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args))
     trainer.save_model()  # model, config, remote code and tokenizer
     metrics = {**train_result.metrics, "skipped_bad_lines": skipped_lines}
 
