@@ -1,5 +1,5 @@
 """Files the package writes are never half-written: a save that fails midway leaves the previous file, which
-still loads, and no temporary file behind."""
+still loads, and no temporary file behind. A damaged model checkpoint gets an error naming the file."""
 
 import json
 from pathlib import Path
@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from transformers import AutoModel, AutoModelForQuestionAnswering
 
-from rm_hf import RehearsalMemoryForQuestionAnswering
+from rm_hf import RehearsalMemoryForQuestionAnswering, RehearsalMemoryModel
 from rm_hf.ctr_data import BehaviorVocab
 from rm_hf.model_card import write_qa_model_card
 from rm_hf.trainer import RehearsalMemoryTrainer, RehearsalTrainingArguments
@@ -68,3 +69,31 @@ def test_interrupted_metrics_and_vocabulary_saves_keep_the_previous_files(tmp_pa
     assert BehaviorVocab.load(tmp_path).items == {"lamp": 1}
     trainer.save_metrics("eval", {"eval_auc": 0.5})  # a save that completes still merges into all_results.json
     assert json.loads((tmp_path / "all_results.json").read_text()) == {"train_loss": 1.0, "eval_auc": 0.5}
+
+
+@pytest.mark.parametrize("damage", ["empty", "cut in the header", "cut in the tensors", "flipped header byte"])
+def test_damaged_checkpoint_raises_value_error_naming_the_file(tmp_path, damage):
+    RehearsalMemoryForQuestionAnswering(tiny_config(id2label={0: "yes", 1: "no"})).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    if damage == "flipped header byte":
+        data[20] ^= 0xFF
+    else:
+        keep = {"empty": 0, "cut in the header": header_end // 2, "cut in the tensors": header_end + 100}
+        data = data[: keep[damage]]
+    weights.write_bytes(bytes(data))
+    for load in (
+        RehearsalMemoryForQuestionAnswering.from_pretrained,
+        AutoModelForQuestionAnswering.from_pretrained,
+        AutoModel.from_pretrained,
+    ):
+        with pytest.raises(ValueError, match=rf"{weights}: cannot read the weights, the file is truncated or corrupt"):
+            load(tmp_path)
+
+
+def test_other_loading_errors_pass_through_unchanged(tmp_path):
+    RehearsalMemoryModel(tiny_config()).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(OSError, match="model.safetensors"):  # transformers' own message for a missing file
+        RehearsalMemoryModel.from_pretrained(tmp_path)

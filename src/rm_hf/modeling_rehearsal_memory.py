@@ -15,6 +15,7 @@ This file is copied next to saved checkpoints for `trust_remote_code=True`: it i
 transformers and single-dot siblings.
 """
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -23,11 +24,28 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.dynamic_module_utils import custom_object_save
+from transformers.modeling_utils import load_state_dict
 from transformers.utils import ModelOutput
 
 from .configuration_rehearsal_memory import RehearsalMemoryConfig
 from .history_sampler import RehearsalMemoryHistorySampler
 from .rehearsal import RehearsalMemoryRehearser
+
+
+def damaged_weights_file(checkpoint, subfolder: str = "") -> str | None:
+    """The first safetensors file of a local checkpoint folder that does not open (truncated or corrupt), if any."""
+    folder = os.path.join(checkpoint, subfolder) if checkpoint is not None else None
+    if folder is None or not os.path.isdir(folder):
+        return None
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            try:
+                load_state_dict(os.path.join(folder, name), map_location="meta")  # reads the header only
+            # safetensors' own error type cannot be imported here: this file ships with checkpoints and
+            # imports only torch and transformers
+            except Exception:  # noqa: BLE001
+                return os.path.join(folder, name)
+    return None
 
 
 def check_id_range(ids: torch.Tensor, vocab_size: int, name: str, vocabulary: str) -> None:
@@ -151,6 +169,20 @@ class RehearsalMemoryPreTrainedModel(PreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if shipping_code and self._auto_class is None:
             custom_object_save(self, save_directory)  # copy the code the `auto_map` entry points to
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as error:
+            # transformers reports a damaged weights file as "Error while deserializing header: ..." without
+            # saying which file; name it
+            damaged = damaged_weights_file(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
+            if damaged is None:
+                raise
+            raise ValueError(
+                f"{damaged}: cannot read the weights, the file is truncated or corrupt ({error})."
+            ) from error
 
     def rehearsal_terms(self, outputs, query, teacher_loss, **inputs):
         """(recollection, familiarity, sampler) losses of a training batch. `teacher_loss` maps the teacher
