@@ -3,7 +3,9 @@
 Data: the synthetic long-history task (`--data synthetic`), the Taobao `UserBehavior.csv` log, MovieLens
 ratings or a generic behaviour CSV. Models: `rm` (Rehearsal Memory, `--use_rehearsal`, `--sampler_mode`),
 `mean_pool` and `target_attention` (they read the raw history). Writes the model, `behavior_vocab.json` and
-`all_results.json` (eval AUC and accuracy) into `--output_dir`.
+`all_results.json` (eval AUC and accuracy, and the number of malformed lines skipped with `--skip_bad_lines`)
+into `--output_dir`. With `--save_steps N`, a run that dies continues where its last checkpoint left off when
+started again with `--resume_from_checkpoint last`.
 
     python examples/run_ctr.py --data synthetic --num_users 2000 --history_length 1000 --model rm \
         --output_dir outputs/ctr --do_train --do_eval --max_steps 500 --learning_rate 3e-3
@@ -23,7 +25,7 @@ from transformers import EvalPrediction, HfArgumentParser
 from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForClickPrediction
 from rm_hf.ctr_baselines import MeanPoolClickModel, TargetAttentionClickModel
 from rm_hf.ctr_data import ClickCollator, generate_behavior_histories, load_behavior_log, load_movielens, load_taobao
-from rm_hf.trainer import RehearsalMemoryTrainer, RehearsalTrainingArguments
+from rm_hf.trainer import RehearsalMemoryTrainer, RehearsalTrainingArguments, checkpoint_to_resume
 
 logger = logging.getLogger(__name__)
 
@@ -133,9 +135,9 @@ def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
     return {"auc": float(auc), "accuracy": float(((logits > 0) == (labels > 0.5)).mean())}
 
 
-def main():
+def main(argv: list[str] | None = None) -> None:
     parser = HfArgumentParser((ModelArguments, DataArguments, RehearsalTrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses()
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     # Named, so evaluation returns label ids for compute_metrics (hf-conventions §3.3). remove_unused_columns
     # drops only `user_id`: the Trainer keeps `label` for the collator, which turns it into `labels`.
     training_args.label_names = ["labels"]
@@ -167,7 +169,7 @@ def main():
     )
 
     if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args))
         trainer.save_model()  # model, config and (for `rm`) the code for trust_remote_code loading
         if trainer.is_world_process_zero():
             vocab.save(training_args.output_dir)
@@ -183,6 +185,10 @@ def main():
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
 
+    data_metrics = {"skipped_bad_lines": vocab.bad_lines}  # with --skip_bad_lines; 0 otherwise
+    trainer.log_metrics("data", data_metrics)
+    trainer.save_metrics("data", data_metrics)
+
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

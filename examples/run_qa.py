@@ -9,10 +9,11 @@
     torchrun --nproc_per_node 2 examples/run_qa.py --use_cpu ...
 
 Writes the model, the word-level tokenizer, the remote code, `all_results.json` (accuracy and error per
-question type) and a model card (README.md) into `--output_dir`.
+question type, and the number of malformed bAbI lines skipped with `--skip_bad_lines`) and a model card
+(README.md) into `--output_dir`. With `--save_steps N`, a run that dies continues where its last checkpoint left
+off when started again with `--resume_from_checkpoint last`.
 """
 
-import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from rm_hf.model_card import write_qa_model_card
 from rm_hf.qa_data import QACollator, encode_qa_dataset
 from rm_hf.story_generator import generate_stories
 from rm_hf.tokenization import build_word_tokenizer
-from rm_hf.trainer import RehearsalMemoryTrainer, RehearsalTrainingArguments
+from rm_hf.trainer import RehearsalMemoryTrainer, RehearsalTrainingArguments, checkpoint_to_resume
 
 logger = logging.getLogger(__name__)
 
@@ -62,28 +63,42 @@ class DataArguments:
     max_fact_distance: int | None = field(default=None, metadata={"help": "Furthest supporting fact (sentences)."})
     max_story_tokens: int | None = field(default=None, metadata={"help": "Keep only the most recent story tokens."})
     max_eval_samples: int | None = field(default=None)
+    skip_bad_lines: bool = field(
+        default=False, metadata={"help": "Skip malformed bAbI lines (and the rest of their story) instead of failing."}
+    )
 
 
-def load_babi_tasks(data_args: DataArguments, split: str) -> Dataset:
-    """Each task from the chosen subset, or from en/ where the subset lacks it (en-10k has no qa3 train file)."""
-    parts = []
+def load_babi_tasks(data_args: DataArguments, split: str) -> tuple[Dataset, int]:
+    """Each task from the chosen subset, or from en/ where the subset lacks it (en-10k has no qa3 train file),
+    and the number of malformed lines skipped."""
+    parts, skipped = [], 0
     for task in (int(t) for t in data_args.tasks.split(",")):
+        read = {
+            "tasks": [task],
+            "split": split,
+            "skip_bad_lines": data_args.skip_bad_lines,
+            "return_skipped_line_count": True,
+        }
         try:
-            parts.append(load_babi(data_args.babi_dir, tasks=[task], split=split, subset=data_args.babi_subset))
+            part, bad = load_babi(data_args.babi_dir, subset=data_args.babi_subset, **read)
         except FileNotFoundError:
             logger.warning(f"bAbI task {task} {split} is missing from {data_args.babi_subset}/; reading it from en/")
-            parts.append(load_babi(data_args.babi_dir, tasks=[task], split=split, subset="en"))
-    return concatenate_datasets(parts)
+            part, bad = load_babi(data_args.babi_dir, subset="en", **read)
+        parts.append(part)
+        skipped += bad
+    return concatenate_datasets(parts), skipped
 
 
-def load_raw_data(data_args: DataArguments, seed: int) -> tuple[Dataset, Dataset, str]:
+def load_raw_data(data_args: DataArguments, seed: int) -> tuple[Dataset, Dataset, str, int]:
+    """Training and evaluation rows, the data's name and the number of malformed lines skipped."""
     if data_args.babi_dir:
         name = f"bAbI {data_args.babi_subset} tasks {data_args.tasks}"
-        return load_babi_tasks(data_args, "train"), load_babi_tasks(data_args, "test"), name
+        (train, skipped_train), (evaluation, skipped_eval) = (load_babi_tasks(data_args, s) for s in ("train", "test"))
+        return train, evaluation, name, skipped_train + skipped_eval
     generate = {"story_length": data_args.story_length, "max_fact_distance": data_args.max_fact_distance}
     train = generate_stories(data_args.num_train_stories, seed=seed, **generate)
     evaluation = generate_stories(data_args.num_eval_stories, seed=seed + 1, **generate)
-    return train, evaluation, f"generated stories of {data_args.story_length} sentences"
+    return train, evaluation, f"generated stories of {data_args.story_length} sentences", 0
 
 
 def accuracy_by_type(predictions: np.ndarray, labels: np.ndarray, types: list[str]) -> dict[str, dict]:
@@ -110,7 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(training_args.seed)
 
     with training_args.main_process_first(desc="load and encode data"):
-        raw_train, raw_eval, dataset_name = load_raw_data(data_args, training_args.seed)
+        raw_train, raw_eval, dataset_name, skipped_lines = load_raw_data(data_args, training_args.seed)
+        if skipped_lines:
+            logger.warning(f"Skipped {skipped_lines} malformed bAbI lines (--skip_bad_lines); see the warnings above.")
         if data_args.max_eval_samples:
             raw_eval = raw_eval.select(range(min(data_args.max_eval_samples, len(raw_eval))))
         tokenizer = build_word_tokenizer(
@@ -159,9 +176,9 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
     )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args))
     trainer.save_model()  # model, config, remote code and tokenizer
-    metrics = dict(train_result.metrics)
+    metrics = {**train_result.metrics, "skipped_bad_lines": skipped_lines}
 
     prediction = trainer.predict(eval_dataset)
     results = accuracy_by_type(
@@ -169,10 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     metrics.update({f"eval_{name}_accuracy": row["accuracy"] for name, row in results.items()})
     metrics.update({f"eval_{name}_error": 1 - row["accuracy"] for name, row in results.items()})
+    trainer.save_metrics("all", metrics, combined=False)
     if trainer.is_world_process_zero():
         print_table(results)
-        with open(Path(training_args.output_dir) / "all_results.json", "w") as f:
-            json.dump(metrics, f, indent=2)
         training = (
             f"Trained with `examples/run_qa.py` on {len(train_dataset)} questions ({dataset_name}) for "
             f"{trainer.state.global_step} steps, batch size {training_args.per_device_train_batch_size} x "

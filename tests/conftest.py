@@ -1,17 +1,20 @@
-"""Shared fixtures: tiny configs so the whole suite runs in minutes on 2 CPU cores, and the path of the
-real data kept beside the repository (tests that use it skip when it is absent)."""
+"""Shared fixtures: tiny configs so the whole suite runs in minutes on 2 CPU cores, the path of the real data
+kept beside the repository (tests that use it skip when it is absent), and the example scripts' `main`s."""
 
+import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rm_hf import RehearsalMemoryConfig  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
 TINY_ENCODER = {
     "hidden_size": 32,
     "num_hidden_layers": 1,
@@ -30,6 +33,14 @@ def tiny_config(**overrides) -> RehearsalMemoryConfig:
     return RehearsalMemoryConfig(**values)
 
 
+def example_main(name: str):
+    """`main(argv)` of examples/<name>.py, to run a script in-process (several times faster than a subprocess)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
 @pytest.fixture
 def babi_dir() -> Path:
     path = SHARED_DATA / "babi"
@@ -41,3 +52,11 @@ def babi_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def keep_transformers_verbosity():
+    """For tests that run an example script in-process: the scripts turn transformers' logging up."""
+    verbosity = transformers.logging.get_verbosity()
+    yield
+    transformers.logging.set_verbosity(verbosity)

@@ -125,6 +125,48 @@ def test_reads_the_tarball_in_place(tmp_path):
         load_babi(archive_path, tasks=[2])
 
 
+def babi_archive(tmp_path: Path, mode: str = "w:gz") -> bytes:
+    """The bytes of a tarball laid out like the release, holding QA1_TEXT as en-10k's task 1 train file."""
+    source = write(tmp_path / "sources", QA1_NAME, QA1_TEXT * 20)
+    archive_path = tmp_path / "sources" / "archive.tar"
+    with tarfile.open(archive_path, mode) as archive:
+        archive.add(source, arcname=f"tasks_1-20_v1-2/en-10k/{QA1_NAME}")
+    return archive_path.read_bytes()
+
+
+@pytest.mark.parametrize("keep", [0, 10, 0.5, -20])
+def test_truncated_or_foreign_archive_raises_read_error_naming_it(tmp_path, keep):
+    data = babi_archive(tmp_path)
+    path = tmp_path / "tasks_1-20_v1-2.tar.gz"
+    path.write_bytes(data[: int(len(data) * keep) if isinstance(keep, float) else keep])
+    with pytest.raises(tarfile.ReadError, match=rf"{path}: not a readable tar archive"):
+        load_babi(path)
+    path.write_text(QA1_TEXT)  # a task file given where the archive or folder was expected
+    with pytest.raises(tarfile.ReadError, match=str(path)):
+        load_babi(path)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    mode=st.sampled_from(["w:gz", "w:bz2", "w:xz", "w"]),
+    cut=st.floats(0, 1),
+    flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=3),
+)
+def test_damaged_archive_parses_or_raises_a_documented_error(mode, cut, flips):
+    with tempfile.TemporaryDirectory() as folder:
+        data = bytearray(babi_archive(Path(folder), mode))
+        for position, value in flips:
+            data[int(position * len(data))] = value
+        path = Path(folder) / "damaged.tar"
+        path.write_bytes(bytes(data[: round(cut * len(data))]) if cut < 1 else bytes(data))
+        try:
+            dataset = load_babi(path)
+        except (tarfile.ReadError, BabiFormatError, FileNotFoundError) as error:
+            assert str(path) in str(error)
+            return
+    assert dataset.num_rows >= 1 and set(dataset["answer"]) <= {"pantry", "attic", "garage", "porch"}
+
+
 @pytest.mark.parametrize(
     ("text", "line_number", "expected"),
     [

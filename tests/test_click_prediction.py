@@ -1,6 +1,8 @@
 """The click-prediction head and its baselines: save/load, the base model from a click checkpoint, gradients
 with rehearsal, scoring stored memories, input checks, and learning the synthetic long-history task."""
 
+import re
+
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
@@ -88,6 +90,25 @@ def test_bad_ids_and_labels_are_refused(model_class):
         model(**{**batch, "history_items": batch["history_items"] + ITEMS})
     with pytest.raises(ValueError, match="`labels` must be 0"):
         model(**{**batch, "labels": torch.tensor([1.0, 2.0, 0.5])})
+
+
+@pytest.mark.parametrize("model_class", CLICK_MODELS)
+@pytest.mark.parametrize(
+    "name, shape",
+    [
+        ("target_item", (3, 1)),
+        ("target_category", (2,)),
+        ("labels", (3, 1)),
+        ("history_categories", (3, 20)),
+        ("history_behaviors", (2, 21)),
+        ("attention_mask", (3, 22)),
+    ],
+)
+def test_mismatched_shapes_are_named(model_class, name, shape):
+    batch = click_batch()
+    batch[name] = torch.ones(shape, dtype=batch[name].dtype)
+    with pytest.raises(ValueError, match=rf"`{name}` must have shape .* got {re.escape(str(shape))}"):
+        model_class(click_config())(**batch)
 
 
 @pytest.mark.parametrize("model_class", [MeanPoolClickModel, TargetAttentionClickModel])

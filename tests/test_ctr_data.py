@@ -326,7 +326,16 @@ def test_behavior_log_without_label_samples_one_negative_per_positive(tmp_path):
         ("taobao", "1,2,3,pv,100\n\xff\xfe,2\n", 2, "UTF-8"),
         ("behavior_log", "user,item,timestamp\nu,i,1\n", 1, "category"),
         ("behavior_log", "user,item,category,timestamp,label\nu,i,c,1,yes\n", 2, "label of 0 or 1"),
+        ("behavior_log", "user,item,category,timestamp\nu,i,c,1\nu,i,c\n", 3, "4 columns"),
+        ("behavior_log", "user,item,category,timestamp\nu,i,c,1,9\n", 2, "4 columns"),
+        ("behavior_log", "user,item,category,timestamp\nu,i,c,soon\n", 2, "numeric timestamp"),
+        ("behavior_log", "user,item,category,timestamp,behavior\nu,i,c,1,click\n", 2, "behaviour type"),
+        ("behavior_log", "", 1, "empty"),
+        ("behavior_log", "user,item,category,timestamp\n\n", 3, "at least one valid record"),
         ("movielens", "1,1,4.0,100\n", 1, "header"),
+        ("movielens", "", 1, "empty"),
+        ("movielens", "userId,movieId,rating,timestamp\n1,1,4.0\n", 2, "4 columns"),
+        ("movielens", "userId,movieId,rating,timestamp\n1,1,4.0,yesterday\n", 2, "numeric timestamp"),
         ("movielens", "userId,movieId,rating,timestamp\n1,1,4.0,100\n1,99,3.0,101\n", 3, "movieId listed"),
         ("movielens", "userId,movieId,rating,timestamp\n1,1,good,100\n", 2, "numeric rating"),
     ],
@@ -343,6 +352,19 @@ def test_format_errors_name_file_and_line(tmp_path, loader, content, line_number
     message = str(info.value)
     assert str(path) in message and f"line {line_number}:" in message and expected in message
     assert info.value.line_number == line_number
+
+
+@pytest.mark.parametrize(
+    ("movies", "line_number", "expected"),
+    [("", 1, "empty"), ("movieId,title,genres\n1,Paper Lanterns\n", 2, "3 columns"), ("movieId,genres\n", 1, "title")],
+)
+def test_movielens_movies_file_errors_name_it(tmp_path, movies, line_number, expected):
+    ratings, movies_csv = write_movielens(tmp_path, [(1, 100, 1, 4.0)])
+    movies_csv.write_text(movies)
+    with pytest.raises(BehaviorFormatError) as info:
+        load_movielens(ratings, movies_csv, min_history=0)
+    assert info.value.path == str(movies_csv) and info.value.line_number == line_number
+    assert f"movies.csv, line {line_number}: expected" in str(info.value) and expected in str(info.value)
 
 
 def test_format_error_shortens_long_lines(tmp_path):
@@ -379,13 +401,26 @@ VALID_LINE = st.builds(
     st.sampled_from(BEHAVIORS),
     st.integers(0, 10**10),
 )
-MUTATED_LINE = st.builds(
-    lambda line, pieces, cut: ",".join(line.split(",")[:cut] + pieces),
-    VALID_LINE,
-    st.lists(LINE_PIECES, max_size=4),
-    st.integers(0, 5),
-)
-ANY_LINE = st.one_of(VALID_LINE, MUTATED_LINE, st.text(max_size=30))
+
+
+def valid_or_mutated(valid: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """A valid line (half the time), the same line cut after some columns and extended with odd pieces, or any
+    text."""
+    mutated = st.builds(
+        lambda line, pieces, cut: ",".join(line.split(",")[:cut] + pieces),
+        valid,
+        st.lists(LINE_PIECES, max_size=4),
+        st.integers(0, 6),
+    )
+    return st.one_of(valid, st.one_of(mutated, st.text(max_size=30)))
+
+
+def sometimes_mutated(valid: str) -> st.SearchStrategy[str]:
+    """A header or other fixed line, mutated one time in four: a broken header fails every later line."""
+    return st.one_of(st.just(valid), st.just(valid), st.just(valid), valid_or_mutated(st.just(valid)))
+
+
+ANY_LINE = valid_or_mutated(VALID_LINE)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -401,6 +436,77 @@ def test_taobao_reader_parses_or_raises_format_error(tmp_path, lines, skip):
     for row in rows(data):
         assert 0 < row["target_item"] < vocab.item_vocab_size
         assert all(0 < i < vocab.item_vocab_size for i in row["history_items"])
+
+
+RATINGS_LINE = st.builds(
+    lambda u, m, r, t: f"{u},{m},{r},{t}",
+    st.integers(1, 4),
+    st.integers(1, 9),  # movie 9 is not in MOVIES
+    st.sampled_from(["1.0", "3.5", "4", "5.0"]),
+    st.integers(0, 50),
+)
+MOVIES_LINES = MOVIES.splitlines()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    header=sometimes_mutated("userId,movieId,rating,timestamp"),
+    lines=st.lists(valid_or_mutated(RATINGS_LINE), max_size=10),
+    movie_line=st.integers(0, len(MOVIES_LINES) - 1).flatmap(
+        lambda i: st.tuples(st.just(i), sometimes_mutated(MOVIES_LINES[i]))
+    ),
+    skip=st.booleans(),
+)
+def test_movielens_reader_parses_or_raises_format_error(tmp_path, header, lines, movie_line, skip):
+    ratings, movies = tmp_path / "ratings.csv", tmp_path / "movies.csv"
+    ratings.write_text("\n".join([header, *lines]), encoding="utf-8", errors="surrogatepass")
+    position, replacement = movie_line
+    movies.write_text(
+        "\n".join(MOVIES_LINES[:position] + [replacement] + MOVIES_LINES[position + 1 :]),
+        encoding="utf-8",
+        errors="surrogatepass",
+    )
+    try:
+        data, vocab = load_movielens(ratings, movies, min_history=0, skip_bad_lines=skip)
+    except BehaviorFormatError as e:
+        assert e.path in (str(ratings), str(movies)) and e.path in str(e)
+        return
+    for row in rows(data):
+        assert 0 < row["target_item"] < vocab.item_vocab_size and row["label"] in (0, 1)
+        assert all(0 < i < vocab.item_vocab_size for i in row["history_items"])
+
+
+@st.composite
+def behavior_logs(draw) -> list[str]:
+    """A header naming the columns in any order (label and behavior optional), then valid or mutated rows."""
+    columns = draw(st.permutations(["user", "item", "category", "timestamp", "label", "behavior"]))
+    columns = [c for c in columns if c not in ("label", "behavior") or draw(st.booleans())]
+    values = {
+        "user": st.sampled_from(["alice", "bob", "7"]),
+        "item": st.sampled_from(["lamp", "kettle", "sofa"]),
+        "category": st.sampled_from(["home", "garden"]),
+        "timestamp": st.integers(0, 20).map(str),
+        "label": st.sampled_from(["0", "1"]),
+        "behavior": st.sampled_from(BEHAVIORS),
+    }
+    row = st.tuples(*(values[c] for c in columns)).map(",".join)
+    header = draw(sometimes_mutated(",".join(columns)))
+    return [header, *draw(st.lists(valid_or_mutated(row), max_size=10))]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=behavior_logs(), skip=st.booleans())
+def test_behavior_log_reader_parses_or_raises_format_error(tmp_path, lines, skip):
+    path = tmp_path / "log.csv"
+    path.write_text("\n".join(lines), encoding="utf-8", errors="surrogatepass")
+    try:
+        data, vocab = load_behavior_log(path, min_history=0, skip_bad_lines=skip)
+    except BehaviorFormatError as e:
+        assert e.path == str(path) and str(path) in str(e)
+        return
+    for row in rows(data):
+        assert 0 < row["target_item"] < vocab.item_vocab_size and row["label"] in (0, 1)
+        assert all(0 < b < vocab.behavior_vocab_size for b in row["history_behaviors"])
 
 
 # ---------------------------------------------------------------------------------------------------------

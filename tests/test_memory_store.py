@@ -1,5 +1,5 @@
 """UserMemoryStore: incremental updates score exactly like the full history, many candidates per request,
-save/load round trip, crash-safe saves and clear errors on damaged files."""
+save/load round trip, crash-safe saves and clear errors on truncated or corrupt files."""
 
 import os
 
@@ -125,6 +125,22 @@ def test_truncated_file_raises_value_error_naming_it(tmp_path, keep):
     data = path.read_bytes()
     path.write_bytes(data[:keep])
     with pytest.raises(ValueError, match="store.safetensors"):
+        UserMemoryStore.load(path, model)
+
+
+@pytest.mark.parametrize("where", ["header", "tensors"])
+def test_corrupt_file_raises_value_error_naming_it(tmp_path, where):
+    model = click_model()
+    store = UserMemoryStore(model)
+    fill(store, "alice", behaviours(13), [13])
+    path = store.save(tmp_path / "store.safetensors")
+    data = bytearray(path.read_bytes())
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    position = 20 if where == "header" else header_end + 100  # inside the JSON header, or inside the memories
+    data[position] ^= 0xFF
+    path.write_bytes(bytes(data))
+    message = "truncated or corrupt" if where == "header" else "do not match the sha256 checksum"
+    with pytest.raises(ValueError, match=rf"store\.safetensors.*{message}"):
         UserMemoryStore.load(path, model)
 
 

@@ -94,3 +94,28 @@ def test_qa_input_errors():
         model(ids, mask)
     with pytest.raises(ValueError, match="sequences but"):
         model.answer(torch.zeros(2, 4, 32), questions)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"question_input_ids": torch.full((3, 6), 50)}, r"`question_input_ids` must lie in \[0, 50\)"),
+        ({"question_input_ids": torch.full((3, 6), -1)}, r"`question_input_ids` must lie in \[0, 50\)"),
+        ({"question_input_ids": torch.zeros(3, 65, dtype=torch.long)}, "65 tokens; the encoder reads at most 64"),
+        ({"question_input_ids": torch.zeros(3, 0, dtype=torch.long)}, "at least one token"),
+        ({"question_attention_mask": torch.ones(3, 5)}, r"`question_attention_mask` shape \(3, 5\)"),
+        ({"labels": torch.tensor([[0], [1], [2]])}, r"shape \(batch,\) = \(3,\)"),
+        ({"labels": torch.tensor([0.0, 1.0, 2.0])}, "integer answer ids"),
+        ({"labels": torch.tensor([0, -1, 2])}, r"`labels` must lie in \[0, 5\) \(config.id2label\)"),
+    ],
+)
+def test_bad_questions_and_labels_get_clear_errors(changes, message):
+    ids, mask, questions, question_mask = story_and_questions()
+    inputs = {"input_ids": ids, "attention_mask": mask, "question_input_ids": questions}
+    inputs |= {"question_attention_mask": question_mask, "labels": torch.tensor([0, 1, 2]), **changes}
+    with pytest.raises(ValueError, match=message):
+        qa_model()(**inputs)
+    if "labels" not in changes:  # answering stored memories checks the question too
+        memory = torch.zeros(3, 4, 32)
+        with pytest.raises(ValueError, match=message):
+            qa_model().answer(memory, inputs["question_input_ids"], inputs["question_attention_mask"])

@@ -1,5 +1,6 @@
 """Rehearsal model and history sampler: finite losses, own-memory pairing, no padding sampled, batch size 1,
-gradients everywhere, and a familiarity loss that can actually be learned."""
+rows without real items, gradients everywhere, bad fragment weights refused, and a familiarity loss that can
+actually be learned."""
 
 import pytest
 import torch
@@ -35,6 +36,36 @@ def test_losses_finite_positive_and_every_parameter_learns(mode, batch):
     assert (out.sampler_loss is None) == (mode != "teacher")
     sum(terms).backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+@pytest.mark.parametrize("mode", ["uniform", "teacher"])
+@pytest.mark.parametrize("empty_rows", [[1], [0, 1, 2]], ids=["one-empty-row", "all-rows-empty"])
+def test_rows_without_real_items_rehearse_nothing(mode, empty_rows):
+    # e.g. users without history: their items must not be drawn as donors, and an empty batch is not NaN
+    model = RehearsalMemoryForQuestionAnswering(tiny_config(sampler_mode=mode, id2label=LABELS, rehearsal_num_heads=2))
+    batch = qa_batch()
+    batch["attention_mask"][empty_rows] = 0
+    out = model.train()(**batch)
+    terms = [out.loss, out.recollection_loss, out.familiarity_loss] + ([out.sampler_loss] if mode == "teacher" else [])
+    assert all(torch.isfinite(term) for term in terms)
+    if len(empty_rows) == 3:
+        assert out.recollection_loss == 0 and out.familiarity_loss == 0
+    else:
+        assert out.recollection_loss > 0 and out.familiarity_loss > 0
+    sum(terms).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [(torch.rand(3, 29), "shape"), (torch.full((3, 30), float("nan")), "finite"), (-torch.rand(3, 30), "negative")],
+)
+def test_bad_fragment_weights_are_refused(weights, message):
+    model = RehearsalMemoryForQuestionAnswering(
+        tiny_config(sampler_mode="external", id2label=LABELS, rehearsal_num_heads=2)
+    )
+    with pytest.raises(ValueError, match=f"`fragment_weights`.*{message}"):
+        model.train()(**{**qa_batch(), "fragment_weights": weights})
 
 
 def test_rehearsal_is_off_at_inference():

@@ -1,5 +1,6 @@
 """examples/run_ctr.py end to end on a tiny synthetic task: metrics written, model and vocabulary reload; the
-Rehearsal Memory run uses two torchrun processes (DDP over gloo)."""
+Rehearsal Memory run uses two torchrun processes (DDP over gloo). Malformed lines of a behaviour CSV fail the
+run or are skipped and counted."""
 
 import json
 import os
@@ -12,7 +13,8 @@ import torch
 
 from rm_hf import RehearsalMemoryForClickPrediction
 from rm_hf.ctr_baselines import TargetAttentionClickModel
-from rm_hf.ctr_data import BehaviorVocab, ClickCollator, generate_behavior_histories
+from rm_hf.ctr_data import BehaviorFormatError, BehaviorVocab, ClickCollator, generate_behavior_histories
+from tests.conftest import example_main
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_ctr.py"
 DATA = {"num_users": 48, "history_length": 40, "num_items": 20, "num_categories": 8}
@@ -55,3 +57,23 @@ def test_run_ctr_trains_evaluates_and_saves(tmp_path, launcher, model, model_cla
     with torch.no_grad():
         logits = reloaded(**ClickCollator()(list(data["test"]))).logits
     assert logits.shape == (len(data["test"]),) and torch.isfinite(logits).all()
+
+
+@pytest.mark.usefixtures("keep_transformers_verbosity")
+def test_run_ctr_fails_on_a_malformed_line_or_skips_and_counts_it(tmp_path):
+    log = tmp_path / "log.csv"
+    rows = [f"user{i % 6},item{i % 9},cat{i % 3},{i}" for i in range(60)]
+    rows[10], rows[40] = "user1,item2,cat3", "user2,item2,cat1,noon"  # a missing column, a non-numeric timestamp
+    log.write_text("user,item,category,timestamp\n" + "\n".join(rows) + "\n")
+    args = [
+        "--data", "csv", "--behavior_csv", str(log), "--model", "mean_pool", "--hidden_size", "16",
+        "--item_embedding_dim", "8", "--do_train", "--max_steps", "1", "--per_device_train_batch_size", "4",
+        "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
+    ]  # fmt: skip
+    main = example_main("run_ctr")
+    with pytest.raises(BehaviorFormatError, match=r"log\.csv, line 12: expected 4 columns"):
+        main(["--output_dir", str(tmp_path / "strict"), *args])
+
+    main(["--output_dir", str(tmp_path / "lenient"), *args, "--skip_bad_lines"])
+    results = json.loads((tmp_path / "lenient" / "all_results.json").read_text())
+    assert results["skipped_bad_lines"] == 2 and results["train_loss"] > 0

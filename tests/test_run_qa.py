@@ -1,6 +1,7 @@
 """End to end: examples/run_qa.py trains, evaluates, writes results and a model card, and its checkpoint
-reloads through the Auto classes; two torchrun processes train one model together (DDP over gloo); and a
-few hundred steps on an easy generated task learn well above chance."""
+reloads through the Auto classes; malformed bAbI lines fail the run or are skipped and counted; two torchrun
+processes train one model together (DDP over gloo); and a few hundred steps on an easy generated task learn well
+above chance."""
 
 import json
 import os
@@ -14,10 +15,11 @@ from huggingface_hub import ModelCard
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
 from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForQuestionAnswering
-from rm_hf.babi import answer_vocabulary
+from rm_hf.babi import BabiFormatError, answer_vocabulary
 from rm_hf.qa_data import QACollator, encode_qa_dataset
 from rm_hf.story_generator import generate_stories
 from rm_hf.tokenization import build_word_tokenizer
+from tests.conftest import example_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = [
@@ -41,6 +43,11 @@ def test_run_qa_writes_results_card_and_a_reloadable_checkpoint(tmp_path):
     assert 0 <= results["eval_all_accuracy"] <= 1
     assert abs(results["eval_all_accuracy"] + results["eval_all_error"] - 1) < 1e-9
     assert {"eval_where_person_accuracy", "eval_who_has_accuracy"} <= results.keys()
+    assert results["skipped_bad_lines"] == 0
+    # the folder to publish holds no pickle: weights in safetensors, the training arguments as JSON
+    published = {path.name for path in output.iterdir()}
+    assert {"model.safetensors", "training_args.json"} <= published
+    assert not [name for name in published if name.endswith((".bin", ".pt", ".pth", ".pkl"))]
 
     card = ModelCard.load(output / "README.md")
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "question-answering"
@@ -88,6 +95,29 @@ def test_run_qa_on_real_babi_task_1(tmp_path, babi_dir):
     # one question type: the Hub metadata reports it once, not again as "all"
     entries = ModelCard.load(output / "README.md").data.to_dict()["model-index"][0]["results"]
     assert [e["metrics"][0]["value"] for e in entries] == [round(results["eval_all_accuracy"], 4)]
+
+
+@pytest.mark.usefixtures("keep_transformers_verbosity")
+def test_run_qa_fails_on_a_malformed_babi_line_or_skips_and_counts_it(tmp_path):
+    folder = tmp_path / "babi" / "en-10k"
+    folder.mkdir(parents=True)
+    (folder / "qa1_single-supporting-fact_train.txt").write_text(
+        "1 Zoe went to the pantry.\n2 Where is Zoe?\tpantry\t1\n"
+        "1 Max went to the porch.\n2 Max ran\tporch\n3 Where is Max?\tporch\t1\n"  # line 4: a broken question
+        "1 Ann went to the attic.\n2 Where is Ann?\tattic\t1\n"
+    )
+    (folder / "qa1_single-supporting-fact_test.txt").write_text(
+        "1 Max went to the porch.\n2 Where is Max?\tporch\t1\n"
+    )
+    args = ["--babi_dir", str(tmp_path / "babi"), "--tasks", "1", *TINY_RUN, "--max_steps", "1"]
+    main = example_main("run_qa")
+    with pytest.raises(BabiFormatError, match=r"qa1_single-supporting-fact_train\.txt, line 4: expected"):
+        main(["--output_dir", str(tmp_path / "strict"), *args])
+
+    main(["--output_dir", str(tmp_path / "lenient"), *args, "--skip_bad_lines"])
+    results = json.loads((tmp_path / "lenient" / "all_results.json").read_text())
+    assert results["skipped_bad_lines"] == 2  # the bad line and the rest of its story
+    assert results["eval_all_accuracy"] in (0.0, 1.0)  # one evaluation question
 
 
 @pytest.mark.slow

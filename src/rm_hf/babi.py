@@ -5,9 +5,12 @@ is `<id> <text>`, a question is `<id> <question>\t<answer>\t<supporting ids>`, w
 the ids of earlier story sentences (ids count question lines too).
 """
 
+import gzip
 import logging
+import lzma
 import re
 import tarfile
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +34,10 @@ QA_FEATURES = Features(
         "question_type": Value("string"),
     }
 )
+
+# What a damaged archive raises while it is decompressed and read (BadGzipFile is an OSError, caught by name
+# so that a missing task file, also an OSError, is not taken for a damaged archive).
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError)
 
 # Room for a million stories per task keeps story ids unique across the tasks of one dataset.
 STORY_ID_STRIDE = 1_000_000
@@ -242,7 +249,7 @@ def load_babi(
 
     Raises:
         FileNotFoundError: a task file is missing.
-        tarfile.ReadError: `path` is a file but not a tar archive.
+        tarfile.ReadError: `path` is a file but not a readable tar archive (for example a truncated download).
         BabiFormatError: a malformed line (unless `skip_bad_lines`), or an empty file.
     """
     task_ids = list(dict.fromkeys(tasks))  # a repeated task would repeat its story ids
@@ -253,8 +260,12 @@ def load_babi(
     if path.is_dir():
         files = [_read_from_folder(path, task_id, split, subset) for task_id in task_ids]
     elif path.is_file():
-        with tarfile.open(path, "r:*") as archive:
-            files = [_read_from_archive(archive, path, task_id, split, subset) for task_id in task_ids]
+        try:
+            with tarfile.open(path, "r:*") as archive:
+                files = [_read_from_archive(archive, path, task_id, split, subset) for task_id in task_ids]
+        except _ARCHIVE_ERRORS as error:
+            # A cut download fails inside the decompressor (EOFError, ...), which names neither the file nor the cause.
+            raise tarfile.ReadError(f"{path}: not a readable tar archive (truncated or corrupt?): {error}") from error
     else:
         raise FileNotFoundError(f"No bAbI folder or archive at {path}")
 

@@ -81,7 +81,10 @@ class ClickBaselinePreTrainedModel(PreTrainedModel):
         return_dict: bool | None = None,
     ) -> RehearsalMemoryClickPredictionOutput | tuple:
         r"""Arguments as for [`RehearsalMemoryForClickPrediction`]: (B, T) histories, (B,) targets and labels."""
-        RehearsalMemoryForClickPrediction.check_click_inputs(history_items, target_item, labels)
+        RehearsalMemoryForClickPrediction.check_click_inputs(
+            history_items, target_item, labels, history_categories=history_categories,
+            history_behaviors=history_behaviors, attention_mask=attention_mask, target_category=target_category,
+        )
         logits = self.score_candidates(
             history_items, history_categories, history_behaviors, attention_mask,
             target_item[:, None], None if target_category is None else target_category[:, None],

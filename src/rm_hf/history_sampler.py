@@ -73,6 +73,13 @@ class RehearsalMemoryHistorySampler(nn.Module):
                 raise ValueError(
                     "sampler_mode='external' needs `fragment_weights` (per-item importance) in the batch."
                 )
+            if fragment_weights.shape != attention_mask.shape:
+                raise ValueError(
+                    f"`fragment_weights` shape {tuple(fragment_weights.shape)} does not match the input's "
+                    f"(batch, length) = {tuple(attention_mask.shape)}."
+                )
+            if not (torch.isfinite(fragment_weights) & (fragment_weights >= 0)).all():
+                raise ValueError("`fragment_weights` must be finite and non-negative.")
             weight = window_sums(fragment_weights.float() * attention_mask, self.fragment_length)  # (B, T)
             scores = torch.log(weight + 1e-6)
         else:

@@ -17,9 +17,11 @@ store or key-value service keeps under the user id. A stream consumer reading th
 Memories are tied to the weights that wrote them: after retraining, rebuild them by replaying the logs.
 We do not build a distributed store; `save` / `load` snapshot one process's store into a safetensors file
 (user ids in its metadata, whose 100 MB header limit holds a few million ids), for tests, benchmarks and
-small deployments. Not thread-safe.
+small deployments. A snapshot is replaced atomically and carries a SHA-256 of its tensors, so a damaged file
+is refused rather than served. Not thread-safe.
 """
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -102,13 +104,15 @@ class UserMemoryStore:
             "pending": torch.cat(pending) if users else torch.empty(0, 3, dtype=torch.long),
             "pending_lengths": torch.tensor([len(rows) for rows in pending], dtype=torch.long),
         }
+        tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
         metadata = {
             "format": STORE_FORMAT,
             "user_ids": json.dumps(users),
             "segment_length": str(config.segment_length),
+            "sha256": _digest(tensors),
         }
         with atomic_path(path) as tmp:
-            save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, tmp, metadata=metadata)
+            save_file(tensors, tmp, metadata=metadata)
         return path
 
     @classmethod
@@ -139,6 +143,9 @@ class UserMemoryStore:
             )
         if tensors.keys() != {"memories", "pending", "pending_lengths"}:
             raise invalid(f"tensors {sorted(tensors)}, expected memories, pending, pending_lengths")
+        # the checks above cannot see a flipped byte inside the tensors
+        if metadata.get("sha256") != _digest(tensors):
+            raise invalid("its tensors do not match the sha256 checksum in its metadata (corrupt?)")
         memories, pending, lengths = tensors["memories"], tensors["pending"], tensors["pending_lengths"]
         expected = (len(users), config.num_memory_slots, config.memory_dim)
         if tuple(memories.shape) != expected:
@@ -191,3 +198,13 @@ class UserMemoryStore:
         if ids.dim() != 1:
             raise ValueError(f"`{name}` must be a 1-D sequence of ids, got shape {tuple(ids.shape)}.")
         return ids
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of CPU tensors, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().data)
+    return digest.hexdigest()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .file_utils import atomic_path
+
 TEMPLATE = """---
 {{ card_data }}
 ---
@@ -136,5 +138,6 @@ def write_qa_model_card(
         results=[{"name": name, **row} for name, row in results.items()],
         data=data,
     )
-    card.save(str(path))
+    with atomic_path(path) as tmp:  # a crash never leaves half a card
+        card.save(str(tmp))
     return card

@@ -15,6 +15,7 @@ This file is copied next to saved checkpoints for `trust_remote_code=True`: it i
 transformers and single-dot siblings.
 """
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -23,11 +24,38 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.dynamic_module_utils import custom_object_save
+from transformers.modeling_utils import load_state_dict
 from transformers.utils import ModelOutput
 
 from .configuration_rehearsal_memory import RehearsalMemoryConfig
 from .history_sampler import RehearsalMemoryHistorySampler
 from .rehearsal import RehearsalMemoryRehearser
+
+
+def damaged_weights_file(checkpoint, subfolder: str = "") -> str | None:
+    """The first safetensors file of a local checkpoint folder that does not open (truncated or corrupt), if any."""
+    folder = os.path.join(checkpoint, subfolder) if checkpoint is not None else None
+    if folder is None or not os.path.isdir(folder):
+        return None
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            try:
+                load_state_dict(os.path.join(folder, name), map_location="meta")  # reads the header only
+            # safetensors' own error type cannot be imported here: this file ships with checkpoints and
+            # imports only torch and transformers
+            except Exception:  # noqa: BLE001
+                return os.path.join(folder, name)
+    return None
+
+
+def check_id_range(ids: torch.Tensor, vocab_size: int, name: str, vocabulary: str) -> None:
+    """ValueError naming `name` when an id lies outside [0, vocab_size): an embedding lookup would fail deep inside
+    PyTorch with an index error that names neither the input nor the vocabulary."""
+    if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(
+            f"`{name}` must lie in [0, {vocab_size}) ({vocabulary}), "
+            f"got values in [{ids.min().item()}, {ids.max().item()}]."
+        )
 
 
 class RehearsalMemoryProjection(nn.Linear):
@@ -141,6 +169,20 @@ class RehearsalMemoryPreTrainedModel(PreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if shipping_code and self._auto_class is None:
             custom_object_save(self, save_directory)  # copy the code the `auto_map` entry points to
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as error:
+            # transformers reports a damaged weights file as "Error while deserializing header: ..." without
+            # saying which file; name it
+            damaged = damaged_weights_file(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
+            if damaged is None:
+                raise
+            raise ValueError(
+                f"{damaged}: cannot read the weights, the file is truncated or corrupt ({error})."
+            ) from error
 
     def rehearsal_terms(self, outputs, query, teacher_loss, **inputs):
         """(recollection, familiarity, sampler) losses of a training batch. `teacher_loss` maps the teacher
@@ -339,12 +381,9 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
         else:
             if input_ids.dim() != 2:
                 raise ValueError(f"`input_ids` must have shape (batch, length), got {tuple(input_ids.shape)}.")
-            vocab_size = self.get_input_embeddings().num_embeddings
-            if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
-                raise ValueError(
-                    f"`input_ids` must lie in [0, {vocab_size}) (the encoder's vocabulary), "
-                    f"got values in [{input_ids.min().item()}, {input_ids.max().item()}]."
-                )
+            check_id_range(
+                input_ids, self.get_input_embeddings().num_embeddings, "input_ids", "the encoder's vocabulary"
+            )
             inputs = input_ids
         if inputs.shape[0] == 0 or inputs.shape[1] == 0:
             raise ValueError(f"The input sequence is empty: shape {tuple(inputs.shape)}.")
@@ -396,6 +435,7 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
 
     def encode_question(self, question_input_ids, question_attention_mask=None) -> torch.Tensor:
         """(B, L) question tokens -> (B, memory_dim) pooled question."""
+        self._check_question(question_input_ids, question_attention_mask)
         if question_attention_mask is None:
             question_attention_mask = torch.ones_like(question_input_ids)
         features = self.rehearsal_memory.encoder(
@@ -404,6 +444,27 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
         weights = question_attention_mask.unsqueeze(-1).to(features.dtype)
         pooled = (features * weights).sum(1) / weights.sum(1).clamp_min(1)  # (B, E)
         return self.question_projection(pooled)
+
+    def _check_question(self, question_input_ids, question_attention_mask) -> None:
+        # the encoder reads a question in one piece, unlike a story, which is written segment by segment
+        if question_input_ids.dim() != 2 or question_input_ids.shape[1] == 0:
+            raise ValueError(
+                "`question_input_ids` must have shape (batch, question_length) with at least one token, "
+                f"got {tuple(question_input_ids.shape)}."
+            )
+        max_length = getattr(self.config.encoder_config, "max_position_embeddings", None)
+        if max_length is not None and question_input_ids.shape[1] > max_length:
+            raise ValueError(
+                f"`question_input_ids` has {question_input_ids.shape[1]} tokens; the encoder reads at most "
+                f"{max_length} (encoder_config.max_position_embeddings)."
+            )
+        vocab_size = self.rehearsal_memory.get_input_embeddings().num_embeddings
+        check_id_range(question_input_ids, vocab_size, "question_input_ids", "the encoder's vocabulary")
+        if question_attention_mask is not None and question_attention_mask.shape != question_input_ids.shape:
+            raise ValueError(
+                f"`question_attention_mask` shape {tuple(question_attention_mask.shape)} does not match "
+                f"`question_input_ids` {tuple(question_input_ids.shape)}."
+            )
 
     def answer(self, memory, question_input_ids, question_attention_mask=None) -> torch.Tensor:
         """Answer logits (B, num_labels) for questions against stored memories (B, K, D), without the story.
@@ -440,11 +501,13 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
             raise ValueError(
                 f"The story batch ({story.shape[0]}) and the question batch ({question_input_ids.shape[0]}) differ in size."
             )
-        if labels is not None and (labels.min() < 0 or labels.max() >= self.config.num_labels):
-            raise ValueError(
-                f"`labels` must lie in [0, {self.config.num_labels}) (config.id2label), got values in "
-                f"[{labels.min().item()}, {labels.max().item()}]."
-            )
+        if labels is not None:
+            if labels.shape != question_input_ids.shape[:1] or labels.is_floating_point():
+                raise ValueError(
+                    f"`labels` must be integer answer ids of shape (batch,) = ({question_input_ids.shape[0]},), "
+                    f"got {labels.dtype} of shape {tuple(labels.shape)}."
+                )
+            check_id_range(labels, self.config.num_labels, "labels", "config.id2label")
         rehearsing = self.training and self.config.use_rehearsal
         outputs = self.rehearsal_memory(
             input_ids, input_features, attention_mask, memory=memory, output_item_features=rehearsing
@@ -550,25 +613,30 @@ class RehearsalMemoryForClickPrediction(RehearsalMemoryPreTrainedModel):
         return self.scorer(torch.cat([query, read, query * read], dim=-1)).squeeze(-1)
 
     @staticmethod
-    def check_click_inputs(history_items, target_item, labels):
-        """Shared by the head and the baselines of `ctr_baselines`."""
+    def check_click_inputs(history_items, target_item, labels, **others):
+        """Shapes and labels of a click batch (`others`: the other history columns and `target_category`);
+        shared by the head and the baselines of `ctr_baselines`."""
         if history_items is None or target_item is None:
             raise ValueError("`history_items` and `target_item` are required.")
-        if target_item.shape[0] != history_items.shape[0]:
+        if history_items.dim() != 2:
             raise ValueError(
-                f"The history batch ({history_items.shape[0]}) and the target batch ({target_item.shape[0]}) "
-                "differ in size."
+                f"`history_items` must have shape (batch, history_length), got {tuple(history_items.shape)}."
             )
+        batch = history_items.shape[:1]
+        tensors = {"target_item": target_item, "labels": labels, **others}
+        for name, tensor in tensors.items():
+            expected = batch if name in ("target_item", "target_category", "labels") else history_items.shape
+            if tensor is not None and tensor.shape != expected:
+                raise ValueError(
+                    f"`{name}` must have shape {tuple(expected)} to match `history_items` "
+                    f"{tuple(history_items.shape)}, got {tuple(tensor.shape)}."
+                )
         if labels is not None and not ((labels == 0) | (labels == 1)).all():
             raise ValueError("`labels` must be 0 (no click) or 1 (click).")
 
     @staticmethod
     def check_ids(ids, vocab_size, name):
-        if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
-            raise ValueError(
-                f"`{name}` must lie in [0, {vocab_size}) (map unknown ids to 0 with the data's vocabulary), "
-                f"got values in [{ids.min().item()}, {ids.max().item()}]."
-            )
+        check_id_range(ids, vocab_size, name, "map unknown ids to 0 with the data's vocabulary")
 
     def forward(
         self,
@@ -591,7 +659,15 @@ class RehearsalMemoryForClickPrediction(RehearsalMemoryPreTrainedModel):
         labels (`(batch_size,)`): 1 for a click, 0 otherwise.
         memory: a user memory to continue writing into; the initial memory when omitted.
         """
-        self.check_click_inputs(history_items, target_item, labels)
+        self.check_click_inputs(
+            history_items,
+            target_item,
+            labels,
+            history_categories=history_categories,
+            history_behaviors=history_behaviors,
+            attention_mask=attention_mask,
+            target_category=target_category,
+        )
         features = self.embed_behaviors(history_items, history_categories, history_behaviors)  # (B, T, 2d)
         rehearsing = self.training and self.config.use_rehearsal
         outputs = self.rehearsal_memory(

@@ -10,8 +10,8 @@ them with other sequences' memories).
   items of another sequence (or, with batch size 1, of another part of the same sequence); the [CLS]
   output scores "this fragment is from my memory" with a logistic loss -[log s+ + log(1 - s-)] (the
   paper prints the sign wrong).
-Losses are averaged over real masked items and real fragments; everything is batched over sequences
-and fragments.
+Losses are averaged over real masked items and real fragments (rows without real items, such as empty
+histories, add nothing); everything is batched over sequences and fragments.
 """
 
 from dataclasses import dataclass
@@ -105,7 +105,9 @@ class RehearsalMemoryRehearser(nn.Module):
         predictions = self.recollection_head(hidden[: batch * num_frags, 1:])  # (B * J, R, target_dim)
         predictions = predictions[masked.flatten(0, 1)]  # (N_masked, target_dim)
         masked_targets = gather_items(targets, positions)[masked]  # (N_masked,) ids or (N_masked, F)
-        if token_embeddings is not None:
+        if not len(masked_targets):  # no real item in the whole batch: nothing to recollect (a mean would be NaN)
+            recollection = predictions.sum()
+        elif token_embeddings is not None:
             recollection = F.cross_entropy(predictions @ token_embeddings.t(), masked_targets)
         else:
             # targets may be learned embeddings (click items): detached, so they are not pulled towards predictions
@@ -113,18 +115,22 @@ class RehearsalMemoryRehearser(nn.Module):
         return RehearsalLosses(recollection=recollection, familiarity=familiarity)
 
     def donor_items(self, item_embeddings, attention_mask, positions):
-        """Items from another sequence of the batch (another part of the same one when B = 1)."""
+        """Items from another sequence of the batch; from another part of the same sequence when the batch has one
+        row or the other row has no real items (an empty history)."""
         batch, num_frags, length = positions.shape
+        rows = torch.arange(batch, device=positions.device)
+        donors = rows
         if batch > 1:
-            shift = torch.randint(1, batch, (batch,), device=positions.device)
-            donors = (torch.arange(batch, device=positions.device) + shift) % batch
-            weights = attention_mask[donors].float().unsqueeze(1).expand(-1, num_frags, -1)  # (B, J, T)
-        else:
-            donors = torch.zeros(1, dtype=torch.long, device=positions.device)
-            outside = torch.ones(1, num_frags, attention_mask.shape[1], device=positions.device)
-            outside.scatter_(2, positions, 0.0)
-            weights = attention_mask.float().unsqueeze(1) * outside
-            weights = torch.where(weights.sum(-1, keepdim=True) > 0, weights, attention_mask.float().unsqueeze(1))
+            donors = (rows + torch.randint(1, batch, (batch,), device=positions.device)) % batch
+            donors = torch.where(attention_mask[donors].bool().any(dim=1), donors, rows)
+        real = attention_mask[donors].float().unsqueeze(1).expand(-1, num_frags, -1)  # (B, J, T)
+        outside = torch.ones(batch, num_frags, attention_mask.shape[1], device=positions.device)
+        outside.scatter_(2, positions, 0.0)  # 0 on the row's own fragment
+        weights = torch.where((donors == rows)[:, None, None], real * outside, real)
+        # A fragment that covers its whole row draws from itself; a row without real items draws padding, which is
+        # never used: it has no items to replace. (multinomial fails on all-zero weights.)
+        for fallback in (real, torch.ones_like(outside)):
+            weights = torch.where(weights.sum(-1, keepdim=True) > 0, weights, fallback)
         picks = torch.multinomial(weights.reshape(batch * num_frags, -1), length, replacement=True)
         return gather_items(item_embeddings[donors], picks.view(batch, num_frags, length))
 

@@ -6,12 +6,25 @@ Each term is logged on its own (`task_loss`, `recollection_loss`, ...), averaged
 and over processes. The model returns a per-micro-batch mean, so the Trainer must divide by the
 gradient-accumulation steps itself (`loss_is_scaled_for_ga = False`; see hf-conventions §3.1). Runs on
 many GPUs unchanged through `accelerate launch` or `torchrun`.
+
+Resuming is Trainer's own mechanism (weights, optimizer, scheduler and every RNG state from `checkpoint-N`); the
+rehearsal fragments and donor items are drawn from torch's global RNG, so a resumed run repeats the uninterrupted
+one exactly. Metrics files are replaced atomically and the final model folder holds no pickle.
 """
 
+import json
+import logging
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .file_utils import atomic_path
+
+logger = logging.getLogger(__name__)
 
 REHEARSAL_TERMS = ("recollection_loss", "familiarity_loss", "sampler_loss")
 
@@ -23,6 +36,13 @@ class RehearsalTrainingArguments(TrainingArguments):
     sampler_weight: float = field(default=1.0, metadata={"help": "Weight of the history sampler's loss."})
     rehearsal_warmup_steps: int = field(
         default=0, metadata={"help": "Ramp the rehearsal weights linearly from 0 over this many optimizer steps."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "A checkpoint folder to continue training from, or `last`: the newest complete checkpoint in "
+            "--output_dir, or a fresh start when there is none (so one command serves a first run and every restart)."
+        },
     )
 
     def __post_init__(self):
@@ -73,3 +93,56 @@ class RehearsalMemoryTrainer(Trainer):
         logs.update(averages)
         super().log(logs, start_time)
         self._metrics[mode].clear()
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        # The folder people publish holds no pickle: the arguments go to JSON instead of training_args.bin.
+        # Checkpoint folders keep Trainer's files (optimizer.pt, rng_state.pth, ...), which it loads with
+        # weights_only=True.
+        if _internal_call or not self.args.should_save:
+            return
+        output_dir = Path(output_dir if output_dir is not None else self.args.output_dir)
+        (output_dir / "training_args.bin").unlink(missing_ok=True)
+        with atomic_path(output_dir / "training_args.json") as tmp:
+            tmp.write_text(self.args.to_json_string(), encoding="utf-8")
+
+    def save_metrics(self, split: str, metrics: dict[str, float], combined: bool = True) -> None:
+        """`Trainer.save_metrics` (`{split}_results.json`, merged into `all_results.json`), with each file
+        replaced atomically, so a crash never leaves half a JSON file."""
+        if not self.is_world_process_zero():
+            return
+        output_dir = Path(self.args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        files = {f"{split}_results.json": metrics}
+        if combined:
+            path = output_dir / "all_results.json"
+            files["all_results.json"] = {**(json.loads(path.read_text()) if path.exists() else {}), **metrics}
+        for name, values in files.items():
+            with atomic_path(output_dir / name) as tmp:
+                tmp.write_text(json.dumps(values, indent=4, sort_keys=True), encoding="utf-8")
+
+
+def checkpoint_to_resume(args: TrainingArguments) -> str | None:
+    """The checkpoint `args.resume_from_checkpoint` names, with `last` resolved to the newest complete
+    `checkpoint-N` in `args.output_dir` (None, a fresh start, when there is none).
+
+    Trainer writes a checkpoint's trainer_state.json after everything else, so a folder without a readable one
+    was cut short by a crash while saving; it is passed over with a warning.
+    """
+    if args.resume_from_checkpoint != "last":
+        return args.resume_from_checkpoint
+    pattern = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
+    output_dir = Path(args.output_dir)
+    steps = {int(m[1]): path for path in output_dir.glob("*") if (m := pattern.fullmatch(path.name)) and path.is_dir()}
+    for step in sorted(steps, reverse=True):
+        try:
+            json.loads((steps[step] / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            logger.warning(
+                "Passing over %s: it has no readable trainer_state.json (saving it was cut short).", steps[step]
+            )
+            continue
+        logger.info("Resuming from %s, the newest complete checkpoint.", steps[step])
+        return str(steps[step])
+    logger.info("No complete checkpoint in %s: training starts from scratch.", output_dir)
+    return None
