@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
             f"{trainer.state.global_step} steps, batch size {training_args.per_device_train_batch_size} x "
             f"{training_args.world_size} processes, learning rate {training_args.learning_rate}, rehearsal weights "
             f"{training_args.recollection_weight} (recollection) / {training_args.familiarity_weight} (familiarity); "
-            f"{metrics['train_runtime']:.0f} s of training."
+            f"{metrics['train_runtime']:.0f} s of training. Command: "
+            f"`python examples/run_qa.py {' '.join(sys.argv[1:] if argv is None else argv)}`"
         )
         data = f"Evaluated on {len(eval_dataset)} questions of {dataset_name}."
         write_qa_model_card(Path(training_args.output_dir) / "README.md", model, results, dataset_name, training, data)

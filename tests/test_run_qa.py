@@ -58,6 +58,7 @@ def test_run_qa_writes_results_card_and_a_reloadable_checkpoint(tmp_path):
         abs(reported[next(n for n in reported if n.endswith(" all"))] - round(results["eval_all_accuracy"], 4)) < 1e-9
     )
     assert "CC BY 3.0" in card.text
+    assert f"`python examples/run_qa.py --output_dir {output} " in card.text  # the card says how to reproduce it
 
     model = AutoModelForQuestionAnswering.from_pretrained(output).eval()
     tokenizer = AutoTokenizer.from_pretrained(output)
