@@ -95,6 +95,24 @@ def test_score_from_a_stored_memory_equals_forward():
     torch.testing.assert_close(scored, model(**batch).logits)
 
 
+def test_scoring_many_candidates_per_memory_equals_one_at_a_time():
+    model = RehearsalMemoryForClickPrediction(click_config()).eval()
+    batch = click_batch()
+    candidates, candidate_categories = torch.randint(1, ITEMS, (3, 5)), torch.randint(1, CATEGORIES, (3, 5))
+    with torch.no_grad():
+        memory = model.rehearsal_memory(
+            input_features=behaviour_features(model, batch), attention_mask=batch["attention_mask"]
+        ).memory
+        scores = model.score(memory, candidates, candidate_categories)
+        assert scores.shape == (3, 5)
+        for column in range(5):
+            torch.testing.assert_close(
+                scores[:, column], model.score(memory, candidates[:, column], candidate_categories[:, column])
+            )
+        with pytest.raises(ValueError, match=r"shape \(batch,\) or \(batch, candidates\) with batch = 3"):
+            model.score(memory, candidates[:2])
+
+
 @pytest.mark.parametrize("model_class", CLICK_MODELS)
 def test_bad_ids_and_labels_are_refused(model_class):
     model = model_class(click_config())

@@ -120,11 +120,12 @@ class RehearsalMemoryReader(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(config.num_reasoning_hops))
 
     def forward(self, query: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        # query (B, D), memory (B, K, D) -> (B, D)
-        state = query.unsqueeze(1)  # (B, 1, D)
+        # query (B, D) or (B, C, D), memory (B, K, D) -> the query's shape. C queries about one memory (several
+        # click candidates) are read together; each attends to the slots on its own, as if read alone.
+        state = query if query.dim() == 3 else query.unsqueeze(1)  # (B, C, D)
         for attention, norm in zip(self.hops, self.norms):
             state = norm(state + attention(state, memory))
-        return state.squeeze(1)
+        return state if query.dim() == 3 else state.squeeze(1)
 
 
 @dataclass
@@ -563,7 +564,7 @@ class RehearsalMemoryForClickPrediction(RehearsalMemoryPreTrainedModel):
         return features
 
     def encode_target(self, target_item, target_category=None) -> torch.Tensor:
-        """(B,) target ids -> (B, memory_dim) query."""
+        """(B,) or (B, C) target ids -> (B, memory_dim) or (B, C, memory_dim) queries."""
         categories = target_category if target_category is not None else torch.zeros_like(target_item)
         self.check_ids(target_item, self.config.item_vocab_size, "target_item")
         self.check_ids(categories, self.config.category_vocab_size, "target_category")
@@ -571,11 +572,19 @@ class RehearsalMemoryForClickPrediction(RehearsalMemoryPreTrainedModel):
         return self.target_projection(target)
 
     def score(self, memory, target_item, target_category=None) -> torch.Tensor:
-        """Click logits (B,) of targets against stored memories (B, K, D), without the history."""
+        """Click logits of targets against stored memories (B, K, D), without the history: (B,) for one target
+        per memory, (B, C) for C candidates per memory (`target_item` (B, C)), each memory read once per hop
+        for all its candidates rather than copied C times."""
+        if target_item.dim() not in (1, 2) or target_item.shape[0] != memory.shape[0]:
+            raise ValueError(
+                f"`target_item` must have shape (batch,) or (batch, candidates) with batch = {memory.shape[0]} "
+                f"memories, got {tuple(target_item.shape)}."
+            )
         return self.score_query(self.encode_target(target_item, target_category), memory)
 
     def score_query(self, query, memory):
-        read = self.reader(query, memory)  # (B, D)
+        # query (B, D) or (B, C, D) -> logits (B,) or (B, C)
+        read = self.reader(query, memory)
         return self.scorer(torch.cat([query, read, query * read], dim=-1)).squeeze(-1)
 
     @staticmethod
