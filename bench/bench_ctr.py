@@ -55,7 +55,6 @@ class BenchArguments:
     max_steps: int = field(default=800, metadata={"help": "Optimizer steps per model (the same budget for all)."})
     batch_size: int = field(default=16)
     learning_rate: float = field(default=3e-3)
-    initializer_range: float = field(default=0.3, metadata={"help": "Init std outside the encoder (see run_ctr.py)."})
     num_memory_slots: int = field(default=8)
     segment_length: int = field(default=100)
     item_embedding_dim: int = field(default=16)
@@ -76,7 +75,6 @@ def train_and_evaluate(args: BenchArguments, variant: str, datasets, vocab, work
         model=model_name, use_rehearsal=use_rehearsal, num_memory_slots=args.num_memory_slots,
         segment_length=args.segment_length, item_embedding_dim=args.item_embedding_dim,
         hidden_size=args.hidden_size, num_layers=args.num_layers, num_attention_heads=args.num_attention_heads,
-        initializer_range=args.initializer_range,
     )
     set_seed(args.seed)
     model = run_ctr.MODEL_CLASSES[model_name](run_ctr.build_config(model_args, vocab))

@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 from transformers import AutoModel
 
@@ -19,9 +20,8 @@ FEATURES_ONLY = {"rehearsal_memory.encoder.embeddings.word_embeddings.weight"}  
 
 
 def click_config(**overrides):
-    return tiny_config(
-        item_vocab_size=ITEMS, category_vocab_size=CATEGORIES, item_embedding_dim=8, rehearsal_num_heads=2, **overrides
-    )
+    values = {"item_vocab_size": ITEMS, "category_vocab_size": CATEGORIES, "item_embedding_dim": 8}
+    return tiny_config(**{**values, "rehearsal_num_heads": 2, **overrides})
 
 
 def click_batch(batch=3, length=21):
@@ -72,6 +72,21 @@ def test_every_parameter_gets_a_gradient_with_rehearsal(mode):
     assert missing == FEATURES_ONLY
 
 
+@pytest.mark.parametrize("model_class", CLICK_MODELS)
+def test_click_embeddings_missing_from_a_checkpoint_start_at_unit_scale(model_class, tmp_path):
+    # from_pretrained builds on the meta device: a missing key is filled by _init_weights only
+    model_class(click_config(item_vocab_size=2000)).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["item_embeddings.weight"], weights["scorer.0.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    model = model_class.from_pretrained(tmp_path)
+    table = model.item_embeddings.weight
+    assert table[0].abs().max() == 0  # padding
+    assert 0.95 < table[1:].std() < 1.05
+    scorer = model.scorer[0].weight
+    assert 0.9 < scorer.std() * scorer.shape[1] ** 0.5 < 1.1  # fan-in scaled
+
+
 def test_score_from_a_stored_memory_equals_forward():
     model = RehearsalMemoryForClickPrediction(click_config()).eval()
     batch = click_batch()
@@ -80,6 +95,24 @@ def test_score_from_a_stored_memory_equals_forward():
         memory = model.rehearsal_memory(input_features=features, attention_mask=batch["attention_mask"]).memory
         scored = model.score(memory, batch["target_item"], batch["target_category"])
     torch.testing.assert_close(scored, model(**batch).logits)
+
+
+def test_scoring_many_candidates_per_memory_equals_one_at_a_time():
+    model = RehearsalMemoryForClickPrediction(click_config()).eval()
+    batch = click_batch()
+    candidates, candidate_categories = torch.randint(1, ITEMS, (3, 5)), torch.randint(1, CATEGORIES, (3, 5))
+    with torch.no_grad():
+        memory = model.rehearsal_memory(
+            input_features=behaviour_features(model, batch), attention_mask=batch["attention_mask"]
+        ).memory
+        scores = model.score(memory, candidates, candidate_categories)
+        assert scores.shape == (3, 5)
+        for column in range(5):
+            torch.testing.assert_close(
+                scores[:, column], model.score(memory, candidates[:, column], candidate_categories[:, column])
+            )
+        with pytest.raises(ValueError, match=r"shape \(batch,\) or \(batch, candidates\) with batch = 3"):
+            model.score(memory, candidates[:2])
 
 
 @pytest.mark.parametrize("model_class", CLICK_MODELS)
@@ -139,15 +172,16 @@ def test_baselines_train_save_load_and_score_many_candidates(model_class, tmp_pa
 
 def test_learns_the_synthetic_long_history_task():
     # The user's interests appear only in the first ~10% of a 64-event history (4 segments): the memory must
-    # keep them through three segments of noise. Measured: test AUC 0.81-0.95 after 400 steps over four seeds.
+    # keep them through three segments of noise. With the default config (no init override), measured test
+    # AUC 0.81 and 0.99 after 400 steps for init seeds 0 and 1; before the click head's own init, 0.55.
     data, vocab = generate_behavior_histories(
         num_users=2000, history_length=64, num_items=5, num_categories=5, num_interests=2, seed=0
     )
     config = tiny_config(
         item_vocab_size=vocab.item_vocab_size, category_vocab_size=vocab.category_vocab_size, item_embedding_dim=16,
         segment_length=16, use_rehearsal=False,
-        initializer_range=0.3,  # at the default 0.02 it was still at AUC 0.58 after 1,000 steps
     )
+    torch.manual_seed(0)
     model = RehearsalMemoryForClickPrediction(config)
     collate = ClickCollator()
     train, test = collate(list(data["train"])), collate(list(data["test"]))
@@ -162,4 +196,4 @@ def test_learns_the_synthetic_long_history_task():
         optimizer.step()
     with torch.no_grad():
         logits = model.eval()(**test).logits
-    assert roc_auc_score(test["labels"], logits) > 0.75
+    assert roc_auc_score(test["labels"], logits) > 0.7

@@ -15,14 +15,16 @@ Both score `[target, read, target * read]` with an MLP, like the Rehearsal Memor
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from transformers import PreTrainedModel
 
 from .configuration_rehearsal_memory import RehearsalMemoryConfig
 from .modeling_rehearsal_memory import (
     RehearsalMemoryAttention,
     RehearsalMemoryClickPredictionOutput,
+    RehearsalMemoryEmbedding,
     RehearsalMemoryForClickPrediction,
+    click_scorer,
+    init_scaled_module,
 )
 
 
@@ -38,10 +40,16 @@ class ClickBaselinePreTrainedModel(PreTrainedModel):
         if config.item_vocab_size is None or config.category_vocab_size is None:
             raise ValueError("Click prediction needs RehearsalMemoryConfig.item_vocab_size and category_vocab_size.")
         dim = config.item_embedding_dim
-        self.item_embeddings = nn.Embedding(config.item_vocab_size, dim, padding_idx=0)
-        self.category_embeddings = nn.Embedding(config.category_vocab_size, dim, padding_idx=0)
-        self.behavior_embeddings = nn.Embedding(config.behavior_vocab_size, 2 * dim, padding_idx=0)
-        self.scorer = nn.Sequential(nn.Linear(6 * dim, config.memory_dim), nn.GELU(), nn.Linear(config.memory_dim, 1))
+        self.item_embeddings = RehearsalMemoryEmbedding(config.item_vocab_size, dim, padding_idx=0)
+        self.category_embeddings = RehearsalMemoryEmbedding(config.category_vocab_size, dim, padding_idx=0)
+        self.behavior_embeddings = RehearsalMemoryEmbedding(config.behavior_vocab_size, 2 * dim, padding_idx=0)
+        self.scorer = click_scorer(6 * dim, config.memory_dim)
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        # the Rehearsal Memory head's scales, so every model starts alike
+        if not init_scaled_module(module):
+            super()._init_weights(module)
 
     # the Rehearsal Memory head's featurisation and id checks, so every model sees the same inputs
     embed_behaviors = RehearsalMemoryForClickPrediction.embed_behaviors

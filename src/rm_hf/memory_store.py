@@ -90,7 +90,8 @@ class UserMemoryStore:
         memory, pending = self._state(str(user_id))
         if len(pending):
             memory = self._write(memory, pending)  # a temporary memory; the stored one waits for a full segment
-        return self.model.score(memory.expand(len(items), -1, -1), items, categories)  # (C, K, D) -> (C,)
+        # one memory, C candidates: (1, K, D) and (1, C) -> (1, C)
+        return self.model.score(memory[None], items[None], None if categories is None else categories[None])[0]
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write every user's state to one safetensors file, atomically: a crash leaves the old file intact."""
