@@ -31,6 +31,7 @@ test: setup
 # quick benchmarks (each a few minutes on 2 CPU cores; not yet timed end to end); see bench/*.py --help for full runs
 bench: setup
 	$(BIN)/python bench/bench_rehearsal.py
+	$(BIN)/python bench/bench_forgetting.py
 	$(BIN)/python bench/bench_ctr.py
 	$(BIN)/python bench/bench_cost.py
 	$(BIN)/python bench/bench_long_input.py

@@ -16,69 +16,19 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from datetime import date
 from pathlib import Path
 
 import torch
+from qa_utils import build_task, make_model, train_and_test
 from tqdm import tqdm
 
-from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForQuestionAnswering
-from rm_hf.babi import answer_vocabulary, load_babi
+from rm_hf.babi import load_babi
 from rm_hf.history_sampler import RehearsalMemoryHistorySampler
-from rm_hf.qa_data import QACollator, encode_qa_dataset
+from rm_hf.qa_data import QACollator
 from rm_hf.story_generator import generate_stories
-from rm_hf.tokenization import build_word_tokenizer
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def build_task(train_raw, test_raw):
-    tokenizer = build_word_tokenizer(s for row in train_raw for s in (*row["story"], row["question"]))
-    answers = answer_vocabulary([train_raw, test_raw])
-    label2id = {a: i for i, a in enumerate(answers)}
-    train = list(encode_qa_dataset(train_raw, tokenizer, label2id))
-    test = list(encode_qa_dataset(test_raw, tokenizer, label2id))
-    return tokenizer, answers, train, test
-
-
-def make_model(tokenizer, answers, **overrides):
-    config = RehearsalMemoryConfig(
-        encoder_config={"vocab_size": len(tokenizer), "hidden_size": 64, "num_hidden_layers": 2,
-                        "num_attention_heads": 4, "intermediate_size": 256, "max_position_embeddings": 64},
-        id2label=dict(enumerate(answers)), segment_length=32, **overrides,
-    )  # fmt: skip
-    return RehearsalMemoryForQuestionAnswering(config)
-
-
-def train_and_test(model, train, test, steps, seed, batch_size=32, lr=2e-3):
-    """Plain AdamW loop (the Trainer's loss: task + recollection + 0.5 familiarity + sampler)."""
-    torch.manual_seed(seed)
-    collate = QACollator()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    step_times = []
-    model.train()
-    for _ in tqdm(range(steps), desc="train", leave=False):
-        batch = collate([train[i] for i in torch.randint(0, len(train), (batch_size,)).tolist()])
-        start = time.perf_counter()
-        out = model(**batch)
-        loss = out.loss
-        for weight, term in ((1.0, out.recollection_loss), (0.5, out.familiarity_loss), (1.0, out.sampler_loss)):
-            if term is not None:
-                loss = loss + weight * term
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        step_times.append(time.perf_counter() - start)
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for first in range(0, len(test), 128):
-            batch = collate(test[first : first + 128])
-            batch.pop("fragment_weights")
-            correct += (model(**batch).logits.argmax(-1) == batch["labels"]).sum().item()
-    return correct / len(test), statistics.median(step_times)
 
 
 def fragment_coverage(model, test, draws=5):

@@ -95,3 +95,27 @@ def test_bench_babi_smoke_resumes_per_row(tmp_path, babi_dir):
     second = json.loads(output.read_text())
     assert second["rows"][1] == first["rows"][0] and second["rows"][0]["rehearsal"] is True
     assert set(second["summary"]) == {"with rehearsal", "without rehearsal"}
+
+
+def test_bench_forgetting_smoke(tmp_path):
+    run_bench("bench_forgetting.py", "--steps", "2", "--seeds", "0", "1", "--num_train", "40", "--num_test", "12",
+              "--train_length", "6", "--test_lengths", "6", "20", "--output_dir", str(tmp_path))  # fmt: skip
+    results = json.loads((tmp_path / "forgetting.json").read_text())
+    keys = {"machine", "command", "arguments", "variants", "curves", "accuracy", "chance", "max_distance"}
+    assert keys <= set(results)
+    assert {"cpu", "cores", "date"} <= set(results["machine"])
+    assert set(results["variants"]) == {"no_rehearsal", "rehearsal_uniform", "rehearsal_teacher"}
+    assert results["test_questions"] == 24 and 16 <= results["max_distance"]["sentences"] <= 19
+    for unit in ("sentences", "segments"):
+        curves = results["curves"][unit]
+        assert set(curves) == {*results["variants"], "chance"}
+        assert sum(curves["chance"]["count"]) == 24
+        for curve in curves.values():
+            assert len(curve["mean"]) == len(curve["bins"]) == len(curves["chance"]["bins"])
+            bands = zip(curve["min"], curve["mean"], curve["max"])
+            assert all(0 <= low <= mean <= high <= 1 for low, mean, high in bands)
+        assert all(len(curve["per_seed"]) == 2 for name, curve in curves.items() if name != "chance")
+    for accuracy in results["accuracy"].values():
+        assert set(accuracy["by_test_length"]) == {"6", "20"}
+        assert all(0 <= a <= 1 for a in accuracy["overall"]) and len(accuracy["overall"]) == 2
+    assert (tmp_path / "forgetting.png").stat().st_size > 0

@@ -1,0 +1,79 @@
+"""Helpers shared by `bench_rehearsal.py` and `bench_forgetting.py`: the small QA task and model, a plain
+training loop, and batched predictions under `torch.inference_mode()`."""
+
+import statistics
+import time
+
+import torch
+from tqdm import tqdm
+
+from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForQuestionAnswering
+from rm_hf.babi import answer_vocabulary
+from rm_hf.qa_data import QACollator, encode_qa_dataset
+from rm_hf.tokenization import build_word_tokenizer
+
+
+def build_task(train_raw, test_raw):
+    """Word tokenizer (from the training stories), answer list, and the encoded train and test rows."""
+    tokenizer = build_word_tokenizer(s for row in train_raw for s in (*row["story"], row["question"]))
+    answers = answer_vocabulary([train_raw, test_raw])
+    label2id = {a: i for i, a in enumerate(answers)}
+    train = list(encode_qa_dataset(train_raw, tokenizer, label2id))
+    test = list(encode_qa_dataset(test_raw, tokenizer, label2id))
+    return tokenizer, answers, train, test
+
+
+def make_model(tokenizer, answers, **overrides):
+    config = RehearsalMemoryConfig(
+        encoder_config={"vocab_size": len(tokenizer), "hidden_size": 64, "num_hidden_layers": 2,
+                        "num_attention_heads": 4, "intermediate_size": 256, "max_position_embeddings": 64},
+        id2label=dict(enumerate(answers)), segment_length=32, **overrides,
+    )  # fmt: skip
+    return RehearsalMemoryForQuestionAnswering(config)
+
+
+def train(model, train_rows, steps, seed, batch_size=32, lr=2e-3):
+    """Plain AdamW loop (the Trainer's loss: task + recollection + 0.5 familiarity + sampler); returns the
+    median step time in seconds and leaves the model in eval mode."""
+    torch.manual_seed(seed)
+    collate = QACollator()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    step_times = []
+    model.train()
+    for _ in tqdm(range(steps), desc="train", leave=False):
+        batch = collate([train_rows[i] for i in torch.randint(0, len(train_rows), (batch_size,)).tolist()])
+        start = time.perf_counter()
+        out = model(**batch)
+        loss = out.loss
+        for weight, term in ((1.0, out.recollection_loss), (0.5, out.familiarity_loss), (1.0, out.sampler_loss)):
+            if term is not None:
+                loss = loss + weight * term
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step_times.append(time.perf_counter() - start)
+    model.eval()
+    return statistics.median(step_times) if step_times else float("nan")
+
+
+def predict(model, rows, batch_size=128):
+    """Predicted answer id per row, reading each story into memory and answering from the memory alone."""
+    collate = QACollator()
+    model.eval()
+    predictions = []
+    with torch.inference_mode():
+        for first in range(0, len(rows), batch_size):
+            batch = collate(rows[first : first + batch_size])
+            batch.pop("fragment_weights")
+            batch.pop("labels")
+            predictions += model(**batch).logits.argmax(-1).tolist()
+    return predictions
+
+
+def train_and_test(model, train_rows, test_rows, steps, seed, batch_size=32, lr=2e-3):
+    """Train, then return (test accuracy, median training-step seconds)."""
+    step_time = train(model, train_rows, steps, seed, batch_size, lr)
+    predictions = predict(model, test_rows)
+    correct = sum(p == int(row["labels"]) for p, row in zip(predictions, test_rows))
+    return correct / len(test_rows), step_time
