@@ -7,6 +7,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+# real bAbI v1.2 for bench_babi (tasks_1-20_v1-2 folder or .tar.gz)
+BABI_DIR ?= ../shared/data/babi
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -35,6 +37,7 @@ bench: setup
 	$(BIN)/python bench/bench_ctr.py
 	$(BIN)/python bench/bench_cost.py
 	$(BIN)/python bench/bench_long_input.py
+	$(BIN)/python bench/bench_babi.py --babi_dir $(BABI_DIR)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -4,7 +4,7 @@ Each (variant, task) row is trained from scratch, its test accuracy, error and t
 bench/results/babi.json as soon as it finishes, and a rerun with the same settings skips rows already there,
 so a full run over all 20 tasks (hours on CPU) can be stopped and resumed. The JSON says which rows were run.
 
-    python bench/bench_babi.py                          # quick: tasks 1-3, a short step budget
+    python bench/bench_babi.py                          # quick: tasks 1-3, 600 steps each (45 min, busy 2 cores)
     python bench/bench_babi.py --tasks 1-20 --max_steps 20000 --eval_questions 0   # full table
 
 Task 3 has no en-10k training file; `run_qa.py` reads it from en/ (1k questions). Reference systems are quoted
