@@ -44,6 +44,10 @@ class ModelArguments:
     num_memory_heads: int = field(default=4)
     segment_length: int = field(default=32, metadata={"help": "Tokens written into memory per step."})
     num_reasoning_hops: int = field(default=3)
+    story_items: str = field(
+        default="tokens", metadata={"help": "tokens, or sentences: each sentence one item (learns bAbI far faster)."}
+    )
+    max_sentence_tokens: int = field(default=16, metadata={"help": "Longest sentence with --story_items sentences."})
     use_rehearsal: bool = field(default=True, metadata={"help": "Self-supervised rehearsal during training."})
     sampler_mode: str = field(default="uniform", metadata={"help": "uniform, teacher or external (supporting facts)."})
     num_rehearsal_fragments: int = field(default=4)
@@ -159,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "num_memory_heads",
                 "segment_length",
                 "num_reasoning_hops",
+                "story_items",
+                "max_sentence_tokens",
                 "use_rehearsal",
                 "sampler_mode",
                 "num_rehearsal_fragments",
@@ -172,7 +178,9 @@ def main(argv: list[str] | None = None) -> dict:
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=QACollator(pad_token_id=tokenizer.pad_token_id),
+        data_collator=QACollator(
+            pad_token_id=tokenizer.pad_token_id, sentence_items=model_args.story_items == "sentences"
+        ),
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
     )

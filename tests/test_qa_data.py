@@ -168,3 +168,16 @@ def test_collator_pad_value_and_multiple(tokenizer):
     assert batch["question_input_ids"][1].tolist() == [2, 3] + [99] * 4
     assert batch["fragment_weights"][1].tolist() == [1.0] + [0.0] * 15
     assert batch["fragment_weights"][0].tolist() == [0.0] * 7 + [1.0] * 6 + [0.0] * 3
+
+
+def test_collator_lays_out_one_sentence_per_row(tokenizer):
+    two = encode_qa_example(make_row([1]), tokenizer, LABEL2ID)
+    one = encode_qa_example(make_row([0], story=STORY[:1]), tokenizer, LABEL2ID)
+    batch = QACollator(pad_token_id=tokenizer.pad_token_id, sentence_items=True)([two, one])
+
+    assert batch["input_ids"].shape == (2, 2, 7)  # 2 stories x 2 sentences x the longest sentence
+    assert tokens(tokenizer, batch["input_ids"][0, 0].tolist()) == FIRST
+    assert tokens(tokenizer, batch["input_ids"][0, 1].tolist()) == [*SECOND, "[PAD]"]
+    assert batch["input_ids"][1, 1].eq(tokenizer.pad_token_id).all()  # the missing second sentence
+    assert batch["attention_mask"].tolist() == [[1, 1], [1, 0]]
+    assert batch["fragment_weights"].tolist() == [[0.0, 1.0], [1.0, 0.0]]  # supporting sentences

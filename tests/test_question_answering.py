@@ -119,3 +119,59 @@ def test_bad_questions_and_labels_get_clear_errors(changes, message):
         memory = torch.zeros(3, 4, 32)
         with pytest.raises(ValueError, match=message):
             qa_model().answer(memory, inputs["question_input_ids"], inputs["question_attention_mask"])
+
+
+def sentence_story(batch=3, sentences=7, width=5):
+    ids = torch.randint(1, 50, (batch, sentences, width))
+    ids[:, :, 3:] = 0  # padded words inside each sentence
+    ids[1, 4:] = 0  # the second story has only 4 sentences
+    return ids, (ids != 0).any(-1).long()
+
+
+def test_sentence_items_stream_answer_and_reload(tmp_path):
+    model = qa_model(story_items="sentences", segment_length=2)
+    assert model.config.input_feature_dim == model.config.encoder_config.hidden_size
+    ids, mask = sentence_story()
+    _, _, questions, question_mask = story_and_questions()
+    with torch.no_grad():
+        logits = model(ids, mask, questions, question_mask).logits
+        # the same story streamed two segments at a time, then answered from memory alone
+        memory = model.rehearsal_memory.init_memory(3)
+        for start in range(0, ids.shape[1], 4):
+            features = model.embed_sentences(ids[:, start : start + 4])
+            memory = model.rehearsal_memory.write(
+                memory, input_features=features, attention_mask=mask[:, start : start + 4]
+            )
+        streamed = model.answer(memory, questions, question_mask)
+    torch.testing.assert_close(streamed, logits)
+    # padded words add nothing: a story padded to wider sentences reads the same
+    wider = torch.cat([ids, torch.zeros(3, ids.shape[1], 4, dtype=torch.long)], dim=-1)
+    torch.testing.assert_close(model(wider, mask, questions, question_mask).logits, logits)
+
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForQuestionAnswering.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded(ids, mask, questions, question_mask).logits, logits)
+
+
+@pytest.mark.parametrize("sampler_mode", ["uniform", "teacher", "external"])
+def test_sentence_items_train_with_rehearsal(sampler_mode):
+    model = qa_model(story_items="sentences", segment_length=2, rehearsal_fragment_length=2, sampler_mode=sampler_mode)
+    ids, mask = sentence_story()
+    _, _, questions, question_mask = story_and_questions()
+    out = model.train()(ids, mask, questions, question_mask, labels=torch.tensor([0, 1, 2]),
+                        fragment_weights=mask.float())  # fmt: skip
+    terms = [out.loss, out.recollection_loss, out.familiarity_loss]
+    assert all(torch.isfinite(t) and t > 0 for t in terms)
+    sum(terms).backward()
+    assert model.sentence_encoder.position_weights.grad.abs().sum() > 0
+
+
+def test_sentence_items_reject_bad_input():
+    model = qa_model(story_items="sentences", max_sentence_tokens=4)
+    questions = story_and_questions()[2]
+    with pytest.raises(ValueError, match="max_sentence_tokens"):
+        model(torch.ones(2, 3, 5, dtype=torch.long), question_input_ids=questions[:2, :4])
+    with pytest.raises(ValueError, match=r"\(batch, sentences, sentence_length\)"):
+        model(torch.ones(2, 5, dtype=torch.long), question_input_ids=questions[:2, :4])
+    with pytest.raises(ValueError, match="story_items"):
+        tiny_config(story_items="words")

@@ -69,7 +69,8 @@ def test_run_qa_writes_results_card_and_a_reloadable_checkpoint(tmp_path):
     assert logits.shape == (1, len(model.config.id2label))
 
 
-def test_run_qa_on_real_babi_task_1(tmp_path, babi_dir):
+@pytest.mark.parametrize("story_items", ["tokens", "sentences"])
+def test_run_qa_on_real_babi_task_1(tmp_path, babi_dir, story_items):
     output = tmp_path / "babi"
     at = TINY_RUN.index("--story_length")
     args = TINY_RUN[:at] + TINY_RUN[at + 2 :]  # no generated stories here
@@ -87,6 +88,8 @@ def test_run_qa_on_real_babi_task_1(tmp_path, babi_dir):
             "1",
             "--max_eval_samples",
             "40",
+            "--story_items",
+            story_items,
             *args,
         ],
         tmp_path,

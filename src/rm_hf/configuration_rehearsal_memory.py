@@ -10,6 +10,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 SAMPLER_MODES = ("uniform", "teacher", "external")
+STORY_ITEMS = ("tokens", "sentences")
 
 # A tiny BERT: fast enough for tests and for bAbI on a laptop CPU.
 DEFAULT_ENCODER = {
@@ -56,6 +57,10 @@ class RehearsalMemoryConfig(PreTrainedConfig):
     initializer_range: float | int = 0.02
     # question answering head
     num_reasoning_hops: int = 3
+    # "tokens": every story token is an item; "sentences": each sentence becomes one item, the position-weighted
+    # sum of its word embeddings, written as a feature (much faster to learn on bAbI, see the README)
+    story_items: str = "tokens"  # one of STORY_ITEMS
+    max_sentence_tokens: int = 16  # longest sentence (or question) with story_items="sentences"
     # click prediction head: behaviour items enter as features [item embedding ; category embedding]
     item_vocab_size: int | None = None  # contiguous item ids, 0 = padding
     category_vocab_size: int | None = None
@@ -82,6 +87,8 @@ class RehearsalMemoryConfig(PreTrainedConfig):
             self.memory_dim = self.encoder_config.hidden_size
         if self.item_vocab_size is not None and self.input_feature_dim is None:
             self.input_feature_dim = 2 * self.item_embedding_dim
+        if self.story_items == "sentences" and self.input_feature_dim is None:
+            self.input_feature_dim = self.encoder_config.hidden_size
         if self.rehearsal_hidden_size is None:
             self.rehearsal_hidden_size = self.memory_dim
         self.check_values()
@@ -96,6 +103,7 @@ class RehearsalMemoryConfig(PreTrainedConfig):
             "num_memory_heads",
             "segment_length",
             "num_reasoning_hops",
+            "max_sentence_tokens",
             "num_rehearsal_fragments",
             "rehearsal_fragment_length",
             "rehearsal_hidden_size",
@@ -142,6 +150,10 @@ class RehearsalMemoryConfig(PreTrainedConfig):
         for name in ("sampler_temperature", "infonce_temperature"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"RehearsalMemoryConfig.{name} must be > 0, got {getattr(self, name)}.")
+        if self.story_items not in STORY_ITEMS:
+            raise ValueError(
+                f"RehearsalMemoryConfig.story_items must be one of {STORY_ITEMS}, got {self.story_items!r}."
+            )
         if self.sampler_mode not in SAMPLER_MODES:
             raise ValueError(
                 f"RehearsalMemoryConfig.sampler_mode must be one of {SAMPLER_MODES}, got {self.sampler_mode!r}."

@@ -68,6 +68,34 @@ class RehearsalMemoryEmbedding(nn.Embedding):
     `init_scaled_module`, like a normalised input (id 0, padding, stays zero)."""
 
 
+class RehearsalMemorySentenceEncoder(nn.Module):
+    """A sentence as one item (`story_items="sentences"`): the sum of its word embeddings, each weighted by a
+    learned vector for its position in the sentence (MemN2N's position encoding, learned). Word order inside a
+    sentence survives, and who-did-what is bound within the item, which a token-level encoder trained from
+    scratch learns only slowly."""
+
+    def __init__(self, config: RehearsalMemoryConfig):
+        super().__init__()
+        self.max_tokens = config.max_sentence_tokens
+        # the encoder's padding id, so the story's and the question's padding embed to zero
+        padding = getattr(config.encoder_config, "pad_token_id", None) or 0
+        self.word_embeddings = RehearsalMemoryEmbedding(
+            config.encoder_config.vocab_size, config.input_feature_dim, padding_idx=padding
+        )
+        self.position_weights = nn.Parameter(torch.empty(config.max_sentence_tokens, config.input_feature_dim))
+
+    def forward(self, sentence_ids: torch.Tensor, name: str) -> torch.Tensor:
+        # sentence_ids (..., W) padded with the pad id -> (..., D)
+        if sentence_ids.shape[-1] > self.max_tokens:
+            raise ValueError(
+                f"`{name}` has sentences of {sentence_ids.shape[-1]} tokens; at most "
+                f"{self.max_tokens} (RehearsalMemoryConfig.max_sentence_tokens)."
+            )
+        check_id_range(sentence_ids, self.word_embeddings.num_embeddings, name, "the encoder's vocabulary")
+        words = self.word_embeddings(sentence_ids)  # (..., W, D)
+        return (words * self.position_weights[: sentence_ids.shape[-1]]).sum(-2)
+
+
 @torch.no_grad()
 def init_scaled_module(module: nn.Module) -> bool:
     """Initialise a module whose scale is set by its role, not by `config.initializer_range`; False for others.
@@ -237,6 +265,8 @@ class RehearsalMemoryPreTrainedModel(PreTrainedModel):
         elif isinstance(module, RehearsalMemoryRehearser):
             init.normal_(module.mask_embedding, std=1.0)  # unit scale, like the normalised items
             init.normal_(module.cls_embedding, std=1.0)
+        elif isinstance(module, RehearsalMemorySentenceEncoder):
+            init.ones_(module.position_weights)  # start as a bag of words
         elif isinstance(module, nn.GRUCell):
             bound = module.hidden_size**-0.5
             for weight in (module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh):
@@ -255,7 +285,9 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
             self.encoder.pooler = None
         hidden = config.encoder_config.hidden_size
         self.feature_projection = (
-            RehearsalMemoryProjection(config.input_feature_dim, hidden) if config.input_feature_dim is not None else None
+            RehearsalMemoryProjection(config.input_feature_dim, hidden)
+            if config.input_feature_dim is not None
+            else None
         )
         self.initial_memory = nn.Parameter(torch.empty(config.num_memory_slots, config.memory_dim))
         self.writer = RehearsalMemoryWriter(config)
@@ -452,7 +484,10 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
     def __init__(self, config: RehearsalMemoryConfig):
         super().__init__(config)
         self.rehearsal_memory = RehearsalMemoryModel(config)
-        self.question_projection = nn.Linear(config.encoder_config.hidden_size, config.memory_dim)
+        sentences = config.story_items == "sentences"
+        self.sentence_encoder = RehearsalMemorySentenceEncoder(config) if sentences else None
+        question_width = config.input_feature_dim if sentences else config.encoder_config.hidden_size
+        self.question_projection = nn.Linear(question_width, config.memory_dim)
         self.reader = RehearsalMemoryReader(config)
         self.classifier = nn.Linear(config.memory_dim, config.num_labels)
         if config.use_rehearsal and config.sampler_mode == "teacher":
@@ -463,6 +498,8 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
     def encode_question(self, question_input_ids, question_attention_mask=None) -> torch.Tensor:
         """(B, L) question tokens -> (B, memory_dim) pooled question."""
         self._check_question(question_input_ids, question_attention_mask)
+        if self.sentence_encoder is not None:  # the question is one more sentence (its padding embeds to zero)
+            return self.question_projection(self.sentence_encoder(question_input_ids, "question_input_ids"))
         if question_attention_mask is None:
             question_attention_mask = torch.ones_like(question_input_ids)
         features = self.rehearsal_memory.encoder(
@@ -493,6 +530,16 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
                 f"`question_input_ids` {tuple(question_input_ids.shape)}."
             )
 
+    def embed_sentences(self, sentence_ids: torch.Tensor) -> torch.Tensor:
+        """With `story_items="sentences"`: (B, N, W) story sentences, each padded to W tokens, -> (B, N, D) items,
+        to stream with `rehearsal_memory.write(memory, input_features=...)`."""
+        if sentence_ids.dim() != 3:
+            raise ValueError(
+                "With story_items='sentences', `input_ids` must have shape (batch, sentences, sentence_length), "
+                f"got {tuple(sentence_ids.shape)}."
+            )
+        return self.sentence_encoder(sentence_ids, "input_ids")
+
     def answer(self, memory, question_input_ids, question_attention_mask=None) -> torch.Tensor:
         """Answer logits (B, num_labels) for questions against stored memories (B, K, D), without the story.
         Several questions about one story: repeat its memory, e.g. `memory.expand(num_questions, -1, -1)`."""
@@ -515,7 +562,9 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
         return_dict: bool | None = None,
     ) -> RehearsalMemoryQuestionAnsweringOutput | tuple:
         r"""
-        input_ids / input_features, attention_mask: the story, as for [`RehearsalMemoryModel`].
+        input_ids / input_features, attention_mask: the story, as for [`RehearsalMemoryModel`]; with
+            `story_items="sentences"`, `input_ids` is `(batch_size, sentences, sentence_length)` and
+            `attention_mask` `(batch_size, sentences)`.
         question_input_ids, question_attention_mask (`(batch_size, question_length)`): the questions.
         labels (`torch.LongTensor` of shape `(batch_size,)`): answer ids in `config.id2label`.
         memory: memory to continue writing the story into (streaming); the initial memory when omitted.
@@ -535,6 +584,10 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
                     f"got {labels.dtype} of shape {tuple(labels.shape)}."
                 )
             check_id_range(labels, self.config.num_labels, "labels", "config.id2label")
+        if self.sentence_encoder is not None and input_ids is not None:
+            if attention_mask is None and input_ids.dim() == 3:  # a sentence is real if it has a real token
+                attention_mask = (input_ids != self.sentence_encoder.word_embeddings.padding_idx).any(-1).long()
+            input_ids, input_features = None, self.embed_sentences(input_ids)
         rehearsing = self.training and self.config.use_rehearsal
         outputs = self.rehearsal_memory(
             input_ids, input_features, attention_mask, memory=memory, output_item_features=rehearsing
@@ -585,7 +638,9 @@ class RehearsalMemoryClickPredictionOutput(ModelOutput):
 
 def click_scorer(in_features: int, hidden: int) -> nn.Sequential:
     """The MLP that turns [target, read, target * read] into one click logit (also used by the baselines)."""
-    return nn.Sequential(RehearsalMemoryProjection(in_features, hidden), nn.GELU(), RehearsalMemoryProjection(hidden, 1))
+    return nn.Sequential(
+        RehearsalMemoryProjection(in_features, hidden), nn.GELU(), RehearsalMemoryProjection(hidden, 1)
+    )
 
 
 class RehearsalMemoryForClickPrediction(RehearsalMemoryPreTrainedModel):

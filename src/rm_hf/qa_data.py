@@ -114,19 +114,26 @@ class QACollator:
     Returns `input_ids`/`attention_mask` (story), `question_input_ids`/`question_attention_mask`, `labels`, and
     `fragment_weights`: the supporting mask as floats (0 on padding), the per-item importance weights an
     "external" history sampler draws from. Other keys are dropped. `pad_to_multiple_of` applies to the story.
+
+    With `sentence_items=True` (models with `story_items="sentences"`), the story is laid out one sentence per
+    row: `input_ids` (batch, sentences, longest sentence), and `attention_mask` / `fragment_weights` per sentence.
     """
 
     pad_token_id: int = 0
     pad_to_multiple_of: int | None = None
+    sentence_items: bool = False
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        input_ids, attention_mask = _pad(
-            [f["input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of
-        )
+        if self.sentence_items:
+            input_ids, attention_mask, fragment_weights = self._sentences(features)
+        else:
+            input_ids, attention_mask = _pad(
+                [f["input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of
+            )
+            fragment_weights, _ = _pad([f["supporting_mask"] for f in features], 0, self.pad_to_multiple_of)
         question_input_ids, question_attention_mask = _pad(
             [f["question_input_ids"] for f in features], self.pad_token_id
         )
-        fragment_weights, _ = _pad([f["supporting_mask"] for f in features], 0, self.pad_to_multiple_of)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -135,3 +142,23 @@ class QACollator:
             "labels": torch.tensor([int(f["labels"]) for f in features], dtype=torch.long),
             "fragment_weights": fragment_weights.float(),
         }
+
+    def _sentences(self, features):
+        stories = [_split_sentences(f) for f in features]  # per example: [(token ids, supporting)]
+        width = max((len(ids) for story in stories for ids, _ in story), default=1)
+        rows, mask = _pad([[0] * len(story) for story in stories], 0, self.pad_to_multiple_of)
+        input_ids = torch.full((*rows.shape, width), self.pad_token_id, dtype=torch.long)
+        fragment_weights = torch.zeros(rows.shape)
+        for row, story in enumerate(stories):
+            for index, (ids, supporting) in enumerate(story):
+                input_ids[row, index, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+                fragment_weights[row, index] = supporting
+        return input_ids, mask, fragment_weights
+
+
+def _split_sentences(feature: Mapping[str, Any]) -> list[tuple[list[int], int]]:
+    """An encoded story's tokens regrouped by `sentence_index`: [(token ids, 1 if supporting else 0)]."""
+    sentences: dict[int, tuple[list[int], int]] = {}
+    for token, index, supporting in zip(feature["input_ids"], feature["sentence_index"], feature["supporting_mask"]):
+        sentences.setdefault(index, ([], supporting))[0].append(token)
+    return [sentences[index] for index in sorted(sentences)]
