@@ -18,6 +18,8 @@ TRAINING = {
     "num_train_stories": 6000,
     "num_eval_stories": 600,
     "story_length": 30,
+    "story_items": "sentences",  # each sentence one memory item: learns far faster than tokens (README, Results)
+    "segment_length": 4,  # sentences written per memory update
     "num_train_epochs": 3,
     "per_device_train_batch_size": 32,
     "learning_rate": 2e-3,
@@ -46,10 +48,15 @@ def main():
     story = generate_stories(6, story_length=TRAINING["story_length"], seed=12345)
     label2id = model.config.label2id
     encoded = [encode_qa_example(row, tokenizer, label2id) for row in story]
-    batch = QACollator(pad_token_id=tokenizer.pad_token_id)(encoded)
+    sentences = model.config.story_items == "sentences"
+    batch = QACollator(pad_token_id=tokenizer.pad_token_id, sentence_items=sentences)(encoded)
     with torch.no_grad():
         # the stories are written into memory once; the questions are answered from the memories alone
-        memory = model.rehearsal_memory(batch["input_ids"], attention_mask=batch["attention_mask"]).memory
+        if sentences:  # (B, sentences, words) -> one feature item per sentence
+            written = {"input_features": model.embed_sentences(batch["input_ids"])}
+        else:
+            written = {"input_ids": batch["input_ids"]}
+        memory = model.rehearsal_memory(**written, attention_mask=batch["attention_mask"]).memory
         answers = model.answer(memory, batch["question_input_ids"], batch["question_attention_mask"]).argmax(-1)
     for row, answer in zip(story, answers.tolist()):
         predicted = model.config.id2label[answer]
