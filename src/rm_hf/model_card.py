@@ -23,9 +23,11 @@ the memory alone.
 
 ## What it is
 
-- Encoder backbone: {{ encoder }}; memory: {{ num_slots }} slots, written every {{ segment_length }} tokens by
-  slot-to-token attention and a shared GRU cell; {{ hops }} reasoning hops read the memory for each question.
-- Answers are classified over {{ num_labels }} answer strings (`config.id2label`).
+- Encoder backbone: {{ encoder }}; memory: {{ num_slots }} slots, written every {{ segment_length }} {{ items }} by
+  slot-to-item attention and a shared GRU cell; {{ hops }} reasoning hops read the memory for each question.
+{% if sentence_items %}- Each story sentence is one memory item: the sum of its word embeddings weighted by a learned vector per
+  position (`story_items="sentences"`); the question is encoded the same way.
+{% endif %}- Answers are classified over {{ num_labels }} answer strings (`config.id2label`).
 - Self-supervised rehearsal during training: {{ rehearsal }}.
 
 ## How to use
@@ -39,8 +41,9 @@ tokenizer = AutoTokenizer.from_pretrained("{{ model_id }}")
 ```
 
 Encode a story as its sentences' tokens, each followed by `[SEP]`, and a question as `[CLS] question [SEP]`
-(`rm_hf.qa_data.encode_qa_example`); `model.rehearsal_memory(input_ids).memory` is the story's memory and
-`model.answer(memory, question_input_ids)` answers any number of questions about it.
+(`rm_hf.qa_data.encode_qa_example`, batched by `QACollator({% if sentence_items %}sentence_items=True{% endif %})`);
+{% if sentence_items %}`model.rehearsal_memory(input_features=model.embed_sentences(input_ids)).memory`{% else %}`model.rehearsal_memory(input_ids).memory`{% endif %}
+is the story's memory and `model.answer(memory, question_input_ids)` answers any number of questions about it.
 
 ## Training
 
@@ -129,6 +132,8 @@ def write_qa_model_card(
         num_slots=config.num_memory_slots,
         memory_dim=config.memory_dim,
         segment_length=config.segment_length,
+        items=config.story_items,
+        sentence_items=config.story_items == "sentences",
         hops=config.num_reasoning_hops,
         num_labels=config.num_labels,
         encoder=f"{config.encoder_config.model_type} ({config.encoder_config.num_hidden_layers} layers, "
