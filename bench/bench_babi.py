@@ -57,7 +57,8 @@ def run_row(args, task: int, rehearsal: bool) -> dict:
     # the checkpoint and its model card stay for inspection (outputs/ is git-ignored)
     output_dir = args.checkpoint_dir / f"{'rehearsal' if rehearsal else 'plain'}-qa{task}"
     argv = [
-        "--babi_dir", str(args.babi_dir), "--babi_subset", args.babi_subset, "--tasks", str(task), "--output_dir", str(output_dir),
+        "--babi_dir", str(args.babi_dir), "--babi_subset", args.babi_subset, "--tasks", str(task),
+        "--story_items", args.story_items, "--segment_length", str(args.segment_length), "--output_dir", str(output_dir),
         "--use_rehearsal", str(rehearsal), "--max_steps", str(args.max_steps),
         "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),
         "--warmup_steps", str(args.max_steps // 20), "--seed", str(args.seed), "--use_cpu", "true",
@@ -98,6 +99,8 @@ def main():
     parser.add_argument("--babi_dir", type=Path, default=DEFAULT_BABI)
     parser.add_argument("--babi_subset", default="en-10k", help="en-10k (the standard 10k setting) or en (1k)")
     parser.add_argument("--tasks", default="1-3", help="e.g. 1-20 or 1,2,3")
+    parser.add_argument("--story_items", default="tokens", help="tokens or sentences (see the README)")
+    parser.add_argument("--segment_length", type=int, default=32, help="items per memory write (4 for sentences)")
     parser.add_argument("--max_steps", type=int, default=600)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
@@ -110,10 +113,8 @@ def main():
     if not args.babi_dir.is_dir():
         sys.exit(f"bAbI folder not found: {args.babi_dir} (pass --babi_dir)")
 
-    settings = {
-        k: getattr(args, k)
-        for k in ("babi_subset", "max_steps", "batch_size", "learning_rate", "eval_questions", "seed")
-    }
+    keys = ("babi_subset", "story_items", "segment_length", "max_steps", "batch_size", "learning_rate")
+    settings = {k: getattr(args, k) for k in (*keys, "eval_questions", "seed")}
     previous = json.loads(args.output.read_text()) if args.output.exists() else {}
     rows = previous.get("rows", []) if previous.get("settings") == settings else []
     done = {(row["task"], row["rehearsal"]) for row in rows}

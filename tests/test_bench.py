@@ -84,7 +84,8 @@ def test_bench_long_input_smoke(tmp_path):
 def test_bench_babi_smoke_resumes_per_row(tmp_path, babi_dir):
     output, checkpoints = tmp_path / "babi.json", tmp_path / "checkpoints"
     tiny = ["--babi_dir", str(babi_dir), "--babi_subset", "en", "--tasks", "1", "--max_steps", "2", "--eval_questions", "20",
-            "--output", str(output), "--checkpoint_dir", str(checkpoints)]  # fmt: skip
+            "--output", str(output), "--checkpoint_dir", str(checkpoints), "--story_items", "sentences",
+            "--segment_length", "4"]  # fmt: skip
     run_bench("bench_babi.py", *tiny, "--variants", "plain")
     first = json.loads(output.read_text())
     assert [(row["task"], row["rehearsal"]) for row in first["rows"]] == [(1, False)]
