@@ -5,9 +5,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from rm_hf import RehearsalMemoryModel
+from rm_hf.configuration_rehearsal_memory import MEMORY_TYPES
 from tests.conftest import tiny_config
 
 # Runs in a fresh interpreter where `import rm_hf` fails, from a directory that does not contain it.
@@ -49,8 +51,9 @@ def test_checkpoint_ships_code_and_auto_map(tmp_path):
     assert (tmp_path / "configuration_rehearsal_memory.py").exists()
 
 
-def test_remote_code_loads_without_the_package(tmp_path):
-    model = RehearsalMemoryModel(tiny_config()).eval()
+@pytest.mark.parametrize("memory_type", MEMORY_TYPES)
+def test_remote_code_loads_without_the_package(tmp_path, memory_type):
+    model = RehearsalMemoryModel(tiny_config(memory_type=memory_type, memory_capacity=6)).eval()
     checkpoint = tmp_path / "checkpoint"
     model.save_pretrained(checkpoint)
     ids = torch.randint(0, 50, (2, 19))

@@ -68,12 +68,12 @@ def test_missing_weights_are_initialised_by_init_weights():
     # from_pretrained builds on the meta device: a parameter set only in __init__ would come back as garbage
     config = tiny_config()
     model = RehearsalMemoryModel.from_pretrained(None, config=config, state_dict={})
-    memory = model.initial_memory
+    memory = model.memory.initial_memory
     assert torch.isfinite(memory).all()
     assert 0.3 < memory.std().item() < 0.7  # initial_memory_std = 0.5
-    assert model.writer.gru.weight_hh.abs().max() <= config.memory_dim**-0.5 + 1e-6
+    assert model.memory.writer.gru.weight_hh.abs().max() <= config.memory_dim**-0.5 + 1e-6
     # memory attention projections use fan-in scaling, not the 0.02 default of other linear layers
-    assert abs(model.writer.attention.q_proj.weight.std().item() - config.memory_dim**-0.5) < 0.03
+    assert abs(model.memory.writer.attention.q_proj.weight.std().item() - config.memory_dim**-0.5) < 0.03
 
 
 def test_streaming_equals_one_pass():
@@ -159,7 +159,7 @@ def test_from_encoder_pretrained_loads_the_saved_encoder(tmp_path):
     assert saved.keys() == loaded.keys()
     for key, value in saved.items():
         torch.testing.assert_close(loaded[key], value, msg=key)
-    assert torch.isfinite(model.initial_memory).all() and model.initial_memory.std() > 0.3
+    assert torch.isfinite(model.memory.initial_memory).all() and model.memory.initial_memory.std() > 0.3
 
 
 @pytest.mark.parametrize(

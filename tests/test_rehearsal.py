@@ -139,7 +139,8 @@ def test_familiarity_loss_falls_when_trained_alone():
     # from the other sequence are detectable
     ids = torch.cat([torch.randint(0, 25, (1, 32)), torch.randint(25, 50, (1, 32))])
     losses = []
-    for _ in range(90):
+    # 150 steps: over seeds 0-3 the last ten losses averaged 0.02-0.15 by then, but up to 0.64 after 90 steps
+    for _ in range(150):
         out = model(ids, output_item_features=True)
         loss = model.rehearse(out, ids).familiarity_loss
         optimizer.zero_grad()
@@ -147,4 +148,4 @@ def test_familiarity_loss_falls_when_trained_alone():
         optimizer.step()
         losses.append(loss.item())
     assert sum(losses[:10]) / 10 > 0.68  # chance: log 2
-    assert sum(losses[-10:]) / 10 < 0.45
+    assert sum(losses[-10:]) / 10 < 0.3

@@ -24,9 +24,11 @@ def toy_dataset(rows=16, length=24):
     )
 
 
-def train(tmp_path, batch_size, accumulation, steps=4, **args):
+def train(tmp_path, batch_size, accumulation, steps=4, model_config=None, **args):
     torch.manual_seed(0)
-    model = RehearsalMemoryForQuestionAnswering(tiny_config(id2label=LABELS, rehearsal_num_heads=2))
+    model = RehearsalMemoryForQuestionAnswering(
+        tiny_config(id2label=LABELS, rehearsal_num_heads=2, **(model_config or {}))
+    )
     arguments = RehearsalTrainingArguments(
         output_dir=str(tmp_path),
         per_device_train_batch_size=batch_size,

@@ -10,6 +10,9 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 SAMPLER_MODES = ("uniform", "teacher", "external")
+# "rehearsal": K learned slots (the method); the others keep item states: Expire-Span, LaMemo's look-ahead FIFO and
+# the lifelong key-value memory of Kaiser et al. (2017). See the memory_*.py files.
+MEMORY_TYPES = ("rehearsal", "expire_span", "lamemo", "kv")
 STORY_ITEMS = ("tokens", "sentences")
 
 # A tiny BERT: fast enough for tests and for bAbI on a laptop CPU.
@@ -55,6 +58,15 @@ class RehearsalMemoryConfig(PreTrainedConfig):
     input_feature_dim: int | None = None  # set for feature inputs (video clips, behaviour embeddings)
     initial_memory_std: float | int = 0.5  # slot-distinct M_0; same order as a GRU state in (-1, 1)
     initializer_range: float | int = 0.02
+    memory_type: str = "rehearsal"  # one of MEMORY_TYPES
+    memory_capacity: int = 128  # entries kept by expire_span, lamemo and kv (the slot memory has num_memory_slots)
+    expire_span_max_span: int = 1024  # L: the longest span, in items
+    expire_span_ramp: int = 32  # R: items over which an expiring entry fades out
+    expire_span_init_fraction: float | int = 0.1  # every span starts at this share of L
+    expire_span_loss_coef: float | int = 0.01  # weight of mean(span / L) in memory_loss
+    kv_top_k: int = 16  # entries a query retrieves from the key-value memory
+    kv_margin: float | int = 0.1  # margin of the key-value memory's loss
+    kv_inverse_temperature: float | int = 40.0  # sharpness of the softmax over retrieved cosines
     # question answering head
     num_reasoning_hops: int = 3
     # "tokens": every story token is an item; "sentences": each sentence becomes one item, the position-weighted
@@ -109,6 +121,10 @@ class RehearsalMemoryConfig(PreTrainedConfig):
             "rehearsal_hidden_size",
             "rehearsal_num_layers",
             "rehearsal_num_heads",
+            "memory_capacity",
+            "expire_span_max_span",
+            "expire_span_ramp",
+            "kv_top_k",
         )
         for name in positive:
             value = getattr(self, name)
@@ -147,13 +163,25 @@ class RehearsalMemoryConfig(PreTrainedConfig):
             raise ValueError(
                 f"RehearsalMemoryConfig.sampler_uniform_floor must lie in [0, 1], got {self.sampler_uniform_floor}."
             )
-        for name in ("sampler_temperature", "infonce_temperature"):
+        for name in ("sampler_temperature", "infonce_temperature", "kv_inverse_temperature"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"RehearsalMemoryConfig.{name} must be > 0, got {getattr(self, name)}.")
         if self.story_items not in STORY_ITEMS:
             raise ValueError(
                 f"RehearsalMemoryConfig.story_items must be one of {STORY_ITEMS}, got {self.story_items!r}."
             )
+        if self.memory_type not in MEMORY_TYPES:
+            raise ValueError(
+                f"RehearsalMemoryConfig.memory_type must be one of {MEMORY_TYPES}, got {self.memory_type!r}."
+            )
+        if not 0 < self.expire_span_init_fraction < 1:
+            raise ValueError(
+                "RehearsalMemoryConfig.expire_span_init_fraction must lie in (0, 1), "
+                f"got {self.expire_span_init_fraction}."
+            )
+        for name in ("expire_span_loss_coef", "kv_margin"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"RehearsalMemoryConfig.{name} must be >= 0, got {getattr(self, name)}.")
         if self.sampler_mode not in SAMPLER_MODES:
             raise ValueError(
                 f"RehearsalMemoryConfig.sampler_mode must be one of {SAMPLER_MODES}, got {self.sampler_mode!r}."

@@ -18,13 +18,11 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from .configuration_rehearsal_memory import RehearsalMemoryConfig
+from .layers_rehearsal_memory import RehearsalMemoryAttention, RehearsalMemoryEmbedding, init_scaled_module
 from .modeling_rehearsal_memory import (
-    RehearsalMemoryAttention,
     RehearsalMemoryClickPredictionOutput,
-    RehearsalMemoryEmbedding,
     RehearsalMemoryForClickPrediction,
     click_scorer,
-    init_scaled_module,
 )
 
 
@@ -67,8 +65,13 @@ class ClickBaselinePreTrainedModel(PreTrainedModel):
         raise NotImplementedError
 
     def score_candidates(
-        self, history_items, history_categories=None, history_behaviors=None, attention_mask=None,
-        candidate_items=None, candidate_categories=None,
+        self,
+        history_items,
+        history_categories=None,
+        history_behaviors=None,
+        attention_mask=None,
+        candidate_items=None,
+        candidate_categories=None,
     ) -> torch.Tensor:
         """Click logits (B, C) of C candidates per user, reading each user's raw history once."""
         history = self.embed_behaviors(history_items, history_categories, history_behaviors)  # (B, T, 2d)
@@ -90,12 +93,21 @@ class ClickBaselinePreTrainedModel(PreTrainedModel):
     ) -> RehearsalMemoryClickPredictionOutput | tuple:
         r"""Arguments as for [`RehearsalMemoryForClickPrediction`]: (B, T) histories, (B,) targets and labels."""
         RehearsalMemoryForClickPrediction.check_click_inputs(
-            history_items, target_item, labels, history_categories=history_categories,
-            history_behaviors=history_behaviors, attention_mask=attention_mask, target_category=target_category,
+            history_items,
+            target_item,
+            labels,
+            history_categories=history_categories,
+            history_behaviors=history_behaviors,
+            attention_mask=attention_mask,
+            target_category=target_category,
         )
         logits = self.score_candidates(
-            history_items, history_categories, history_behaviors, attention_mask,
-            target_item[:, None], None if target_category is None else target_category[:, None],
+            history_items,
+            history_categories,
+            history_behaviors,
+            attention_mask,
+            target_item[:, None],
+            None if target_category is None else target_category[:, None],
         ).squeeze(1)  # (B,)
         loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype)) if labels is not None else None
         output = RehearsalMemoryClickPredictionOutput(loss=loss, logits=logits)

@@ -44,6 +44,12 @@ class UserMemoryStore:
     """
 
     def __init__(self, model: RehearsalMemoryForClickPrediction):
+        if model.config.memory_type != "rehearsal":
+            # the saved layout is one (K, D) slot tensor per user; the other memory types keep several tensors
+            raise ValueError(
+                f"UserMemoryStore keeps slot memories (memory_type='rehearsal'); this model has "
+                f"memory_type={model.config.memory_type!r}."
+            )
         self.model = model.eval()
         self.config = model.config
         # user -> (memory (K, D) over complete segments, pending (P, 3) item/category/behaviour ids, P < S)
@@ -153,7 +159,8 @@ class UserMemoryStore:
             raise invalid(f"memories of shape {tuple(memories.shape)}, expected (users, K, D) = {expected}")
         if (
             lengths.shape != (len(users),)
-            or pending.dim() != 2 or pending.shape[1] != 3
+            or pending.dim() != 2
+            or pending.shape[1] != 3
             or int(lengths.sum()) != pending.shape[0]
             or bool((lengths >= config.segment_length).any())
         ):
@@ -167,7 +174,7 @@ class UserMemoryStore:
 
     def _state(self, user: str) -> tuple[torch.Tensor, torch.Tensor]:
         initial = (
-            self.model.rehearsal_memory.initial_memory.detach(),
+            self.model.rehearsal_memory.init_memory(1)[0],
             torch.empty(0, 3, dtype=torch.long, device=self.device),
         )
         return self._users.get(user, initial)

@@ -5,9 +5,9 @@ input; task heads answer from the slots alone, so query cost does not depend on 
 Notable choices:
 - a pluggable Hugging Face encoder backbone encodes each segment (token ids through its embeddings,
   continuous features through a linear projection into `inputs_embeds`);
-- slots read the segment's items with multi-head attention and are updated by one GRU cell shared by all
-  slots; the initial memory M_0 is a learned, slot-distinct parameter, otherwise every slot would receive
-  the same input forever and the K slots would collapse into one vector;
+- the memory itself is pluggable (`config.memory_type`, see `memory_interface`): the Rehearsal Memory slots
+  (`memory_slots`, the default) or Expire-Span, LaMemo and the lifelong key-value memory, all read by the same
+  heads and rehearsal model;
 - `write(memory, segment)` and the whole-sequence `forward` share one code path, so streaming a sequence
   gives exactly the memory of one pass.
 
@@ -29,7 +29,26 @@ from transformers.utils import ModelOutput
 
 from .configuration_rehearsal_memory import RehearsalMemoryConfig
 from .history_sampler import RehearsalMemoryHistorySampler
+from .layers_rehearsal_memory import (
+    RehearsalMemoryAttention,
+    RehearsalMemoryEmbedding,
+    RehearsalMemoryProjection,
+    check_id_range,
+    init_scaled_module,
+)
+from .memory_expire_span import RehearsalMemoryExpireSpanMemory
+from .memory_interface import memory_batch_size, reorder_memory, replace_rows
+from .memory_key_value import RehearsalMemoryKeyValueMemory
+from .memory_lamemo import RehearsalMemoryLookAheadMemory
+from .memory_slots import RehearsalMemorySlotMemory
 from .rehearsal import RehearsalMemoryRehearser
+
+MEMORY_CLASSES = {
+    "rehearsal": RehearsalMemorySlotMemory,
+    "expire_span": RehearsalMemoryExpireSpanMemory,
+    "lamemo": RehearsalMemoryLookAheadMemory,
+    "kv": RehearsalMemoryKeyValueMemory,
+}
 
 
 def damaged_weights_file(checkpoint, subfolder: str = "") -> str | None:
@@ -46,26 +65,6 @@ def damaged_weights_file(checkpoint, subfolder: str = "") -> str | None:
             except Exception:  # noqa: BLE001
                 return os.path.join(folder, name)
     return None
-
-
-def check_id_range(ids: torch.Tensor, vocab_size: int, name: str, vocabulary: str) -> None:
-    """ValueError naming `name` when an id lies outside [0, vocab_size): an embedding lookup would fail deep inside
-    PyTorch with an index error that names neither the input nor the vocabulary."""
-    if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
-        raise ValueError(
-            f"`{name}` must lie in [0, {vocab_size}) ({vocabulary}), "
-            f"got values in [{ids.min().item()}, {ids.max().item()}]."
-        )
-
-
-class RehearsalMemoryProjection(nn.Linear):
-    """A linear layer outside the encoder (attention projections, feature and target projections, click scorer),
-    initialised with fan-in scaling by `init_scaled_module` so it keeps its inputs' scale."""
-
-
-class RehearsalMemoryEmbedding(nn.Embedding):
-    """An item, category or behaviour embedding of the click head, initialised at unit scale by
-    `init_scaled_module`, like a normalised input (id 0, padding, stays zero)."""
 
 
 class RehearsalMemorySentenceEncoder(nn.Module):
@@ -96,74 +95,6 @@ class RehearsalMemorySentenceEncoder(nn.Module):
         return (words * self.position_weights[: sentence_ids.shape[-1]]).sum(-2)
 
 
-@torch.no_grad()
-def init_scaled_module(module: nn.Module) -> bool:
-    """Initialise a module whose scale is set by its role, not by `config.initializer_range`; False for others.
-
-    Shared by the Rehearsal Memory models and the click baselines, so both start from the same scales.
-    """
-    if isinstance(module, RehearsalMemoryProjection):
-        # At the 0.02 default, slot queries barely differ, every slot reads the average item and the slots
-        # take long to specialise (bAbI qa1, 400 steps: loss 1.09 with fan-in scaling and gradient clipping,
-        # 1.52 with neither; not a clean ablation). For click prediction, 0.02 on the scorer and projections
-        # and on the embeddings left behaviour features 1,000 times smaller than the encoder's position
-        # embeddings: test AUC 0.55 after 400 steps of the click test task, 0.80-0.96 (four seeds) with
-        # these scales.
-        init.normal_(module.weight, std=module.in_features**-0.5)
-        init.zeros_(module.bias)
-    elif isinstance(module, RehearsalMemoryEmbedding):
-        init.normal_(module.weight, std=1.0)
-        # the slice loses the loaded-weight flag, so check it here (as PreTrainedModel._init_weights does)
-        if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
-            init.zeros_(module.weight[module.padding_idx])
-    else:
-        return False
-    return True
-
-
-class RehearsalMemoryAttention(nn.Module):
-    """Multi-head attention from a few queries (memory slots or a question) to a set of keys/values."""
-
-    def __init__(self, query_dim: int, key_dim: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q_proj = RehearsalMemoryProjection(query_dim, query_dim)
-        self.k_proj = RehearsalMemoryProjection(key_dim, query_dim)
-        self.v_proj = RehearsalMemoryProjection(key_dim, query_dim)
-        self.o_proj = RehearsalMemoryProjection(query_dim, query_dim)
-
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor | None = None):
-        # queries (B, Q, D), keys (B, N, Dk), key_mask (B, N) True for real items
-        batch, num_queries, dim = queries.shape
-        heads = self.num_heads
-
-        def split(x):  # (B, n, D) -> (B, h, n, D/h)
-            return x.view(batch, -1, heads, dim // heads).transpose(1, 2)
-
-        q, k, v = split(self.q_proj(queries)), split(self.k_proj(keys)), split(self.v_proj(keys))
-        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, N)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, Q, D/h)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, num_queries, dim))
-
-
-class RehearsalMemoryWriter(nn.Module):
-    """One write step: slot-to-item attention, then a GRU update of every slot (weights shared)."""
-
-    def __init__(self, config: RehearsalMemoryConfig):
-        super().__init__()
-        self.attention = RehearsalMemoryAttention(
-            config.memory_dim, config.encoder_config.hidden_size, config.num_memory_heads
-        )
-        self.gru = nn.GRUCell(config.memory_dim, config.memory_dim)
-
-    def forward(self, memory: torch.Tensor, items: torch.Tensor, item_mask: torch.Tensor) -> torch.Tensor:
-        # memory (B, K, D), items (B, S, E), item_mask (B, S); every row has at least one real item
-        batch, slots, dim = memory.shape
-        read = self.attention(memory, items, item_mask)  # (B, K, D)
-        updated = self.gru(read.reshape(batch * slots, dim), memory.reshape(batch * slots, dim))
-        return updated.view(batch, slots, dim)
-
-
 class RehearsalMemoryReader(nn.Module):
     """Reads the memory with a query: a few hops of query-to-slot attention, each refining the query."""
 
@@ -175,12 +106,13 @@ class RehearsalMemoryReader(nn.Module):
         )
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(config.num_reasoning_hops))
 
-    def forward(self, query: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        # query (B, D) or (B, C, D), memory (B, K, D) -> the query's shape. C queries about one memory (several
-        # click candidates) are read together; each attends to the slots on its own, as if read alone.
+    def forward(self, query: torch.Tensor, entries: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        # query (B, D) or (B, C, D), entries (B, N, D) with weights (B, N) / (B, C, N) from a memory's `view` ->
+        # the query's shape. C queries about one memory (several click candidates) are read together; each
+        # attends to the entries on its own, as if read alone.
         state = query if query.dim() == 3 else query.unsqueeze(1)  # (B, C, D)
         for attention, norm in zip(self.hops, self.norms):
-            state = norm(state + attention(state, memory))
+            state = norm(state + attention(state, entries, weights))
         return state if query.dim() == 3 else state.squeeze(1)
 
 
@@ -198,8 +130,12 @@ class RehearsalOutput:
 class RehearsalMemoryModelOutput(ModelOutput):
     """
     Args:
-        memory (`torch.FloatTensor` of shape `(batch_size, num_memory_slots, memory_dim)`):
-            The memory after reading the whole input.
+        memory_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            The memory type's own loss, averaged over the items written (Expire-Span's span loss, the key-value
+            memory's margin loss); None for the others.
+        memory (`torch.FloatTensor` of shape `(batch_size, num_memory_slots, memory_dim)`, or a dict of tensors):
+            The memory after reading the whole input: the slots for `memory_type="rehearsal"`, the memory type's
+            state (a dict of per-sequence tensors) for the others.
         item_features (`torch.FloatTensor` of shape `(batch_size, sequence_length, encoder_hidden_size)`, *optional*):
             Encoder features of every item, segment by segment; returned with `output_item_features=True`.
         item_embeddings (`torch.FloatTensor` of shape `(batch_size, sequence_length, encoder_hidden_size)`, *optional*):
@@ -207,7 +143,9 @@ class RehearsalMemoryModelOutput(ModelOutput):
             `output_item_features=True`.
     """
 
-    memory: torch.FloatTensor | None = None
+    # memory_loss comes first: ModelOutput unpacks a dict given as the only non-None first field into fields
+    memory_loss: torch.FloatTensor | None = None
+    memory: torch.FloatTensor | dict | None = None
     item_features: torch.FloatTensor | None = None
     item_embeddings: torch.FloatTensor | None = None
 
@@ -260,8 +198,8 @@ class RehearsalMemoryPreTrainedModel(PreTrainedModel):
         if init_scaled_module(module):
             return
         super()._init_weights(module)
-        if isinstance(module, RehearsalMemoryModel):
-            init.normal_(module.initial_memory, std=self.config.initial_memory_std)
+        if hasattr(module, "init_weights_from_config"):  # memory modules with start values of their own
+            module.init_weights_from_config(self.config)
         elif isinstance(module, RehearsalMemoryRehearser):
             init.normal_(module.mask_embedding, std=1.0)  # unit scale, like the normalised items
             init.normal_(module.cls_embedding, std=1.0)
@@ -289,8 +227,7 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
             if config.input_feature_dim is not None
             else None
         )
-        self.initial_memory = nn.Parameter(torch.empty(config.num_memory_slots, config.memory_dim))
-        self.writer = RehearsalMemoryWriter(config)
+        self.memory = MEMORY_CLASSES[config.memory_type](config)
         if config.use_rehearsal:  # training-only modules; inference never runs them
             self.rehearser = RehearsalMemoryRehearser(config)
             self.history_sampler = RehearsalMemoryHistorySampler(config)
@@ -313,9 +250,21 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
     def set_input_embeddings(self, value):
         self.encoder.set_input_embeddings(value)
 
-    def init_memory(self, batch_size: int) -> torch.Tensor:
-        """The learned initial memory M_0 for `batch_size` sequences: (batch_size, K, memory_dim)."""
-        return self.initial_memory.unsqueeze(0).expand(batch_size, -1, -1).clone()
+    def init_memory(self, batch_size: int):
+        """The empty memory of `batch_size` sequences: the learned initial slots M_0 (batch_size, K, memory_dim)
+        for `memory_type="rehearsal"`, the memory type's empty state (a dict of tensors) for the others."""
+        return self.memory.init_state(batch_size)
+
+    def view_memory(self, memory, query=None):
+        """What a reader attends to: entries (B, N, memory_dim) and their weights (None, (B, N) or, given a query
+        (B, C, D), (B, C, N)); see `RehearsalMemoryBaseMemory.view`."""
+        return self.memory.view(memory, query)
+
+    @staticmethod
+    def reorder_memory(memory, index: torch.Tensor):
+        """The memories of the sequences `index` (1-D): e.g. `torch.zeros(n, dtype=torch.long)` repeats the first
+        memory n times, to ask it n questions at once. Works for every memory type."""
+        return reorder_memory(memory, index)
 
     def embed_items(self, input_ids=None, input_features=None) -> torch.Tensor:
         """Context-free item embeddings fed to the encoder: (B, T) ids or (B, T, F) features -> (B, T, E)."""
@@ -323,16 +272,17 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
             return self.feature_projection(input_features)
         return self.get_input_embeddings()(input_ids)
 
-    def write(self, memory, input_ids=None, input_features=None, attention_mask=None) -> torch.Tensor:
-        """Write a chunk of a sequence into `memory` (B, K, D), segment by segment, and return the new memory."""
-        return self._read_sequence(memory, input_ids, input_features, attention_mask)[0]
+    def write(self, memory, input_ids=None, input_features=None, attention_mask=None, memory_values=None):
+        """Write a chunk of a sequence into `memory`, segment by segment, and return the new memory."""
+        return self._read_sequence(memory, input_ids, input_features, attention_mask, memory_values)[0]
 
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         input_features: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        memory: torch.FloatTensor | None = None,
+        memory: torch.FloatTensor | dict | None = None,
+        memory_values: torch.LongTensor | None = None,
         output_item_features: bool = False,
         return_dict: bool | None = None,
     ) -> RehearsalMemoryModelOutput | tuple:
@@ -343,16 +293,19 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
             Continuous item features (video clip features, behaviour embeddings).
         attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`):
             1 for real items, 0 for padding. Pad on the right: segments start at position 0.
-        memory (`torch.FloatTensor` of shape `(batch_size, num_memory_slots, memory_dim)`):
-            Memory to continue writing into; the learned initial memory when omitted.
+        memory (`torch.FloatTensor` of shape `(batch_size, num_memory_slots, memory_dim)`, or a dict of tensors):
+            Memory to continue writing into (a memory type's state for the others than `rehearsal`); the initial
+            memory when omitted.
+        memory_values (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+            One id per item for `memory_type="kv"` (the values it stores); the token ids when omitted.
         output_item_features (`bool`):
             Also return per-item encoder features and input embeddings (training-time heads need them).
         """
-        memory, item_features, item_embeddings = self._read_sequence(
-            memory, input_ids, input_features, attention_mask, keep_items=output_item_features
+        memory, memory_loss, item_features, item_embeddings = self._read_sequence(
+            memory, input_ids, input_features, attention_mask, memory_values, keep_items=output_item_features
         )
         output = RehearsalMemoryModelOutput(
-            memory=memory, item_features=item_features, item_embeddings=item_embeddings
+            memory=memory, memory_loss=memory_loss, item_features=item_features, item_embeddings=item_embeddings
         )
         use_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if use_dict else output.to_tuple()
@@ -372,52 +325,81 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
             attention_mask, outputs.item_features, fragment_weights, query
         )
         token_table = None if input_features is not None else self.get_input_embeddings().weight
-        losses = self.rehearser(outputs.memory, outputs.item_embeddings, targets, attention_mask, starts, token_table)
+        entries, weights = self.memory.view(outputs.memory)
+        losses = self.rehearser(
+            entries, weights, outputs.item_embeddings, targets, attention_mask, starts, token_table
+        )
         return RehearsalOutput(losses.recollection, losses.familiarity, sampler_loss, teacher_readout)
 
-    def _read_sequence(self, memory, input_ids, input_features, attention_mask, keep_items=False):
+    def _read_sequence(self, memory, input_ids, input_features, attention_mask, memory_values, keep_items=False):
         inputs = self._check_inputs(memory, input_ids, input_features, attention_mask)
         batch_size, length = inputs.shape[:2]
         if attention_mask is None:
             attention_mask = torch.ones(batch_size, length, dtype=torch.long, device=inputs.device)
+        if self.memory.takes_values:
+            memory_values = self._check_values(memory_values, input_ids, inputs.shape[:2])
         if memory is None:
             memory = self.init_memory(batch_size)
         segment = self.config.segment_length
-        features, embeddings = [], []
+        features, embeddings, loss_sum = [], [], None
         for start in range(0, length, segment):
             chunk = inputs[:, start : start + segment]
             chunk_mask = attention_mask[:, start : start + segment].bool()
-            memory, chunk_features, chunk_embeddings = self._write_segment(
-                memory, chunk, chunk_mask, is_features=input_features is not None, keep_items=keep_items
+            chunk_values = None if memory_values is None else memory_values[:, start : start + segment]
+            memory, chunk_loss, chunk_features, chunk_embeddings = self._write_segment(
+                memory, chunk, chunk_mask, chunk_values, is_features=input_features is not None, keep_items=keep_items
             )
+            if chunk_loss is not None:
+                loss_sum = chunk_loss if loss_sum is None else loss_sum + chunk_loss
             if keep_items:
                 features.append(chunk_features)
                 embeddings.append(chunk_embeddings)
+        # the memory type's loss per written item
+        memory_loss = None if loss_sum is None else loss_sum / attention_mask.sum().clamp_min(1)
         if not keep_items:
-            return memory, None, None
-        return memory, torch.cat(features, dim=1), torch.cat(embeddings, dim=1)
+            return memory, memory_loss, None, None
+        return memory, memory_loss, torch.cat(features, dim=1), torch.cat(embeddings, dim=1)
 
-    def _write_segment(self, memory, chunk, chunk_mask, is_features, keep_items):
-        # chunk (B, S) ids or (B, S, F) features, chunk_mask (B, S) bool
+    def _write_segment(self, memory, chunk, chunk_mask, chunk_values, is_features, keep_items):
+        # chunk (B, S) ids or (B, S, F) features, chunk_mask (B, S) bool, chunk_values (B, S) ids or None
         # Only rows with at least one real item are encoded; the others keep their memory unchanged and
         # never see an all-masked softmax (whose NaNs would poison the gradients).
         active = chunk_mask.any(dim=1).nonzero(as_tuple=True)[0]  # (A,)
         if active.numel() == 0:
             if not keep_items:
-                return memory, None, None
-            empty = memory.new_zeros(chunk.shape[0], chunk.shape[1], self.config.encoder_config.hidden_size)
-            return memory, empty, empty
+                return memory, None, None, None
+            hidden = self.config.encoder_config.hidden_size
+            empty = torch.zeros(chunk.shape[0], chunk.shape[1], hidden, device=chunk.device, dtype=self.dtype)
+            return memory, None, empty, empty
         embeds = self.embed_items(**{"input_features" if is_features else "input_ids": chunk[active]})  # (A, S, E)
         mask = chunk_mask[active]
         items = self.encoder(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state  # (A, S, E)
-        new_rows = self.writer(memory[active], items, mask)  # (A, K, D)
-        memory = memory.index_copy(0, active, new_rows)
+        values = None if chunk_values is None else chunk_values[active]
+        new_rows, loss_sum = self.memory.write(reorder_memory(memory, active), items, mask, values)
+        memory = replace_rows(memory, active, new_rows)
         if not keep_items:
-            return memory, None, None
+            return memory, loss_sum, None, None
         # scatter the active rows' items back into a full-batch tensor; padded items and rows are zero
         keep = mask.unsqueeze(-1).to(items.dtype)
         full = items.new_zeros(chunk.shape[0], chunk.shape[1], items.shape[-1])
-        return memory, full.index_copy(0, active, items * keep), full.index_copy(0, active, embeds * keep)
+        return memory, loss_sum, full.index_copy(0, active, items * keep), full.index_copy(0, active, embeds * keep)
+
+    def _check_values(self, memory_values, input_ids, shape) -> torch.Tensor:
+        """The ids a key-value memory stores, one per item; the token ids by default."""
+        if memory_values is None:
+            if input_ids is None:
+                raise ValueError(
+                    f"memory_type={self.config.memory_type!r} stores one id per item: pass `memory_values` "
+                    "(batch, length) with feature inputs."
+                )
+            memory_values = input_ids
+        if tuple(memory_values.shape) != tuple(shape) or memory_values.is_floating_point():
+            raise ValueError(
+                f"`memory_values` must be integer ids of shape (batch, length) = {tuple(shape)}, "
+                f"got {memory_values.dtype} of shape {tuple(memory_values.shape)}."
+            )
+        check_id_range(memory_values, self.memory.value_vocab_size, "memory_values", "the key-value memory's values")
+        return memory_values
 
     def _check_inputs(self, memory, input_ids, input_features, attention_mask) -> torch.Tensor:
         """Validate the user's tensors and return the one that carries the sequence."""
@@ -451,11 +433,8 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
                 f"`attention_mask` shape {tuple(attention_mask.shape)} does not match the input's "
                 f"(batch, length) = {tuple(inputs.shape[:2])}."
             )
-        expected = (inputs.shape[0], self.config.num_memory_slots, self.config.memory_dim)
-        if memory is not None and tuple(memory.shape) != expected:
-            raise ValueError(
-                f"`memory` must have shape (batch, num_memory_slots, memory_dim) = {expected}, got {tuple(memory.shape)}."
-            )
+        if memory is not None:
+            self.memory.check_state(memory, inputs.shape[0])
         return inputs
 
 
@@ -467,6 +446,8 @@ class RehearsalMemoryQuestionAnsweringOutput(ModelOutput):
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): scores over the answer vocabulary.
         recollection_loss, familiarity_loss, sampler_loss (`torch.FloatTensor` of shape `()`, *optional*):
             rehearsal terms, in training with `use_rehearsal` only; `RehearsalMemoryTrainer` weights and adds them.
+        memory_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            the memory type's own loss (Expire-Span, key-value memory), in training only.
     """
 
     loss: torch.FloatTensor | None = None
@@ -474,6 +455,7 @@ class RehearsalMemoryQuestionAnsweringOutput(ModelOutput):
     recollection_loss: torch.FloatTensor | None = None
     familiarity_loss: torch.FloatTensor | None = None
     sampler_loss: torch.FloatTensor | None = None
+    memory_loss: torch.FloatTensor | None = None
 
 
 class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
@@ -541,13 +523,28 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
         return self.sentence_encoder(sentence_ids, "input_ids")
 
     def answer(self, memory, question_input_ids, question_attention_mask=None) -> torch.Tensor:
-        """Answer logits (B, num_labels) for questions against stored memories (B, K, D), without the story.
-        Several questions about one story: repeat its memory, e.g. `memory.expand(num_questions, -1, -1)`."""
-        if memory.shape[0] != question_input_ids.shape[0]:
+        """Answer logits (B, num_labels) for questions against stored memories, without the story. Several
+        questions about one story: repeat its memory, `rehearsal_memory.reorder_memory(memory, index)` with
+        `index = torch.zeros(num_questions, dtype=torch.long)` (or `memory.expand(num_questions, -1, -1)` for the
+        slot memory)."""
+        if memory_batch_size(memory) != question_input_ids.shape[0]:
             raise ValueError(
-                f"`memory` holds {memory.shape[0]} sequences but {question_input_ids.shape[0]} questions were given."
+                f"`memory` holds {memory_batch_size(memory)} sequences but {question_input_ids.shape[0]} questions "
+                "were given."
             )
-        return self.classifier(self.reader(self.encode_question(question_input_ids, question_attention_mask), memory))
+        return self.read(memory, self.encode_question(question_input_ids, question_attention_mask))
+
+    def read(self, memory, query: torch.Tensor) -> torch.Tensor:
+        # query (B, D) -> answer logits (B, num_labels)
+        entries, weights = self.rehearsal_memory.view_memory(memory, query)
+        return self.classifier(self.reader(query, entries, weights))
+
+    def sentence_values(self, sentence_ids: torch.Tensor) -> torch.Tensor:
+        """The id a key-value memory stores for each sentence (B, N, W) -> (B, N): its last word, which in a bAbI
+        fact is the place or object (padding sentences give the pad id)."""
+        pad = self.sentence_encoder.word_embeddings.padding_idx
+        last = ((sentence_ids != pad).sum(-1, keepdim=True) - 1).clamp_min(0)
+        return sentence_ids.gather(-1, last).squeeze(-1)
 
     def forward(
         self,
@@ -584,16 +581,25 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
                     f"got {labels.dtype} of shape {tuple(labels.shape)}."
                 )
             check_id_range(labels, self.config.num_labels, "labels", "config.id2label")
+        memory_values = None
         if self.sentence_encoder is not None and input_ids is not None:
             if attention_mask is None and input_ids.dim() == 3:  # a sentence is real if it has a real token
                 attention_mask = (input_ids != self.sentence_encoder.word_embeddings.padding_idx).any(-1).long()
-            input_ids, input_features = None, self.embed_sentences(input_ids)
+            features = self.embed_sentences(input_ids)
+            if self.rehearsal_memory.memory.takes_values:
+                memory_values = self.sentence_values(input_ids)
+            input_ids, input_features = None, features
         rehearsing = self.training and self.config.use_rehearsal
         outputs = self.rehearsal_memory(
-            input_ids, input_features, attention_mask, memory=memory, output_item_features=rehearsing
+            input_ids,
+            input_features,
+            attention_mask,
+            memory=memory,
+            memory_values=memory_values,
+            output_item_features=rehearsing,
         )
         query = self.encode_question(question_input_ids, question_attention_mask)  # (B, D)
-        logits = self.classifier(self.reader(query, outputs.memory))
+        logits = self.read(outputs.memory, query)
         loss = F.cross_entropy(logits, labels) if labels is not None else None
 
         recollection_loss = familiarity_loss = sampler_loss = None
@@ -614,6 +620,7 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
             recollection_loss=recollection_loss,
             familiarity_loss=familiarity_loss,
             sampler_loss=sampler_loss,
+            memory_loss=outputs.memory_loss if self.training else None,
         )
         use_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if use_dict else output.to_tuple()
@@ -627,6 +634,8 @@ class RehearsalMemoryClickPredictionOutput(ModelOutput):
         logits (`torch.FloatTensor` of shape `(batch_size,)`): click logits.
         recollection_loss, familiarity_loss, sampler_loss (`torch.FloatTensor` of shape `()`, *optional*):
             rehearsal terms, in training with `use_rehearsal` only.
+        memory_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            the memory type's own loss (Expire-Span, key-value memory), in training only.
     """
 
     loss: torch.FloatTensor | None = None
@@ -634,6 +643,7 @@ class RehearsalMemoryClickPredictionOutput(ModelOutput):
     recollection_loss: torch.FloatTensor | None = None
     familiarity_loss: torch.FloatTensor | None = None
     sampler_loss: torch.FloatTensor | None = None
+    memory_loss: torch.FloatTensor | None = None
 
 
 def click_scorer(in_features: int, hidden: int) -> nn.Sequential:
@@ -690,19 +700,21 @@ class RehearsalMemoryForClickPrediction(RehearsalMemoryPreTrainedModel):
         return self.target_projection(target)
 
     def score(self, memory, target_item, target_category=None) -> torch.Tensor:
-        """Click logits of targets against stored memories (B, K, D), without the history: (B,) for one target
-        per memory, (B, C) for C candidates per memory (`target_item` (B, C)), each memory read once per hop
-        for all its candidates rather than copied C times."""
-        if target_item.dim() not in (1, 2) or target_item.shape[0] != memory.shape[0]:
+        """Click logits of targets against stored memories, without the history: (B,) for one target per memory,
+        (B, C) for C candidates per memory (`target_item` (B, C)), each memory read once per hop for all its
+        candidates rather than copied C times."""
+        batch = memory_batch_size(memory)
+        if target_item.dim() not in (1, 2) or target_item.shape[0] != batch:
             raise ValueError(
-                f"`target_item` must have shape (batch,) or (batch, candidates) with batch = {memory.shape[0]} "
+                f"`target_item` must have shape (batch,) or (batch, candidates) with batch = {batch} "
                 f"memories, got {tuple(target_item.shape)}."
             )
         return self.score_query(self.encode_target(target_item, target_category), memory)
 
     def score_query(self, query, memory):
         # query (B, D) or (B, C, D) -> logits (B,) or (B, C)
-        read = self.reader(query, memory)
+        entries, weights = self.rehearsal_memory.view_memory(memory, query)
+        read = self.reader(query, entries, weights)
         return self.scorer(torch.cat([query, read, query * read], dim=-1)).squeeze(-1)
 
     @staticmethod
@@ -764,7 +776,11 @@ class RehearsalMemoryForClickPrediction(RehearsalMemoryPreTrainedModel):
         features = self.embed_behaviors(history_items, history_categories, history_behaviors)  # (B, T, 2d)
         rehearsing = self.training and self.config.use_rehearsal
         outputs = self.rehearsal_memory(
-            input_features=features, attention_mask=attention_mask, memory=memory, output_item_features=rehearsing
+            input_features=features,
+            attention_mask=attention_mask,
+            memory=memory,
+            memory_values=history_items if self.rehearsal_memory.memory.takes_values else None,
+            output_item_features=rehearsing,
         )
         query = self.encode_target(target_item, target_category)
         logits = self.score_query(query, outputs.memory)
@@ -793,6 +809,7 @@ class RehearsalMemoryForClickPrediction(RehearsalMemoryPreTrainedModel):
             recollection_loss=recollection_loss,
             familiarity_loss=familiarity_loss,
             sampler_loss=sampler_loss,
+            memory_loss=outputs.memory_loss if self.training else None,
         )
         use_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if use_dict else output.to_tuple()

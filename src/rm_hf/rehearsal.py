@@ -43,6 +43,14 @@ def random_subset(candidates: torch.Tensor, ratio: float) -> torch.Tensor:
     return candidates & (rank < count)
 
 
+def visible_entries(weights: torch.Tensor) -> torch.Tensor:
+    """(B, N) memory weights -> (B, N) bool, every entry visible in a row that sees none (an empty memory), which
+    would otherwise make the cross-attention NaN. Soft weights count as visible (the rehearser does not scale by
+    them)."""
+    visible = weights > 0 if weights.is_floating_point() else weights
+    return visible | ~visible.any(dim=-1, keepdim=True)
+
+
 class RehearsalMemoryRehearser(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -69,8 +77,8 @@ class RehearsalMemoryRehearser(nn.Module):
         target_dim = config.input_feature_dim if config.input_feature_dim is not None else item_dim
         self.recollection_head = nn.Linear(hidden, target_dim)
 
-    def forward(self, memory, item_embeddings, targets, attention_mask, starts, token_embeddings=None):
-        """memory (B, K, D); item_embeddings (B, T, E) context-free inputs; targets (B, T) token ids or
+    def forward(self, memory, memory_weights, item_embeddings, targets, attention_mask, starts, token_embeddings=None):
+        """memory (B, N, D) entries of a memory's `view` with their weights (None or (B, N)); item_embeddings (B, T, E) context-free inputs; targets (B, T) token ids or
         (B, T, F) features; attention_mask (B, T); starts (B, J). `token_embeddings` (V, E): the tied
         input embedding table, for token targets."""
         batch, num_frags = starts.shape
@@ -92,9 +100,18 @@ class RehearsalMemoryRehearser(nn.Module):
         cls = self.cls_embedding.to(items.dtype).expand(fragments.shape[0], 1, -1)
         hidden = torch.cat([cls, fragments], dim=1) + self.position_embeddings.weight
         key_mask = torch.cat([valid.new_ones(valid.shape[:2] + (1,)), valid], dim=-1).flatten(0, 1).repeat(2, 1)
-        # each fragment attends to its own sequence's memory: (B, K, D) -> (2 * B * J, K, H)
+        # each fragment attends to its own sequence's memory: (B, N, D) -> (2 * B * J, N, H)
         own_memory = self.memory_projection(memory).repeat_interleave(num_frags, dim=0).repeat(2, 1, 1)
-        hidden = self.layers(hidden, own_memory, tgt_key_padding_mask=~key_mask)
+        hidden = self.layers(
+            hidden,
+            own_memory,
+            tgt_key_padding_mask=~key_mask,
+            memory_key_padding_mask=(
+                None
+                if memory_weights is None
+                else ~visible_entries(memory_weights).repeat_interleave(num_frags, 0).repeat(2, 1)
+            ),
+        )
 
         scores = self.familiarity_head(hidden[:, 0]).view(2, batch * num_frags)  # row 0: positives, 1: negatives
         labels = torch.stack([torch.ones_like(scores[0]), torch.zeros_like(scores[1])])

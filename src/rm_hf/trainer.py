@@ -1,6 +1,8 @@
 """RehearsalMemoryTrainer: a `transformers.Trainer` that adds the rehearsal terms to the task loss.
 
-total = task + ramp * (w_rec * recollection + w_fam * familiarity + w_sampler * sampler)
+total = task + ramp * (w_rec * recollection + w_fam * familiarity + w_sampler * sampler) + w_memory * memory
+
+where `memory` is the memory type's own loss (Expire-Span's span loss, the key-value memory's margin loss).
 
 Each term is logged on its own (`task_loss`, `recollection_loss`, ...), averaged over the logging window
 and over processes. The model returns a per-micro-batch mean, so the Trainer must divide by the
@@ -26,14 +28,15 @@ from .file_utils import atomic_path
 
 logger = logging.getLogger(__name__)
 
-REHEARSAL_TERMS = ("recollection_loss", "familiarity_loss", "sampler_loss")
-
 
 @dataclass
 class RehearsalTrainingArguments(TrainingArguments):
     recollection_weight: float = field(default=1.0, metadata={"help": "Weight of the recollection loss."})
     familiarity_weight: float = field(default=0.5, metadata={"help": "Weight of the familiarity loss."})
     sampler_weight: float = field(default=1.0, metadata={"help": "Weight of the history sampler's loss."})
+    memory_loss_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the memory type's own loss (expire_span, kv); not ramped."}
+    )
     rehearsal_warmup_steps: int = field(
         default=0, metadata={"help": "Ramp the rehearsal weights linearly from 0 over this many optimizer steps."}
     )
@@ -47,7 +50,8 @@ class RehearsalTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("recollection_weight", "familiarity_weight", "sampler_weight", "rehearsal_warmup_steps"):
+        names = ("recollection_weight", "familiarity_weight", "sampler_weight", "memory_loss_weight")
+        for name in (*names, "rehearsal_warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RehearsalTrainingArguments.{name} must be >= 0, got {getattr(self, name)}.")
 
@@ -59,7 +63,7 @@ class RehearsalMemoryTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
 
-    def rehearsal_weights(self) -> dict[str, float]:
+    def loss_weights(self) -> dict[str, float]:
         args = self.args
         warmup = getattr(args, "rehearsal_warmup_steps", 0)
         ramp = min(1.0, self.state.global_step / warmup) if warmup else 1.0
@@ -67,6 +71,7 @@ class RehearsalMemoryTrainer(Trainer):
             "recollection_loss": ramp * getattr(args, "recollection_weight", 1.0),
             "familiarity_loss": ramp * getattr(args, "familiarity_weight", 0.5),
             "sampler_loss": ramp * getattr(args, "sampler_weight", 1.0),
+            "memory_loss": getattr(args, "memory_loss_weight", 1.0),
         }
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -74,7 +79,7 @@ class RehearsalMemoryTrainer(Trainer):
         loss = outputs["loss"]
         mode = "train" if model.training else "eval"
         self.record(mode, "task_loss", loss)
-        for name, weight in self.rehearsal_weights().items():
+        for name, weight in self.loss_weights().items():
             term = outputs.get(name)
             if term is not None:
                 # added even at weight 0, so every parameter keeps a gradient (DDP without unused parameters)

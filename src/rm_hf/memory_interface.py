@@ -1,0 +1,97 @@
+"""The interface every memory type follows, and helpers for memory states.
+
+A memory reads a sequence segment by segment and keeps a fixed-size state per sequence; heads and the rehearsal
+model read it through `view`. The state is a tensor (the slot memory's (B, K, D) slots) or a dict of tensors
+whose first dimension is the batch (the other memory types: entries plus validity, positions, spans, ages).
+
+    state = memory.init_state(batch_size)
+    state, loss_sum = memory.write(state, items, item_mask, values)  # items (B, S, E): one segment's features
+    entries, weights = memory.view(state, query)                      # (B, N, D), (B, N) / (B, Q, N) or None
+    state = reorder_memory(state, index)                              # beams, several questions per memory
+
+This file is copied next to saved checkpoints for `trust_remote_code=True`: it imports only torch.
+"""
+
+import torch
+from torch import nn
+
+MemoryState = torch.Tensor | dict[str, torch.Tensor]
+
+
+def memory_batch_size(state: MemoryState) -> int:
+    return (state if isinstance(state, torch.Tensor) else next(iter(state.values()))).shape[0]
+
+
+def reorder_memory(state: MemoryState, index: torch.Tensor) -> MemoryState:
+    """The memories of rows `index` (1-D): reorders, drops or repeats sequences, e.g. `torch.zeros(n, dtype=long)`
+    gives n copies of the first memory, to ask it n questions at once."""
+    if isinstance(state, torch.Tensor):
+        return state.index_select(0, index)
+    return {name: tensor.index_select(0, index) for name, tensor in state.items()}
+
+
+def replace_rows(state: MemoryState, index: torch.Tensor, rows: MemoryState) -> MemoryState:
+    """`state` with the rows `index` replaced by `rows` (out of place, so autograd sees every step)."""
+    if isinstance(state, torch.Tensor):
+        return state.index_copy(0, index, rows)
+    return {name: tensor.index_copy(0, index, rows[name]) for name, tensor in state.items()}
+
+
+def detach_memory(state: MemoryState) -> MemoryState:
+    """Cut the gradient history (truncated back-propagation between calls)."""
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    return {name: tensor.detach() for name, tensor in state.items()}
+
+
+class RehearsalMemoryBaseMemory(nn.Module):
+    """What the memory machine needs from a memory type. Subclasses set `takes_values` when `write` needs one
+    discrete value per item (the key-value memory), and document their state."""
+
+    takes_values = False
+
+    def init_state(self, batch_size: int) -> MemoryState:
+        raise NotImplementedError
+
+    def write(self, state, items, item_mask, values=None) -> tuple[MemoryState, torch.Tensor | None]:
+        """Write one segment into rows that have at least one real item.
+
+        items (B, S, E) encoder features, item_mask (B, S) bool, values (B, S) ids for `takes_values` types.
+        Returns the new state and the sum over the segment's real items of the type's auxiliary loss (None when
+        the type has none); the model divides by the number of real items it wrote.
+        """
+        raise NotImplementedError
+
+    def view(self, state, query=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Entries to attend to (B, N, D) and their visibility: None (all visible), (B, N), or (B, Q, N) when it
+        depends on the query (B, D) / (B, Q, D); bool or float weights in [0, 1]."""
+        raise NotImplementedError
+
+    def expected_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
+        """Shape of every state tensor, for input checks."""
+        raise NotImplementedError
+
+    def check_state(self, state, batch_size: int) -> None:
+        expected = self.expected_shapes(batch_size)
+        if isinstance(state, torch.Tensor) or set(state) != set(expected):
+            got = tuple(state.shape) if isinstance(state, torch.Tensor) else sorted(state)
+            raise ValueError(f"`memory` must be this memory type's state with entries {sorted(expected)}, got {got}.")
+        for name, shape in expected.items():
+            if tuple(state[name].shape) != shape:
+                raise ValueError(f"`memory[{name!r}]` must have shape {shape}, got {tuple(state[name].shape)}.")
+
+
+class RehearsalMemoryAgeEncoding(nn.Module):
+    """Adds to each entry a learned vector for its age (items written since), bucketed on a log scale, so a reader
+    can prefer recent facts; the entries of the item-keeping memories are otherwise order-free."""
+
+    num_buckets = 16  # ages up to 2**15 items get their own bucket; older ones share the last
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.embeddings = nn.Embedding(self.num_buckets, dim)
+
+    def forward(self, entries: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
+        # entries (B, N, D), age (B, N) >= 0
+        bucket = torch.log2(age.float() + 1).floor().long().clamp(max=self.num_buckets - 1)
+        return entries + self.embeddings(bucket)

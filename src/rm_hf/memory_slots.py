@@ -1,0 +1,61 @@
+"""The Rehearsal Memory slot memory (`memory_type="rehearsal"`): K learned slots updated by attention and a GRU.
+
+Each write step, every slot reads the segment's items with multi-head attention and is updated by one GRU cell
+shared by all slots. The initial memory M_0 is a learned, slot-distinct parameter: otherwise every slot would
+receive the same input forever and the K slots would collapse into one vector. The state is the (B, K, D) slot
+tensor itself; its size never depends on the input length.
+"""
+
+import torch
+from torch import nn
+from transformers import initialization as init
+
+from .layers_rehearsal_memory import RehearsalMemoryAttention
+from .memory_interface import RehearsalMemoryBaseMemory
+
+
+class RehearsalMemoryWriter(nn.Module):
+    """One write step: slot-to-item attention, then a GRU update of every slot (weights shared)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.attention = RehearsalMemoryAttention(
+            config.memory_dim, config.encoder_config.hidden_size, config.num_memory_heads
+        )
+        self.gru = nn.GRUCell(config.memory_dim, config.memory_dim)
+
+    def forward(self, memory: torch.Tensor, items: torch.Tensor, item_mask: torch.Tensor) -> torch.Tensor:
+        # memory (B, K, D), items (B, S, E), item_mask (B, S); every row has at least one real item
+        batch, slots, dim = memory.shape
+        read = self.attention(memory, items, item_mask)  # (B, K, D)
+        updated = self.gru(read.reshape(batch * slots, dim), memory.reshape(batch * slots, dim))
+        return updated.view(batch, slots, dim)
+
+
+class RehearsalMemorySlotMemory(RehearsalMemoryBaseMemory):
+    def __init__(self, config):
+        super().__init__()
+        self.num_slots, self.dim = config.num_memory_slots, config.memory_dim
+        self.initial_memory = nn.Parameter(torch.empty(config.num_memory_slots, config.memory_dim))
+        self.writer = RehearsalMemoryWriter(config)
+
+    def init_weights_from_config(self, config):
+        # called by the model's `_init_weights`; `init` leaves loaded weights alone
+        init.normal_(self.initial_memory, std=config.initial_memory_std)
+
+    def init_state(self, batch_size: int) -> torch.Tensor:
+        return self.initial_memory.unsqueeze(0).expand(batch_size, -1, -1).clone()  # (B, K, D)
+
+    def write(self, state, items, item_mask, values=None):
+        return self.writer(state, items, item_mask), None
+
+    def view(self, state, query=None):
+        return state, None  # every slot is always visible
+
+    def check_state(self, state, batch_size):
+        expected = (batch_size, self.num_slots, self.dim)
+        if not isinstance(state, torch.Tensor) or tuple(state.shape) != expected:
+            got = tuple(state.shape) if isinstance(state, torch.Tensor) else type(state).__name__
+            raise ValueError(
+                f"`memory` must have shape (batch, num_memory_slots, memory_dim) = {expected}, got {got}."
+            )
