@@ -46,6 +46,13 @@ class ModelArguments:
         default="uniform", metadata={"help": "Which fragments of the history `rm` rehearses."}
     )
     num_memory_slots: int = field(default=16, metadata={"help": "K, the memory slots per user."})
+    memory_type: str = field(
+        default="rehearsal",
+        metadata={
+            "help": "rehearsal (K learned slots), expire_span, lamemo or kv: the memory each user's history is written into."
+        },
+    )
+    memory_capacity: int = field(default=128, metadata={"help": "Entries kept by expire_span, lamemo and kv."})
     segment_length: int = field(default=32, metadata={"help": "Behaviours written into memory per step."})
     item_embedding_dim: int = field(default=32, metadata={"help": "Item and category embedding size."})
     hidden_size: int = field(default=64, metadata={"help": "Encoder width, memory slot size and MLP width."})
@@ -82,8 +89,12 @@ class DataArguments:
 def load_data(args: DataArguments):
     if args.data == "synthetic":
         return generate_behavior_histories(
-            num_users=args.num_users, history_length=args.history_length, num_items=args.num_items,
-            num_categories=args.num_categories, num_interests=args.num_interests, seed=args.dataset_seed,
+            num_users=args.num_users,
+            history_length=args.history_length,
+            num_items=args.num_items,
+            num_categories=args.num_categories,
+            num_interests=args.num_interests,
+            seed=args.dataset_seed,
             test_fraction=args.test_fraction,
         )
     common = {"max_history": args.max_history, "seed": args.dataset_seed, "skip_bad_lines": args.skip_bad_lines}
@@ -106,6 +117,8 @@ def build_config(args: ModelArguments, vocab) -> RehearsalMemoryConfig:
     }
     return RehearsalMemoryConfig(
         encoder_config=encoder,
+        memory_type=args.memory_type,
+        memory_capacity=args.memory_capacity,
         num_memory_slots=args.num_memory_slots,
         num_memory_heads=args.num_attention_heads,
         segment_length=args.segment_length,

@@ -41,6 +41,13 @@ class ModelArguments:
     num_hidden_layers: int = field(default=2, metadata={"help": "Encoder layers."})
     num_attention_heads: int = field(default=4, metadata={"help": "Encoder attention heads."})
     num_memory_slots: int = field(default=16, metadata={"help": "K, the number of memory slots."})
+    memory_type: str = field(
+        default="rehearsal",
+        metadata={
+            "help": "rehearsal (K learned slots), expire_span, lamemo or kv: the memory the story is written into."
+        },
+    )
+    memory_capacity: int = field(default=128, metadata={"help": "Entries kept by expire_span, lamemo and kv."})
     num_memory_heads: int = field(default=4)
     segment_length: int = field(default=32, metadata={"help": "Tokens written into memory per step."})
     num_reasoning_hops: int = field(default=3)
@@ -159,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
         **{
             name: getattr(model_args, name)
             for name in (
+                "memory_type",
+                "memory_capacity",
                 "num_memory_slots",
                 "num_memory_heads",
                 "segment_length",

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from rm_hf import (
     RehearsalMemoryConfig,
@@ -259,3 +260,21 @@ def test_key_value_read_retrieves_the_top_k_nearest_keys():
     assert entries.shape == (2, 8, 32) and weights.shape == (2, 3, 8)
     assert ((weights > 0).sum(-1) == 2).all()
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3))
+
+
+def test_checkpoints_from_before_memory_types_load_with_their_weights(tmp_path):
+    # they kept the slot memory at `initial_memory` and `writer.*`, today `memory.initial_memory`, `memory.writer.*`
+    model = RehearsalMemoryForQuestionAnswering(tiny_config(id2label=LABELS)).eval()
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    old_names = {
+        name.replace("memory.initial_memory", "initial_memory").replace("memory.writer.", "writer."): w
+        for name, w in weights.items()
+    }
+    assert old_names.keys() != weights.keys()
+    save_file(old_names, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = RehearsalMemoryForQuestionAnswering.from_pretrained(tmp_path)
+    for name, weight in weights.items():
+        torch.testing.assert_close(loaded.state_dict()[name], weight, msg=name)
+    loaded.save_pretrained(tmp_path / "again")  # saved again under today's names
+    assert load_file(tmp_path / "again" / "model.safetensors").keys() == weights.keys()

@@ -69,12 +69,14 @@ def test_run_qa_writes_results_card_and_a_reloadable_checkpoint(tmp_path):
     assert logits.shape == (1, len(model.config.id2label))
 
 
-@pytest.mark.parametrize("story_items", ["tokens", "sentences"])
-def test_run_qa_on_real_babi_task_1(tmp_path, babi_dir, story_items):
+@pytest.mark.parametrize(
+    "story_items, memory_type", [("tokens", "rehearsal"), ("sentences", "rehearsal"), ("sentences", "kv")]
+)
+def test_run_qa_on_real_babi_task_1(tmp_path, babi_dir, story_items, memory_type):
     output = tmp_path / "babi"
     at = TINY_RUN.index("--story_length")
     args = TINY_RUN[:at] + TINY_RUN[at + 2 :]  # no generated stories here
-    run(
+    log = run(
         [
             sys.executable,
             "examples/run_qa.py",
@@ -90,12 +92,17 @@ def test_run_qa_on_real_babi_task_1(tmp_path, babi_dir, story_items):
             "40",
             "--story_items",
             story_items,
+            "--memory_type",
+            memory_type,
             *args,
         ],
         tmp_path,
     )
     results = json.loads((output / "all_results.json").read_text())
     assert "eval_qa1_accuracy" in results
+    assert f'memory_type="{memory_type}"' in (output / "README.md").read_text()
+    if memory_type == "kv":  # the memory's own loss is trained and logged
+        assert "'memory_loss'" in log
     # one question type: the Hub metadata reports it once, not again as "all"
     entries = ModelCard.load(output / "README.md").data.to_dict()["model-index"][0]["results"]
     assert [e["metrics"][0]["value"] for e in entries] == [round(results["eval_all_accuracy"], 4)]

@@ -16,15 +16,14 @@ TEMPLATE = """---
 
 # {{ model_name }}
 
-A **Rehearsal Memory** question-answering model (Zhang et al., ICML 2021) built with
-the `rm_hf` package. It reads a story once, segment by segment, into
-{{ num_slots }} memory slots of width {{ memory_dim }}, forgets the story, and answers questions from
-the memory alone.
+A question-answering model with {{ memory_name }} built with the `rm_hf` package (Rehearsal Memory, Zhang et
+al., ICML 2021). It reads a story once, segment by segment, into {{ memory_size }} of width {{ memory_dim }},
+forgets the story, and answers questions from the memory alone.
 
 ## What it is
 
-- Encoder backbone: {{ encoder }}; memory: {{ num_slots }} slots, written every {{ segment_length }} {{ items }} by
-  slot-to-item attention and a shared GRU cell; {{ hops }} reasoning hops read the memory for each question.
+- Encoder backbone: {{ encoder }}; memory (`memory_type="{{ memory_type }}"`): {{ memory_size }}, written every
+  {{ segment_length }} {{ items }} by {{ memory_write }}; {{ hops }} reasoning hops read the memory for each question.
 {% if sentence_items %}- Each story sentence is one memory item: the sum of its word embeddings weighted by a learned vector per
   position (`story_items="sentences"`); the question is encoded the same way.
 {% endif %}- Answers are classified over {{ num_labels }} answer strings (`config.id2label`).
@@ -88,6 +87,31 @@ nothing about natural text.
 """
 
 
+# how the card names each memory type: its name, its size and how a segment is written
+MEMORY_DESCRIPTIONS = {
+    "rehearsal": lambda config: {
+        "memory_name": "a Rehearsal Memory slot memory",
+        "memory_size": f"{config.num_memory_slots} memory slots",
+        "memory_write": "slot-to-item attention and a shared GRU cell",
+    },
+    "expire_span": lambda config: {
+        "memory_name": "an Expire-Span memory (Sukhbaatar et al., 2021)",
+        "memory_size": f"at most {config.memory_capacity} item states",
+        "memory_write": f"keeping each item for a learned span of up to {config.expire_span_max_span} items",
+    },
+    "lamemo": lambda config: {
+        "memory_name": "a look-ahead memory (LaMemo, Ji et al., 2022)",
+        "memory_size": f"the last {config.memory_capacity} item states",
+        "memory_write": "refreshing the kept states with look-ahead attention to the new items",
+    },
+    "kv": lambda config: {
+        "memory_name": "a lifelong key-value memory (Kaiser et al., 2017)",
+        "memory_size": f"{config.memory_capacity} key-value entries",
+        "memory_write": "the nearest-key update rule (merge on a value match, else replace the oldest entry)",
+    },
+}
+
+
 def write_qa_model_card(
     path: str | Path,
     model,
@@ -129,8 +153,9 @@ def write_qa_model_card(
         template_str=TEMPLATE,
         model_id=model_id,
         model_name=Path(model_id).name,
-        num_slots=config.num_memory_slots,
+        memory_type=config.memory_type,
         memory_dim=config.memory_dim,
+        **MEMORY_DESCRIPTIONS[config.memory_type](config),
         segment_length=config.segment_length,
         items=config.story_items,
         sentence_items=config.story_items == "sentences",

@@ -16,6 +16,7 @@ transformers and single-dot siblings.
 """
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,9 @@ from .memory_lamemo import RehearsalMemoryLookAheadMemory
 from .memory_slots import RehearsalMemorySlotMemory
 from .rehearsal import RehearsalMemoryRehearser
 
+# Checkpoints saved before memory types existed kept the slot memory's weights at the top of the base model.
+LEGACY_WEIGHT_NAMES = re.compile(r"^((?:rehearsal_memory\.)?)(initial_memory$|writer\.)")
+
 MEMORY_CLASSES = {
     "rehearsal": RehearsalMemorySlotMemory,
     "expire_span": RehearsalMemoryExpireSpanMemory,
@@ -65,6 +69,21 @@ def damaged_weights_file(checkpoint, subfolder: str = "") -> str | None:
             except Exception:  # noqa: BLE001
                 return os.path.join(folder, name)
     return None
+
+
+def legacy_state_dict(checkpoint, subfolder: str = "") -> dict[str, torch.Tensor] | None:
+    """The weights of a local single-file checkpoint saved before memory types existed, renamed to today's names
+    (`initial_memory` -> `memory.initial_memory`, `writer.*` -> `memory.writer.*`); None for any other checkpoint."""
+    path = os.path.join(checkpoint, subfolder, "model.safetensors") if checkpoint is not None else None
+    if path is None or not os.path.isfile(path):
+        return None
+    try:
+        names = load_state_dict(path, map_location="meta").keys()  # reads the header only
+    except Exception:  # noqa: BLE001 - a damaged file is reported by from_pretrained
+        return None
+    if not any(LEGACY_WEIGHT_NAMES.match(name) for name in names):
+        return None
+    return {LEGACY_WEIGHT_NAMES.sub(r"\1memory.\2", name): w for name, w in load_state_dict(path).items()}
 
 
 class RehearsalMemorySentenceEncoder(nn.Module):
@@ -170,6 +189,13 @@ class RehearsalMemoryPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        legacy = legacy_state_dict(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
+        if legacy is not None and "state_dict" not in kwargs:
+            config = kwargs.pop("config", None) or cls.config_class.from_pretrained(
+                pretrained_model_name_or_path, subfolder=kwargs.get("subfolder", "")
+            )
+            kwargs.pop("subfolder", None)
+            return super().from_pretrained(None, *args, config=config, state_dict=legacy, **kwargs)
         try:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except Exception as error:
