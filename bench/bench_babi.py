@@ -53,9 +53,10 @@ def parse_tasks(text: str) -> list[int]:
     return [int(t) for t in text.split(",")]
 
 
-def run_row(args, task: int, rehearsal: bool) -> dict:
+def run_row(args, task: int, rehearsal: bool, memory_type: str) -> dict:
     # the checkpoint and its model card stay for inspection (outputs/ is git-ignored)
-    output_dir = args.checkpoint_dir / f"{'rehearsal' if rehearsal else 'plain'}-qa{task}"
+    prefix = "" if memory_type == "rehearsal" else f"{memory_type}-"
+    output_dir = args.checkpoint_dir / f"{prefix}{'rehearsal' if rehearsal else 'plain'}-qa{task}"
     argv = [
         "--babi_dir", str(args.babi_dir), "--babi_subset", args.babi_subset, "--tasks", str(task),
         "--story_items", args.story_items, "--segment_length", str(args.segment_length), "--output_dir", str(output_dir),
@@ -63,7 +64,7 @@ def run_row(args, task: int, rehearsal: bool) -> dict:
         "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),
         "--warmup_steps", str(args.max_steps // 20), "--seed", str(args.seed), "--use_cpu", "true",
         "--report_to", "none", "--save_strategy", "no", "--logging_steps", str(max(1, args.max_steps // 10)),
-        "--disable_tqdm", "true",
+        "--disable_tqdm", "true", "--memory_type", memory_type, "--memory_capacity", str(args.memory_capacity),
     ]  # fmt: skip
     if args.eval_questions:
         argv += ["--max_eval_samples", str(args.eval_questions)]
@@ -71,6 +72,7 @@ def run_row(args, task: int, rehearsal: bool) -> dict:
     accuracy = outcome["results"]["all"]["accuracy"]
     return {
         "task": task,
+        "memory_type": memory_type,
         "rehearsal": rehearsal,
         "accuracy": accuracy,
         "error": 1 - accuracy,
@@ -81,12 +83,22 @@ def run_row(args, task: int, rehearsal: bool) -> dict:
     }
 
 
+def row_key(row: dict) -> tuple:
+    # rows written before memory types existed are slot-memory rows
+    return row["task"], row.get("memory_type", "rehearsal"), row["rehearsal"]
+
+
 def summarise(rows: list[dict]) -> dict:
     summary = {}
-    for rehearsal in (True, False):
-        chosen = [row for row in rows if row["rehearsal"] == rehearsal]
-        if chosen:
-            summary["with rehearsal" if rehearsal else "without rehearsal"] = {
+    for memory_type in dict.fromkeys(row_key(row)[1] for row in rows):
+        for rehearsal in (True, False):
+            chosen = [row for row in rows if row_key(row)[1:] == (memory_type, rehearsal)]
+            if not chosen:
+                continue
+            name = f"{'with' if rehearsal else 'without'} rehearsal"
+            if memory_type != "rehearsal":
+                name = f"{memory_type} memory, {name}"
+            summary[name] = {
                 "tasks_run": sorted(row["task"] for row in chosen),
                 "mean_error": sum(row["error"] for row in chosen) / len(chosen),
                 "tasks_passed": sum(row["passed"] for row in chosen),
@@ -107,6 +119,12 @@ def main():
     parser.add_argument("--eval_questions", type=int, default=1000, help="0 = the whole test file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", default="rehearsal,plain", help="rehearsal, plain or both")
+    parser.add_argument(
+        "--memory_types", default="rehearsal", help="comma-separated: rehearsal (slots), expire_span, lamemo, kv"
+    )
+    parser.add_argument(
+        "--memory_capacity", type=int, default=16, help="entries of expire_span/lamemo/kv (16 = the 16 slots of RM)"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "babi.json")
     parser.add_argument("--checkpoint_dir", type=Path, default=Path("outputs") / "bench_babi")
     args = parser.parse_args()
@@ -117,17 +135,23 @@ def main():
     settings = {k: getattr(args, k) for k in (*keys, "eval_questions", "seed")}
     previous = json.loads(args.output.read_text()) if args.output.exists() else {}
     rows = previous.get("rows", []) if previous.get("settings") == settings else []
-    done = {(row["task"], row["rehearsal"]) for row in rows}
+    done = {row_key(row) for row in rows}
     variants = [v == "rehearsal" for v in args.variants.split(",")]
-    todo = [(task, r) for task in parse_tasks(args.tasks) for r in variants if (task, r) not in done]
-    for task, rehearsal in tqdm(todo, desc="bAbI tasks"):
-        rows.append(run_row(args, task, rehearsal))
+    todo = [
+        (task, memory_type, r)
+        for task in parse_tasks(args.tasks)
+        for memory_type in args.memory_types.split(",")
+        for r in variants
+        if (task, memory_type, r) not in done
+    ]
+    for task, memory_type, rehearsal in tqdm(todo, desc="bAbI runs"):
+        rows.append({**run_row(args, task, rehearsal, memory_type), "memory_capacity": args.memory_capacity})
         result = {
             "command": "python bench/" + Path(__file__).name + " " + " ".join(sys.argv[1:]),
             "machine": cpu_model(),
             "date": date.today().isoformat(),
             "settings": settings,
-            "rows": sorted(rows, key=lambda row: (row["task"], not row["rehearsal"])),
+            "rows": sorted(rows, key=lambda row: (row["task"], row_key(row)[1] != "rehearsal", not row["rehearsal"])),
             "summary": summarise(rows),
             "quoted_not_rerun": QUOTED,
         }

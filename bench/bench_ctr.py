@@ -36,13 +36,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))  # the benchmark trains exactly as the example script does
 import run_ctr  # noqa: E402
 
-# name -> (run_ctr --model, use_rehearsal)
+# name -> (run_ctr --model, use_rehearsal, memory_type)
 VARIANTS = {
-    "rm_rehearsal": ("rm", True),
-    "rm_no_rehearsal": ("rm", False),
-    "mean_pool": ("mean_pool", False),
-    "target_attention": ("target_attention", False),
+    "rm_rehearsal": ("rm", True, "rehearsal"),
+    "rm_no_rehearsal": ("rm", False, "rehearsal"),
+    "mean_pool": ("mean_pool", False, "rehearsal"),
+    "target_attention": ("target_attention", False, "rehearsal"),
 }
+
+
+def all_variants(args) -> dict[str, tuple[str, bool, str]]:
+    """The fixed variants plus the other memory types of `--memory_types`, trained as published (no rehearsal)."""
+    others = {f"{memory_type}_memory": ("rm", False, memory_type) for memory_type in args.memory_types}
+    return {**VARIANTS, **others}
 
 
 @dataclass
@@ -56,6 +62,10 @@ class BenchArguments:
     batch_size: int = field(default=16)
     learning_rate: float = field(default=3e-3)
     num_memory_slots: int = field(default=8)
+    memory_types: list[str] = field(
+        default_factory=list, metadata={"help": "Other memory types to train too: expire_span, lamemo, kv."}
+    )
+    memory_capacity: int = field(default=8, metadata={"help": "Their entries (8 = the slots of RM)."})
     segment_length: int = field(default=100)
     item_embedding_dim: int = field(default=16)
     hidden_size: int = field(default=32)
@@ -70,23 +80,43 @@ class BenchArguments:
 
 def train_and_evaluate(args: BenchArguments, variant: str, datasets, vocab, work_dir: str):
     """Train one variant with the shared budget; return (model, test AUC, training seconds)."""
-    model_name, use_rehearsal = VARIANTS[variant]
+    model_name, use_rehearsal, memory_type = all_variants(args)[variant]
     model_args = run_ctr.ModelArguments(
-        model=model_name, use_rehearsal=use_rehearsal, num_memory_slots=args.num_memory_slots,
-        segment_length=args.segment_length, item_embedding_dim=args.item_embedding_dim,
-        hidden_size=args.hidden_size, num_layers=args.num_layers, num_attention_heads=args.num_attention_heads,
+        model=model_name,
+        use_rehearsal=use_rehearsal,
+        num_memory_slots=args.num_memory_slots,
+        memory_type=memory_type,
+        memory_capacity=args.memory_capacity,
+        segment_length=args.segment_length,
+        item_embedding_dim=args.item_embedding_dim,
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+        num_attention_heads=args.num_attention_heads,
     )
     set_seed(args.seed)
     model = run_ctr.MODEL_CLASSES[model_name](run_ctr.build_config(model_args, vocab))
     training_args = RehearsalTrainingArguments(
-        output_dir=f"{work_dir}/{variant}", max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=64, learning_rate=args.learning_rate, warmup_steps=0.05, save_strategy="no",
-        logging_steps=max(1, args.max_steps // 5), label_names=["labels"], use_cpu=True, seed=args.seed,
-        disable_tqdm=True, report_to="none",
+        output_dir=f"{work_dir}/{variant}",
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=64,
+        learning_rate=args.learning_rate,
+        warmup_steps=0.05,
+        save_strategy="no",
+        logging_steps=max(1, args.max_steps // 5),
+        label_names=["labels"],
+        use_cpu=True,
+        seed=args.seed,
+        disable_tqdm=True,
+        report_to="none",
     )
     trainer = RehearsalMemoryTrainer(
-        model=model, args=training_args, train_dataset=datasets["train"], eval_dataset=datasets["test"],
-        data_collator=ClickCollator(), compute_metrics=run_ctr.compute_metrics,
+        model=model,
+        args=training_args,
+        train_dataset=datasets["train"],
+        eval_dataset=datasets["test"],
+        data_collator=ClickCollator(),
+        compute_metrics=run_ctr.compute_metrics,
     )
     start = time.perf_counter()
     trainer.train()
@@ -132,8 +162,12 @@ def request_costs(args: BenchArguments, rm_model, attention_model, vocab, length
     attention_ms = median_ms(
         lambda: torch.sigmoid(
             attention_model.score_candidates(
-                items[None, :length], categories[None, :length], None, None,
-                candidates[None], candidate_categories[None],
+                items[None, :length],
+                categories[None, :length],
+                None,
+                None,
+                candidates[None],
+                candidate_categories[None],
             )
         ),
         args.repeats,
@@ -172,17 +206,23 @@ def main():
     output_dir.mkdir(parents=True, exist_ok=True)
     datasets, vocab = run_ctr.load_data(
         run_ctr.DataArguments(
-            data="synthetic", num_users=args.num_users, history_length=args.history_length, num_items=args.num_items,
-            num_categories=args.num_categories, num_interests=args.num_interests, dataset_seed=args.seed,
+            data="synthetic",
+            num_users=args.num_users,
+            history_length=args.history_length,
+            num_items=args.num_items,
+            num_categories=args.num_categories,
+            num_interests=args.num_interests,
+            dataset_seed=args.seed,
         )
     )
 
     models, auc, train_seconds, costs = {}, {}, {}, []
-    stages = list(VARIANTS) + [f"cost@{length}" for length in args.cost_lengths]
+    variants = all_variants(args)
+    stages = list(variants) + [f"cost@{length}" for length in args.cost_lengths]
     with tempfile.TemporaryDirectory() as work_dir, tqdm(stages, desc="bench_ctr", unit="stage") as progress:
         for stage in progress:
             progress.set_postfix_str(stage)
-            if stage in VARIANTS:
+            if stage in variants:
                 models[stage], auc[stage], train_seconds[stage] = train_and_evaluate(
                     args, stage, datasets, vocab, work_dir
                 )
@@ -201,7 +241,7 @@ def main():
     plot(costs, output_dir / "ctr_cost.png")
 
     print(f"\nTest AUC, {args.max_steps} steps of batch {args.batch_size}, histories of {args.history_length} events:")
-    for name in VARIANTS:
+    for name in auc:
         print(f"  {name:<18} AUC {auc[name]:.3f}   ({train_seconds[name]:.0f} s training)")
     print(f"\nPer request ({args.num_candidates} candidates, median of {args.repeats} requests, ms):")
     print("   history    store  store, full buffer  target attention   ratio  ratio, full buffer")

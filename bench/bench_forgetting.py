@@ -44,6 +44,11 @@ VARIANTS = {
     "no_rehearsal": ("no rehearsal", {"use_rehearsal": False}),
     "rehearsal_uniform": ("rehearsal, uniform sampler", {"use_rehearsal": True, "sampler_mode": "uniform"}),
     "rehearsal_teacher": ("rehearsal, teacher sampler", {"use_rehearsal": True, "sampler_mode": "teacher"}),
+    # the other memory types as published (no rehearsal), keeping as many vectors as RM's 16 slots
+    **{
+        memory_type: (f"{title} memory", {"use_rehearsal": False, "memory_type": memory_type, "memory_capacity": 16})
+        for memory_type, title in (("expire_span", "Expire-Span"), ("lamemo", "LaMemo"), ("kv", "key-value"))
+    },
 }
 # Distance bins [lo, hi): roughly x3 apart, so short and very long distances both get a few bins.
 EDGES = (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10000, float("inf"))
@@ -53,8 +58,10 @@ def bin_label(low, high) -> str:
     return f">={low}" if high == float("inf") else f"[{low},{high})"
 
 
-def distances(row, segment_length: int) -> tuple[int, float]:
+def distances(row, segment_length: int, story_items: str) -> tuple[int, float]:
     """(sentences, segments) between the supporting fact and the end of the story."""
+    if story_items == "sentences":  # one item per sentence
+        return int(row["fact_distance"]), row["fact_distance"] / segment_length
     last_fact_token = max(i for i, s in enumerate(row["supporting_mask"]) if s)
     tokens_after = len(row["input_ids"]) - 1 - last_fact_token
     return int(row["fact_distance"]), tokens_after / segment_length
@@ -122,6 +129,8 @@ def main():
     parser.add_argument("--steps", type=int, default=200, help="Training steps (batches of 32) per model.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="Model and batch-order seeds.")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--story_items", choices=["sentences", "tokens"], default="sentences",
+                        help="Memory items: sentences (4 per segment) or tokens (32 per segment).")  # fmt: skip
     parser.add_argument("--question_types", nargs="+", choices=QUESTION_TYPES, default=list(QUESTION_TYPES))
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1: on a shared 2-core machine more threads ran slower).")  # fmt: skip
@@ -135,9 +144,9 @@ def main():
         [generate_stories(args.num_test, story_length=n, seed=1000 + n, **story) for n in args.test_lengths]
     )
     tokenizer, answers, train_rows, test_rows = build_task(train_raw, test_raw)
-    segment_length = make_model(tokenizer, answers).config.segment_length
+    segment_length = make_model(tokenizer, answers, args.story_items).config.segment_length
     lengths = [row["sentence_index"][-1] + 1 for row in test_rows]
-    sentence_distance, segment_distance = zip(*(distances(row, segment_length) for row in test_rows))
+    sentence_distance, segment_distance = zip(*(distances(row, segment_length, args.story_items) for row in test_rows))
     types = [row["question_type"] for row in test_rows]
     labels = [int(row["labels"]) for row in test_rows]
 
@@ -154,7 +163,7 @@ def main():
     runs = [(name, seed) for name in args.variants for seed in args.seeds]
     for name, seed in tqdm(runs, desc="bench_forgetting", unit="model"):
         torch.manual_seed(seed)
-        model = make_model(tokenizer, answers, **VARIANTS[name][1])
+        model = make_model(tokenizer, answers, args.story_items, **VARIANTS[name][1])
         timing[name]["median_step_seconds"].append(train(model, train_rows, args.steps, seed))
         start = time.perf_counter()
         hits = [p == y for p, y in zip(predict(model, test_rows), labels)]
@@ -197,7 +206,7 @@ def main():
     (output_dir / "forgetting.json").write_text(json.dumps(results, indent=2))
     plot(results, output_dir / "forgetting.png")
 
-    print(f"\n{len(test_rows)} test questions, segments of {segment_length} tokens; accuracy per distance bin "
+    print(f"\n{len(test_rows)} test questions, segments of {segment_length} {args.story_items}; accuracy per distance bin "
           f"(mean over seeds {args.seeds}):")  # fmt: skip
     for unit in ("sentences", "segments"):
         print(f"  {unit:<28}" + "".join(f"{label:>10}" for label in curves[unit]["chance"]["bins"]))

@@ -43,6 +43,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max_positions", type=int, default=512,
                        help="Encoder max length: the full-access baseline's window.")  # fmt: skip
     group.add_argument("--num_slots", type=int, default=16)
+    group.add_argument("--memory_type", default="rehearsal", help="rehearsal (slots), expire_span, lamemo or kv")
+    group.add_argument("--memory_capacity", type=int, default=16, help="Entries of expire_span, lamemo and kv.")
     group.add_argument("--segment_length", type=int, default=64)
     group.add_argument("--vocab_size", type=int, default=1000)
     group.add_argument("--num_labels", type=int, default=10, help="Answer vocabulary of the QA head.")
@@ -56,7 +58,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_spec(args) -> dict:
     names = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions", "num_slots",
-             "segment_length", "vocab_size", "num_labels", "question_length", "chunk_tokens", "threads", "seed")  # fmt: skip
+             "memory_type", "memory_capacity", "segment_length", "vocab_size", "num_labels", "question_length",
+             "chunk_tokens", "threads", "seed")  # fmt: skip
     return {name: getattr(args, name) for name in names}
 
 
@@ -69,6 +72,7 @@ def build_model(spec: dict, use_rehearsal: bool = False) -> RehearsalMemoryForQu
                "intermediate_size": spec["intermediate_size"], "max_position_embeddings": spec["max_positions"]}  # fmt: skip
     config = RehearsalMemoryConfig(
         encoder_config=encoder, num_memory_slots=spec["num_slots"], num_memory_heads=spec["num_heads"],
+        memory_type=spec.get("memory_type", "rehearsal"), memory_capacity=spec.get("memory_capacity", 16),
         segment_length=spec["segment_length"], rehearsal_num_heads=spec["num_heads"], use_rehearsal=use_rehearsal,
         id2label={i: f"answer{i}" for i in range(spec["num_labels"])},
     )  # fmt: skip
@@ -115,7 +119,9 @@ def encode_raw_input(model, input_ids: torch.Tensor, window: int, windows_per_ba
     mask = mask.view(-1, window)
     encoder = model.rehearsal_memory.encoder
     features = [
-        encoder(input_ids=ids[i : i + windows_per_batch], attention_mask=mask[i : i + windows_per_batch]).last_hidden_state
+        encoder(
+            input_ids=ids[i : i + windows_per_batch], attention_mask=mask[i : i + windows_per_batch]
+        ).last_hidden_state
         for i in range(0, ids.shape[0], windows_per_batch)
     ]
     return torch.cat(features).view(1, -1, features[0].shape[-1])[:, :length]
@@ -251,7 +257,9 @@ def machine() -> dict:
     model_name = platform.processor() or platform.machine()
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model_name = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
+        model_name = next(
+            line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")
+        )
     except (OSError, subprocess.CalledProcessError, StopIteration):
         pass
     return {"cpu": model_name, "cores": os.cpu_count(), "torch": torch.__version__, "date": date.today().isoformat()}

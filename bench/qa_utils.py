@@ -23,20 +23,28 @@ def build_task(train_raw, test_raw):
     return tokenizer, answers, train, test
 
 
-def make_model(tokenizer, answers, **overrides):
+def make_model(tokenizer, answers, story_items="tokens", **overrides):
+    """A small QA model; with `story_items="sentences"` each sentence is one item, written 4 per segment (the
+    setting that learns bAbI task 1), otherwise tokens, 32 per segment."""
     config = RehearsalMemoryConfig(
         encoder_config={"vocab_size": len(tokenizer), "hidden_size": 64, "num_hidden_layers": 2,
                         "num_attention_heads": 4, "intermediate_size": 256, "max_position_embeddings": 64},
-        id2label=dict(enumerate(answers)), segment_length=32, **overrides,
+        id2label=dict(enumerate(answers)), story_items=story_items,
+        segment_length=4 if story_items == "sentences" else 32, **overrides,
     )  # fmt: skip
     return RehearsalMemoryForQuestionAnswering(config)
 
 
+def collator(model) -> QACollator:
+    return QACollator(sentence_items=model.config.story_items == "sentences")
+
+
 def train(model, train_rows, steps, seed, batch_size=32, lr=2e-3):
-    """Plain AdamW loop (the Trainer's loss: task + recollection + 0.5 familiarity + sampler); returns the
+    """Plain AdamW loop (the Trainer's loss: task + recollection + 0.5 familiarity + sampler + the memory type's
+    own loss); returns the
     median step time in seconds and leaves the model in eval mode."""
     torch.manual_seed(seed)
-    collate = QACollator()
+    collate = collator(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     step_times = []
     model.train()
@@ -45,7 +53,8 @@ def train(model, train_rows, steps, seed, batch_size=32, lr=2e-3):
         start = time.perf_counter()
         out = model(**batch)
         loss = out.loss
-        for weight, term in ((1.0, out.recollection_loss), (0.5, out.familiarity_loss), (1.0, out.sampler_loss)):
+        terms = (out.recollection_loss, out.familiarity_loss, out.sampler_loss, out.memory_loss)
+        for weight, term in zip((1.0, 0.5, 1.0, 1.0), terms):
             if term is not None:
                 loss = loss + weight * term
         optimizer.zero_grad()
@@ -59,7 +68,7 @@ def train(model, train_rows, steps, seed, batch_size=32, lr=2e-3):
 
 def predict(model, rows, batch_size=128):
     """Predicted answer id per row, reading each story into memory and answering from the memory alone."""
-    collate = QACollator()
+    collate = collator(model)
     model.eval()
     predictions = []
     with torch.inference_mode():

@@ -29,7 +29,9 @@ def test_bench_rehearsal_smoke(tmp_path):
     run_bench("bench_rehearsal.py", "--steps", "2", "--seeds", "0", "--num_stories", "60", "--story_length", "6",
               "--output", str(output))  # fmt: skip
     results = json.loads(output.read_text())
-    assert {"machine", "date", "steps", "seeds", "accuracy", "coverage", "step_seconds", "overhead_ratio"} <= set(results)
+    assert {"machine", "date", "steps", "seeds", "accuracy", "coverage", "step_seconds", "overhead_ratio"} <= set(
+        results
+    )
     (accuracy,) = results["accuracy"].values()
     assert set(accuracy) == {"with rehearsal", "without rehearsal"}
     assert all(0 <= a <= 1 for runs in accuracy.values() for a in runs)
@@ -40,9 +42,11 @@ def test_bench_rehearsal_smoke(tmp_path):
 
 def test_bench_ctr_smoke(tmp_path):
     run_bench("bench_ctr.py", "--num_users", "40", "--history_length", "40", "--max_steps", "2", "--batch_size", "4",
-              "--cost_lengths", "50", "--repeats", "1", "--num_candidates", "4", "--output_dir", str(tmp_path))  # fmt: skip
+              "--cost_lengths", "50", "--repeats", "1", "--num_candidates", "4", "--output_dir", str(tmp_path),
+              "--memory_types", "expire_span", "lamemo", "kv", "--memory_capacity", "4")  # fmt: skip
     results = json.loads((tmp_path / "ctr.json").read_text())
-    assert set(results["test_auc"]) == {"rm_rehearsal", "rm_no_rehearsal", "mean_pool", "target_attention"}
+    assert set(results["test_auc"]) == {"rm_rehearsal", "rm_no_rehearsal", "mean_pool", "target_attention",
+                                        "expire_span_memory", "lamemo_memory", "kv_memory"}  # fmt: skip
     # 8 test users of a tiny synthetic set: AUC is NaN only when they all share a label
     assert all(math.isnan(auc) or 0 <= auc <= 1 for auc in results["test_auc"].values())
     (cost,) = results["request_cost"]
@@ -81,6 +85,19 @@ def test_bench_long_input_smoke(tmp_path):
     assert (tmp_path / "long_input.png").stat().st_size > 0
 
 
+def test_bench_memories_smoke(tmp_path):
+    run_bench("bench_memories.py", "--smoke", "--output_dir", str(tmp_path))
+    results = json.loads((tmp_path / "memories.json").read_text())
+    assert set(results["memory_types"]) == {"rehearsal", "expire_span", "lamemo", "kv"}
+    for name, rows in results["memory_types"].items():
+        assert [row["length"] for row in rows] == [256, 512]
+        assert all(row["question_ms"] > 0 and row["write_tokens_per_second"] > 0 for row in rows)
+        # the state never grows with the input: at most 4 live entries (--smoke capacity) or 4 slots
+        assert rows[0]["state_numbers"] == rows[1]["state_numbers"]
+        assert name == "rehearsal" or all(row["live_entries"] <= 4 for row in rows)
+    assert (tmp_path / "memories.png").stat().st_size > 0
+
+
 def test_bench_babi_smoke_resumes_per_row(tmp_path, babi_dir):
     output, checkpoints = tmp_path / "babi.json", tmp_path / "checkpoints"
     tiny = ["--babi_dir", str(babi_dir), "--babi_subset", "en", "--tasks", "1", "--max_steps", "2", "--eval_questions", "20",
@@ -96,6 +113,11 @@ def test_bench_babi_smoke_resumes_per_row(tmp_path, babi_dir):
     second = json.loads(output.read_text())
     assert second["rows"][1] == first["rows"][0] and second["rows"][0]["rehearsal"] is True
     assert set(second["summary"]) == {"with rehearsal", "without rehearsal"}
+    # another memory type adds its own rows and summary
+    run_bench("bench_babi.py", *tiny, "--variants", "plain", "--memory_types", "kv", "--memory_capacity", "4")
+    third = json.loads(output.read_text())
+    assert [(row["memory_type"], row["rehearsal"]) for row in third["rows"]][-1] == ("kv", False)
+    assert "kv memory, without rehearsal" in third["summary"]
 
 
 def test_bench_forgetting_smoke(tmp_path):
@@ -105,7 +127,9 @@ def test_bench_forgetting_smoke(tmp_path):
     keys = {"machine", "command", "arguments", "variants", "curves", "accuracy", "chance", "max_distance"}
     assert keys <= set(results)
     assert {"cpu", "cores", "date"} <= set(results["machine"])
-    assert set(results["variants"]) == {"no_rehearsal", "rehearsal_uniform", "rehearsal_teacher"}
+    assert set(results["variants"]) == {"no_rehearsal", "rehearsal_uniform", "rehearsal_teacher", "expire_span",
+                                        "lamemo", "kv"}  # fmt: skip
+    assert results["arguments"]["story_items"] == "sentences" and results["segment_length"] == 4
     assert results["test_questions"] == 24 and 16 <= results["max_distance"]["sentences"] <= 19
     for unit in ("sentences", "segments"):
         curves = results["curves"][unit]
