@@ -1,4 +1,4 @@
-"""The README's usage snippet runs as written, and .ci/run calls the README's test command."""
+"""The README's usage snippets run as written, and .ci/run calls the README's test command."""
 
 import re
 from pathlib import Path
@@ -10,9 +10,11 @@ def python_blocks():
     return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
 
 
-def test_readme_usage_snippet_runs():
-    snippet = next(block for block in python_blocks() if "RehearsalMemoryForQuestionAnswering(config)" in block)
-    exec(compile(snippet, "README.md", "exec"), {})
+def test_readme_usage_snippets_run():
+    snippets = [block for block in python_blocks() if "RehearsalMemoryForQuestionAnswering(config)" in block]
+    assert len(snippets) == 2  # the slot memory and the memory types
+    for snippet in snippets:
+        exec(compile(snippet, "README.md", "exec"), {})
 
 
 def test_ci_runs_the_readme_test_command():
