@@ -16,7 +16,7 @@ from rm_hf import (
     RehearsalMemoryModel,
 )
 from rm_hf.configuration_rehearsal_memory import MEMORY_TYPES
-from rm_hf.memory_interface import reorder_memory
+from rm_hf.memory_interface import detach_memory, reorder_memory
 from tests.conftest import tiny_config
 from tests.test_click_prediction import click_batch, click_config
 from tests.test_trainer import train
@@ -129,6 +129,16 @@ def test_trainer_logs_the_memory_loss(memory_type, tmp_path):
     assert math.isfinite(log["memory_loss"]) and log["memory_loss"] >= 0
     if memory_type == "expire_span":  # mean(span / L) starts at the init fraction, times the coefficient
         assert 0.0 < log["memory_loss"] < 0.01 * 0.2
+
+
+@pytest.mark.parametrize("memory_type", MEMORY_TYPES)
+def test_detached_memory_keeps_its_values_without_the_graph(memory_type):
+    model = RehearsalMemoryModel(memory_config(memory_type)).train()
+    memory = model(story()[0]).memory
+    detached = detach_memory(memory)
+    tensors = detached.values() if isinstance(detached, dict) else [detached]
+    assert not any(tensor.requires_grad for tensor in tensors)
+    assert_same_memory(detached, memory)
 
 
 def test_memory_type_is_checked():
