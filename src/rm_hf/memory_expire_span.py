@@ -20,7 +20,7 @@ from torch import nn
 from transformers import initialization as init
 
 from .layers_rehearsal_memory import RehearsalMemoryProjection
-from .memory_interface import RehearsalMemoryAgeEncoding, RehearsalMemoryBaseMemory
+from .memory_interface import RehearsalMemoryAgeEncoding, RehearsalMemoryBaseMemory, item_positions, keep_entries
 
 
 class RehearsalMemorySpanPredictor(nn.Linear):
@@ -57,10 +57,6 @@ class RehearsalMemoryExpireSpanMemory(RehearsalMemoryBaseMemory):
             "clock": torch.zeros(batch_size, dtype=torch.long, device=device),
         }
 
-    def expected_shapes(self, batch_size):
-        pair = (batch_size, self.capacity)
-        return {"entries": (*pair, self.dim), "position": pair, "span": pair, "valid": pair, "clock": (batch_size,)}
-
     def remaining(self, state, clock):
         # e_i - (t - i) for a query at time `clock` (B,) -> (B, C)
         return state["span"] - (clock[:, None] - state["position"])
@@ -69,24 +65,18 @@ class RehearsalMemoryExpireSpanMemory(RehearsalMemoryBaseMemory):
         # items (B, S, E), item_mask (B, S) -> entries of real items, timed by their rank among real items
         new = self.item_projection(items)  # (B, S, D)
         span = self.max_span * torch.sigmoid(self.span_predictor(new).squeeze(-1))  # (B, S)
-        position = state["clock"][:, None] + (item_mask.long().cumsum(1) - 1).clamp_min(0)
         merged = {
             "entries": torch.cat([state["entries"], new], dim=1),  # (B, C + S, D)
-            "position": torch.cat([state["position"], position], dim=1),
+            "position": torch.cat([state["position"], item_positions(state["clock"], item_mask)], dim=1),
             "span": torch.cat([state["span"], span], dim=1),
-            "valid": torch.cat([state["valid"], item_mask], dim=1),
         }
         clock = state["clock"] + item_mask.sum(1)
         # an entry whose ramp has passed is invisible to every later query: delete it
         remaining = self.remaining(merged, clock)
-        alive = merged["valid"] & (remaining > -self.ramp)
+        merged["valid"] = torch.cat([state["valid"], item_mask], dim=1) & (remaining > -self.ramp)
         # keep the C live entries with the most remaining span (dead ones sort last and end up invalid)
-        keep = remaining.detach().masked_fill(~alive, -torch.inf).topk(self.capacity, dim=1).indices  # (B, C)
-        kept = {
-            name: tensor.gather(1, keep if tensor.dim() == 2 else keep[..., None].expand(-1, -1, self.dim))
-            for name, tensor in merged.items()
-        }
-        kept["valid"] = alive.gather(1, keep)
+        score = remaining.detach().masked_fill(~merged["valid"], -torch.inf)
+        kept = keep_entries(merged, score, self.capacity)
         kept["entries"] = kept["entries"] * kept["valid"][..., None]  # a deleted item leaves nothing behind
         kept["clock"] = clock
         loss_sum = self.loss_coef * (span / self.max_span * item_mask).sum()
@@ -95,5 +85,4 @@ class RehearsalMemoryExpireSpanMemory(RehearsalMemoryBaseMemory):
     def view(self, state, query=None):
         remaining = self.remaining(state, state["clock"])
         weights = (1 + remaining / self.ramp).clamp(0, 1) * state["valid"]  # (B, C) soft ramp
-        age = state["clock"][:, None] - state["position"] - 1  # 0 for the newest item
-        return self.age_encoding(state["entries"], age.clamp_min(0)), weights
+        return self.age_encoding(state["entries"], state["position"], state["clock"]), weights

@@ -37,6 +37,23 @@ def replace_rows(state: MemoryState, index: torch.Tensor, rows: MemoryState) -> 
     return {name: tensor.index_copy(0, index, rows[name]) for name, tensor in state.items()}
 
 
+def item_positions(clock: torch.Tensor, item_mask: torch.Tensor) -> torch.Tensor:
+    """Time of each item of a segment (B, S): the row's clock (B,) plus the item's rank among its real items, so
+    padding is not time."""
+    return clock[:, None] + (item_mask.long().cumsum(1) - 1).clamp_min(0)
+
+
+def keep_entries(entries: dict[str, torch.Tensor], score: torch.Tensor, capacity: int) -> dict[str, torch.Tensor]:
+    """Of every (B, N, ...) tensor, the `capacity` entries per row with the highest `score` (B, N)."""
+    keep = score.topk(capacity, dim=1).indices  # (B, capacity)
+
+    def gather(tensor):
+        index = keep.view(*keep.shape, *[1] * (tensor.dim() - 2)).expand(-1, -1, *tensor.shape[2:])
+        return tensor.gather(1, index)
+
+    return {name: gather(tensor) for name, tensor in entries.items()}
+
+
 def detach_memory(state: MemoryState) -> MemoryState:
     """Cut the gradient history (truncated back-propagation between calls)."""
     if isinstance(state, torch.Tensor):
@@ -67,12 +84,8 @@ class RehearsalMemoryBaseMemory(nn.Module):
         depends on the query (B, D) / (B, Q, D); bool or float weights in [0, 1]."""
         raise NotImplementedError
 
-    def expected_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
-        """Shape of every state tensor, for input checks."""
-        raise NotImplementedError
-
     def check_state(self, state, batch_size: int) -> None:
-        expected = self.expected_shapes(batch_size)
+        expected = {name: tuple(tensor.shape) for name, tensor in self.init_state(batch_size).items()}
         if isinstance(state, torch.Tensor) or set(state) != set(expected):
             got = tuple(state.shape) if isinstance(state, torch.Tensor) else sorted(state)
             raise ValueError(f"`memory` must be this memory type's state with entries {sorted(expected)}, got {got}.")
@@ -91,7 +104,8 @@ class RehearsalMemoryAgeEncoding(nn.Module):
         super().__init__()
         self.embeddings = nn.Embedding(self.num_buckets, dim)
 
-    def forward(self, entries: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
-        # entries (B, N, D), age (B, N) >= 0
+    def forward(self, entries: torch.Tensor, position: torch.Tensor, clock: torch.Tensor) -> torch.Tensor:
+        # entries (B, N, D), position (B, N) the time each was written, clock (B,) now; the newest item has age 0
+        age = (clock[:, None] - position - 1).clamp_min(0)
         bucket = torch.log2(age.float() + 1).floor().long().clamp(max=self.num_buckets - 1)
         return entries + self.embeddings(bucket)

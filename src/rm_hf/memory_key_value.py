@@ -48,10 +48,6 @@ class RehearsalMemoryKeyValueMemory(RehearsalMemoryBaseMemory):
             "age": torch.zeros(batch_size, self.capacity, device=device),
         }
 
-    def expected_shapes(self, batch_size):
-        pair = (batch_size, self.capacity)
-        return {"keys": (*pair, self.dim), "values": pair, "age": pair}
-
     def write(self, state, items, item_mask, values=None):
         queries = F.normalize(self.key_projection(items), dim=-1)  # (B, S, D)
         keys, stored, age = state["keys"], state["values"], state["age"]

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .layers_rehearsal_memory import RehearsalMemoryProjection
-from .memory_interface import RehearsalMemoryAgeEncoding, RehearsalMemoryBaseMemory
+from .memory_interface import RehearsalMemoryAgeEncoding, RehearsalMemoryBaseMemory, item_positions, keep_entries
 
 
 class RehearsalMemoryLookAheadMemory(RehearsalMemoryBaseMemory):
@@ -48,17 +48,6 @@ class RehearsalMemoryLookAheadMemory(RehearsalMemoryBaseMemory):
             "position": pair.long(),
             "valid": pair.bool(),
             "clock": torch.zeros(batch_size, dtype=torch.long, device=device),
-        }
-
-    def expected_shapes(self, batch_size):
-        pair = (batch_size, self.capacity)
-        return {
-            "inputs": (*pair, self.dim),
-            "context": (*pair, self.dim),
-            "log_norm": (*pair, self.heads),
-            "position": pair,
-            "valid": pair,
-            "clock": (batch_size,),
         }
 
     def attend(self, queries, keys, key_mask):
@@ -89,21 +78,14 @@ class RehearsalMemoryLookAheadMemory(RehearsalMemoryBaseMemory):
         key_mask = torch.cat([state["valid"], item_mask], dim=1)
         new_context, new_norm = self.attend(new, keys, key_mask)
         # 4. FIFO: the last M real items stay
-        position = state["clock"][:, None] + (item_mask.long().cumsum(1) - 1).clamp_min(0)
         merged = {
             "inputs": torch.cat([state["inputs"], new], dim=1),
             "context": torch.cat([context, new_context], dim=1),
             "log_norm": torch.cat([log_norm, new_norm], dim=1),
-            "position": torch.cat([state["position"], position], dim=1),
+            "position": torch.cat([state["position"], item_positions(state["clock"], item_mask)], dim=1),
             "valid": key_mask,
         }
-        newest = merged["position"].masked_fill(~key_mask, -1).topk(self.capacity, dim=1).indices  # (B, M)
-        kept = {
-            name: tensor.gather(
-                1, newest.view(*newest.shape, *[1] * (tensor.dim() - 2)).expand(-1, -1, *tensor.shape[2:])
-            )
-            for name, tensor in merged.items()
-        }
+        kept = keep_entries(merged, merged["position"].masked_fill(~key_mask, -1), self.capacity)
         # the log-normalisers of empty entries stay finite (0), so step 2 never meets inf - inf
         kept["log_norm"] = kept["log_norm"].masked_fill(~kept["valid"][..., None], 0.0)
         kept["clock"] = state["clock"] + item_mask.sum(1)
@@ -112,5 +94,4 @@ class RehearsalMemoryLookAheadMemory(RehearsalMemoryBaseMemory):
     def view(self, state, query=None):
         hidden = self.attention_norm(state["inputs"] + self.o_proj(state["context"]))
         entries = self.output_norm(hidden + self.feed_forward(hidden))  # (B, M, D)
-        age = state["clock"][:, None] - state["position"] - 1
-        return self.age_encoding(entries, age.clamp_min(0)), state["valid"]
+        return self.age_encoding(entries, state["position"], state["clock"]), state["valid"]
