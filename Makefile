@@ -34,7 +34,7 @@ test: setup
 bench: setup
 	$(BIN)/python bench/bench_rehearsal.py
 	$(BIN)/python bench/bench_forgetting.py
-	$(BIN)/python bench/bench_ctr.py --memory_types expire_span lamemo kv
+	$(BIN)/python bench/bench_ctr.py
 	$(BIN)/python bench/bench_cost.py
 	$(BIN)/python bench/bench_memories.py
 	$(BIN)/python bench/bench_long_input.py

@@ -4,8 +4,9 @@ Each (variant, task) row is trained from scratch, its test accuracy, error and t
 bench/results/babi.json as soon as it finishes, and a rerun with the same settings skips rows already there,
 so a full run over all 20 tasks (hours on CPU) can be stopped and resumed. The JSON says which rows were run.
 
-    python bench/bench_babi.py                          # quick: tasks 1-3, 600 steps each (45 min, busy 2 cores)
-    python bench/bench_babi.py --tasks 1-20 --max_steps 20000 --eval_questions 0   # full table
+    python bench/bench_babi.py                          # quick: task 1, sentence items, 600 steps, with and without
+    python bench/bench_babi.py --tasks 1-20 --output bench/results/babi_20tasks.json   # all 20 tasks, same budget
+    python bench/bench_babi.py --tasks 1-20 --max_steps 20000 --output ...              # a full-length training run
 
 Task 3 has no en-10k training file; `run_qa.py` reads it from en/ (1k questions). Reference systems are quoted
 from their papers (10k training setting), not re-run here.
@@ -13,16 +14,14 @@ from their papers (10k training setting), not re-run here.
 
 import argparse
 import json
-import os
-import platform
 import sys
-from datetime import date
 from pathlib import Path
 
+from cost_utils import provenance
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import run_qa
+import run_qa  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_BABI = Path(__file__).resolve().parents[2] / "shared" / "data" / "babi"
@@ -37,13 +36,6 @@ QUOTED = [
     },
     {"system": "EntNet (Henaff et al., 2017)", "reads": "one pass, fixed memory", "mean_error": 0.5, "failed": 0},
 ]
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    return f"{platform.machine()}, {os.cpu_count()} cores"
 
 
 def parse_tasks(text: str) -> list[int]:
@@ -110,9 +102,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--babi_dir", type=Path, default=DEFAULT_BABI)
     parser.add_argument("--babi_subset", default="en-10k", help="en-10k (the standard 10k setting) or en (1k)")
-    parser.add_argument("--tasks", default="1-3", help="e.g. 1-20 or 1,2,3")
-    parser.add_argument("--story_items", default="tokens", help="tokens or sentences (see the README)")
-    parser.add_argument("--segment_length", type=int, default=32, help="items per memory write (4 for sentences)")
+    parser.add_argument("--tasks", default="1", help="e.g. 1-20 or 1,2,3")
+    parser.add_argument("--story_items", default="sentences", help="sentences or tokens (see the README)")
+    parser.add_argument(
+        "--segment_length", type=int, default=None, help="items per memory write (default 4 sentences or 32 tokens)"
+    )
     parser.add_argument("--max_steps", type=int, default=600)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
@@ -128,6 +122,8 @@ def main():
     parser.add_argument("--output", type=Path, default=RESULTS / "babi.json")
     parser.add_argument("--checkpoint_dir", type=Path, default=Path("outputs") / "bench_babi")
     args = parser.parse_args()
+    if args.segment_length is None:
+        args.segment_length = 4 if args.story_items == "sentences" else 32
     if not args.babi_dir.is_dir():
         sys.exit(f"bAbI folder not found: {args.babi_dir} (pass --babi_dir)")
 
@@ -147,9 +143,7 @@ def main():
     for task, memory_type, rehearsal in tqdm(todo, desc="bAbI runs"):
         rows.append({**run_row(args, task, rehearsal, memory_type), "memory_capacity": args.memory_capacity})
         result = {
-            "command": "python bench/" + Path(__file__).name + " " + " ".join(sys.argv[1:]),
-            "machine": cpu_model(),
-            "date": date.today().isoformat(),
+            **provenance(),
             "settings": settings,
             "rows": sorted(rows, key=lambda row: (row["task"], row_key(row)[1] != "rehearsal", not row["rehearsal"])),
             "summary": summarise(rows),

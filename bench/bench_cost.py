@@ -29,7 +29,6 @@ Writes bench/results/cost.json and bench/results/cost.png (or --output_dir).
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -41,9 +40,9 @@ from cost_utils import (
     build_model,
     encode_raw_input,
     full_access_answer,
-    machine,
     measure_in_fresh_process,
     model_spec,
+    provenance,
     random_ids,
     seconds,
     stream_write,
@@ -198,8 +197,7 @@ def main():
     deltas = [r["write_peak_rss_delta_mib"] for r in rows]
     rm_ms = [r["rm_question_ms"] for r in rows]
     results = {
-        "machine": machine(),
-        "command": " ".join(["python", "bench/bench_cost.py", *sys.argv[1:]]),
+        **provenance(),
         "arguments": vars(args),
         "parameters": sum(p.numel() for p in model.parameters()),
         "lengths": rows,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+from cost_utils import provenance
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, set_seed
 
@@ -231,6 +232,7 @@ def main():
                 costs.append(request_costs(args, models["rm_rehearsal"], models["target_attention"], vocab, length))
 
     results = {
+        **provenance(),
         "arguments": asdict(args),
         "torch_threads": torch.get_num_threads(),
         "test_auc": auc,

@@ -26,14 +26,13 @@ Writes bench/results/forgetting.json and bench/results/forgetting.png (or --outp
 import argparse
 import itertools
 import json
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from cost_utils import RESULTS, machine
+from cost_utils import RESULTS, provenance
 from datasets import concatenate_datasets
 from qa_utils import build_task, make_model, predict, train
 from tqdm.auto import tqdm
@@ -184,8 +183,7 @@ def main():
         curves[unit] = {name: summarise(per_seed[name][unit]) for name in args.variants}
         curves[unit]["chance"] = summarise([binned(values, chance_hits)])
     results = {
-        "machine": machine(),
-        "command": " ".join(["python", "bench/bench_forgetting.py", *sys.argv[1:]]),
+        **provenance(),
         "arguments": vars(args),
         "variants": {name: VARIANTS[name][0] for name in args.variants},
         "segment_length": segment_length,

@@ -16,11 +16,10 @@ Writes bench/results/long_input.json and bench/results/long_input.png (or --outp
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from cost_utils import RESULTS, SMOKE_MODEL, add_model_arguments, machine, measure_in_fresh_process, model_spec
+from cost_utils import RESULTS, SMOKE_MODEL, add_model_arguments, measure_in_fresh_process, model_spec, provenance
 from tqdm.auto import tqdm
 
 
@@ -69,8 +68,7 @@ def main():
     first, last = runs[0], runs[-1]
     growth = last["peak_rss_delta_mib"] - first["peak_rss_delta_mib"]
     results = {
-        "machine": machine(),
-        "command": " ".join(["python", "bench/bench_long_input.py", *sys.argv[1:]]),
+        **provenance(),
         "arguments": vars(args),
         "runs": runs,
         "summary": {

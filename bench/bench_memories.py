@@ -21,13 +21,21 @@ Writes bench/results/memories.json and bench/results/memories.png (or --output_d
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from cost_utils import RESULTS, SMOKE_MODEL, add_model_arguments, build_model, machine, model_spec, random_ids
-from cost_utils import seconds, stream_write
+from cost_utils import (
+    RESULTS,
+    SMOKE_MODEL,
+    add_model_arguments,
+    build_model,
+    model_spec,
+    provenance,
+    random_ids,
+    seconds,
+    stream_write,
+)
 from tqdm.auto import tqdm
 
 MEMORY_TYPES = ("rehearsal", "expire_span", "lamemo", "kv")
@@ -112,8 +120,7 @@ def main():
             results[name].append(row)
 
     output = {
-        "machine": machine(),
-        "command": " ".join(["python", "bench/bench_memories.py", *sys.argv[1:]]),
+        **provenance(),
         "arguments": vars(args),
         "parameters": {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()},
         "memory_types": results,

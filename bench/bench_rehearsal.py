@@ -14,12 +14,11 @@ Writes bench/results/rehearsal.json.
 
 import argparse
 import json
-import platform
 import statistics
-from datetime import date
 from pathlib import Path
 
 import torch
+from cost_utils import provenance
 from qa_utils import build_task, make_model, train_and_test
 from tqdm import tqdm
 
@@ -77,9 +76,8 @@ def main():
             load_babi(args.babi_dir, [task], "train", subset), load_babi(args.babi_dir, [task], "test", subset)
         )
 
-    results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-               "date": date.today().isoformat(), "steps": args.steps, "seeds": args.seeds, "accuracy": {},
-               "coverage": {}, "step_seconds": {}}  # fmt: skip
+    results = {**provenance(), "torch_threads": torch.get_num_threads(), "steps": args.steps, "seeds": args.seeds,
+               "accuracy": {}, "coverage": {}, "step_seconds": {}}  # fmt: skip
     for name, (tokenizer, answers, train, test) in tasks.items():
         for use_rehearsal in (False, True):
             label = "with rehearsal" if use_rehearsal else "without rehearsal"

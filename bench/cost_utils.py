@@ -263,3 +263,8 @@ def machine() -> dict:
     except (OSError, subprocess.CalledProcessError, StopIteration):
         pass
     return {"cpu": model_name, "cores": os.cpu_count(), "torch": torch.__version__, "date": date.today().isoformat()}
+
+
+def provenance() -> dict:
+    """The machine and the exact command line that produced a result, for the top of every results JSON."""
+    return {"machine": machine(), "command": " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])}

@@ -29,7 +29,7 @@ def test_bench_rehearsal_smoke(tmp_path):
     run_bench("bench_rehearsal.py", "--steps", "2", "--seeds", "0", "--num_stories", "60", "--story_length", "6",
               "--output", str(output))  # fmt: skip
     results = json.loads(output.read_text())
-    assert {"machine", "date", "steps", "seeds", "accuracy", "coverage", "step_seconds", "overhead_ratio"} <= set(
+    assert {"machine", "command", "steps", "seeds", "accuracy", "coverage", "step_seconds", "overhead_ratio"} <= set(
         results
     )
     (accuracy,) = results["accuracy"].values()
@@ -45,6 +45,7 @@ def test_bench_ctr_smoke(tmp_path):
               "--cost_lengths", "50", "--repeats", "1", "--num_candidates", "4", "--output_dir", str(tmp_path),
               "--memory_types", "expire_span", "lamemo", "kv", "--memory_capacity", "4")  # fmt: skip
     results = json.loads((tmp_path / "ctr.json").read_text())
+    assert results["command"].startswith("python bench/bench_ctr.py --num_users 40") and "cpu" in results["machine"]
     assert set(results["test_auc"]) == {"rm_rehearsal", "rm_no_rehearsal", "mean_pool", "target_attention",
                                         "expire_span_memory", "lamemo_memory", "kv_memory"}  # fmt: skip
     # 8 test users of a tiny synthetic set: AUC is NaN only when they all share a label
@@ -100,13 +101,14 @@ def test_bench_memories_smoke(tmp_path):
 
 def test_bench_babi_smoke_resumes_per_row(tmp_path, babi_dir):
     output, checkpoints = tmp_path / "babi.json", tmp_path / "checkpoints"
-    tiny = ["--babi_dir", str(babi_dir), "--babi_subset", "en", "--tasks", "1", "--max_steps", "2", "--eval_questions", "20",
-            "--output", str(output), "--checkpoint_dir", str(checkpoints), "--story_items", "sentences",
-            "--segment_length", "4"]  # fmt: skip
+    tiny = ["--babi_dir", str(babi_dir), "--babi_subset", "en", "--max_steps", "2", "--eval_questions", "20",
+            "--output", str(output), "--checkpoint_dir", str(checkpoints)]  # fmt: skip
     run_bench("bench_babi.py", *tiny, "--variants", "plain")
     first = json.loads(output.read_text())
     assert [(row["task"], row["rehearsal"]) for row in first["rows"]] == [(1, False)]
     assert first["rows"][0]["test_questions"] == 20 and 0 <= first["rows"][0]["error"] <= 1
+    # the quick default is task 1 with sentence items, 4 per segment
+    assert first["settings"]["story_items"] == "sentences" and first["settings"]["segment_length"] == 4
     assert (checkpoints / "plain-qa1" / "README.md").exists()
     # a rerun with the same settings keeps the finished row and runs only the new one
     run_bench("bench_babi.py", *tiny, "--variants", "plain,rehearsal")
