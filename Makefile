@@ -31,6 +31,8 @@ test: setup
 	$(BIN)/python -m pytest -q tests
 
 # quick benchmarks (each a few minutes on 2 CPU cores; not yet timed end to end); see bench/*.py --help for full runs
+# one torch thread per run, as every recorded result used (on a shared 2-core machine more threads ran slower)
+bench: export OMP_NUM_THREADS ?= 1
 bench: setup
 	$(BIN)/python bench/bench_rehearsal.py
 	$(BIN)/python bench/bench_forgetting.py
