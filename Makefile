@@ -40,7 +40,7 @@ bench: setup
 	$(BIN)/python bench/bench_cost.py
 	$(BIN)/python bench/bench_memories.py
 	$(BIN)/python bench/bench_long_input.py
-	$(BIN)/python bench/bench_babi.py --babi_dir $(BABI_DIR)
+	$(BIN)/python bench/bench_babi.py --babi_dir $(BABI_DIR) --overwrite
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -2,9 +2,11 @@
 
 Each (variant, task) row is trained from scratch, its test accuracy, error and training time are stored in
 bench/results/babi.json as soon as it finishes, and a rerun with the same settings skips rows already there,
-so a full run over all 20 tasks (hours on CPU) can be stopped and resumed. The JSON says which rows were run.
+so a full run over all 20 tasks (hours on CPU) can be stopped and resumed; a rerun with other settings into the
+same file stops with an error rather than mixing or dropping rows. The JSON says which rows were run; a bar
+chart of the error per task goes next to it (babi.png).
 
-    python bench/bench_babi.py                          # quick: task 1, sentence items, 600 steps, with and without
+    python bench/bench_babi.py --overwrite              # quick: task 1, sentence items, 600 steps, with and without
     python bench/bench_babi.py --tasks 1-20 --output bench/results/babi_20tasks.json   # all 20 tasks, same budget
     python bench/bench_babi.py --tasks 1-20 --max_steps 20000 --output ...              # a full-length training run
 
@@ -17,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 from cost_utils import provenance
 from tqdm import tqdm
 
@@ -80,22 +83,48 @@ def row_key(row: dict) -> tuple:
     return row["task"], row.get("memory_type", "rehearsal"), row["rehearsal"]
 
 
-def summarise(rows: list[dict]) -> dict:
-    summary = {}
+def by_variant(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows grouped per (memory type, rehearsal), named as in the summary: "with rehearsal", "kv memory, ..."."""
+    groups = {}
     for memory_type in dict.fromkeys(row_key(row)[1] for row in rows):
         for rehearsal in (True, False):
             chosen = [row for row in rows if row_key(row)[1:] == (memory_type, rehearsal)]
-            if not chosen:
-                continue
             name = f"{'with' if rehearsal else 'without'} rehearsal"
-            if memory_type != "rehearsal":
-                name = f"{memory_type} memory, {name}"
-            summary[name] = {
-                "tasks_run": sorted(row["task"] for row in chosen),
-                "mean_error": sum(row["error"] for row in chosen) / len(chosen),
-                "tasks_passed": sum(row["passed"] for row in chosen),
-            }
-    return summary
+            if chosen:
+                groups[name if memory_type == "rehearsal" else f"{memory_type} memory, {name}"] = chosen
+    return groups
+
+
+def summarise(rows: list[dict]) -> dict:
+    return {
+        name: {
+            "tasks_run": sorted(row["task"] for row in chosen),
+            "mean_error": sum(row["error"] for row in chosen) / len(chosen),
+            "tasks_passed": sum(row["passed"] for row in chosen),
+        }
+        for name, chosen in by_variant(rows).items()
+    }
+
+
+def plot(rows: list[dict], settings: dict, path: Path) -> None:
+    """Test error per task, one bar per variant, with the 5% pass line."""
+    groups = by_variant(rows)
+    tasks = sorted({row["task"] for row in rows})
+    width = 0.8 / len(groups)
+    fig, ax = plt.subplots(figsize=(max(5, 0.55 * len(tasks) * len(groups) + 2), 4))
+    for i, (name, chosen) in enumerate(groups.items()):
+        errors = {row["task"]: row["error"] for row in chosen}
+        x = [t + (i - (len(groups) - 1) / 2) * width for t in tasks if t in errors]
+        ax.bar(x, [errors[t] for t in tasks if t in errors], width, label=name)
+    ax.axhline(0.05, color="k", linestyle=":", label="pass line (5% error)")
+    ax.set(xticks=tasks, xlabel="bAbI task", ylabel="test error", ylim=(0, 1))
+    ax.set_title(f"bAbI {settings['babi_subset']}, {settings['story_items']} as items, {settings['max_steps']} steps "
+                 f"of batch {settings['batch_size']}, seed {settings['seed']}", fontsize=10)  # fmt: skip
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main():
@@ -120,6 +149,9 @@ def main():
         "--memory_capacity", type=int, default=16, help="entries of expire_span/lamemo/kv (16 = the 16 slots of RM)"
     )
     parser.add_argument("--output", type=Path, default=RESULTS / "babi.json")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="start --output afresh instead of resuming the rows it holds"
+    )
     parser.add_argument("--checkpoint_dir", type=Path, default=Path("outputs") / "bench_babi")
     args = parser.parse_args()
     if args.segment_length is None:
@@ -129,8 +161,16 @@ def main():
 
     keys = ("babi_subset", "story_items", "segment_length", "max_steps", "batch_size", "learning_rate")
     settings = {k: getattr(args, k) for k in (*keys, "eval_questions", "seed")}
-    previous = json.loads(args.output.read_text()) if args.output.exists() else {}
-    rows = previous.get("rows", []) if previous.get("settings") == settings else []
+    resume = args.output.exists() and not args.overwrite
+    previous = json.loads(args.output.read_text()) if resume else {"settings": settings}
+    stored = previous.get("settings", {})
+    if stored != settings:  # resuming must not mix budgets, nor silently drop the rows already run
+        changed = {k: f"{stored.get(k)} -> {v}" for k, v in settings.items() if stored.get(k) != v}
+        sys.exit(
+            f"{args.output} holds rows run with other settings ({changed}): pass another --output to keep them, "
+            "or --overwrite to replace them"
+        )
+    rows = previous.get("rows", [])
     done = {row_key(row) for row in rows}
     variants = [v == "rehearsal" for v in args.variants.split(",")]
     todo = [
@@ -151,6 +191,8 @@ def main():
         }
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=2))
+    if rows:
+        plot(rows, settings, args.output.with_suffix(".png"))
     print(json.dumps(summarise(rows), indent=2))
 
 

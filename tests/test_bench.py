@@ -16,12 +16,14 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def run_bench(script: str, *args: str) -> None:
+def run_bench(script: str, *args: str, returncode: int = 0) -> str:
+    """Runs a bench script, checks its exit code and returns its stderr."""
     # One OpenMP thread: on a busy 2-core machine two threads that wait for each other run many times slower.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], check=False, cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, f"{script} failed:\n{done.stderr[-3000:]}"
+    assert done.returncode == returncode, f"{script} exited {done.returncode}:\n{done.stderr[-3000:]}"
+    return done.stderr
 
 
 def test_bench_rehearsal_smoke(tmp_path):
@@ -120,6 +122,14 @@ def test_bench_babi_smoke_resumes_per_row(tmp_path, babi_dir):
     third = json.loads(output.read_text())
     assert [(row["memory_type"], row["rehearsal"]) for row in third["rows"]][-1] == ("kv", False)
     assert "kv memory, without rehearsal" in third["summary"]
+    assert (tmp_path / "babi.png").stat().st_size > 0
+    # other settings into the same file: refused, naming the change, and the saved rows are untouched
+    error = run_bench("bench_babi.py", *tiny, "--max_steps", "3", returncode=1)
+    assert "max_steps': '2 -> 3'" in error and "--overwrite" in error
+    assert json.loads(output.read_text()) == third
+    run_bench("bench_babi.py", *tiny, "--max_steps", "3", "--variants", "plain", "--overwrite")
+    fourth = json.loads(output.read_text())
+    assert [(row["steps"], row["rehearsal"]) for row in fourth["rows"]] == [(3, False)]
 
 
 def test_bench_forgetting_smoke(tmp_path):
