@@ -1,12 +1,13 @@
 """What rehearsal costs and buys, measured side by side in one run.
 
 1. Accuracy with and without rehearsal on generated long stories whose supporting fact lies far back,
-   same seeds, data and step budget (and on bAbI tasks with --babi_dir).
-2. The history sampler: share of sampled fragments that cover a supporting fact, `uniform` vs `teacher`
+   same seeds, data and step budget (and on bAbI tasks with --babi_dir). Each sentence is one memory item by
+   default (`--story_items tokens`: each token, as in the runs of 2026-11-22).
+2. The history sampler: share of sampled fragments that cover a supporting-fact item, `uniform` vs `teacher`
    (trained with the task) vs `external` (the supporting facts themselves, an upper reference).
 3. Overhead: median training-step time with rehearsal / without.
 
-    python bench/bench_rehearsal.py                 # quick: a few minutes on 2 CPU cores
+    python bench/bench_rehearsal.py                 # quick: a few minutes on one CPU core
     python bench/bench_rehearsal.py --steps 3000 --seeds 0 1 2 --babi_dir ../shared/data/babi --tasks 2 3
 
 Writes bench/results/rehearsal.json.
@@ -19,30 +20,32 @@ from pathlib import Path
 
 import torch
 from cost_utils import provenance
-from qa_utils import build_task, make_model, train_and_test
+from qa_utils import build_task, collator, make_model, train_and_test
 from tqdm import tqdm
 
 from rm_hf.babi import load_babi
 from rm_hf.history_sampler import RehearsalMemoryHistorySampler
-from rm_hf.qa_data import QACollator
 from rm_hf.story_generator import generate_stories
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def fragment_coverage(model, test, draws=5):
-    """Share of fragments drawn by the model's sampler that contain a supporting-fact token."""
-    collate = QACollator()
+    """Share of fragments drawn by the model's sampler that contain a supporting-fact item (token or sentence)."""
+    collate = collator(model)
     sampler: RehearsalMemoryHistorySampler = model.rehearsal_memory.history_sampler
     length = sampler.fragment_length
     covered = total = 0
     with torch.no_grad():
         for first in range(0, len(test), 64):
             batch = collate(test[first : first + 64])
-            outputs = model.rehearsal_memory(batch["input_ids"], attention_mask=batch["attention_mask"],
+            story = {"input_ids": batch["input_ids"]}
+            if model.sentence_encoder is not None:  # sentences are embedded into item features first
+                story = {"input_ids": None, "input_features": model.embed_sentences(batch["input_ids"])}
+            outputs = model.rehearsal_memory(**story, attention_mask=batch["attention_mask"],
                                              output_item_features=True)  # fmt: skip
             query = model.encode_question(batch["question_input_ids"], batch["question_attention_mask"])
-            support = batch["fragment_weights"]  # (B, T) 1 on supporting-fact tokens
+            support = batch["fragment_weights"]  # (B, T) 1 on supporting-fact items
             for _ in range(draws):
                 starts, _, _ = sampler(batch["attention_mask"], outputs.item_features, support, query)
                 positions = (starts.unsqueeze(-1) + torch.arange(length)).clamp(max=support.shape[1] - 1)
@@ -57,6 +60,8 @@ def main():
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--story_length", type=int, default=30)
+    parser.add_argument("--story_items", choices=["sentences", "tokens"], default="sentences",
+                        help="memory items: sentences (4 per segment) or tokens (32 per segment)")  # fmt: skip
     parser.add_argument("--num_stories", type=int, default=3000)
     parser.add_argument("--babi_dir", default=None)
     parser.add_argument("--tasks", type=int, nargs="+", default=[2])
@@ -76,15 +81,15 @@ def main():
             load_babi(args.babi_dir, [task], "train", subset), load_babi(args.babi_dir, [task], "test", subset)
         )
 
-    results = {**provenance(), "torch_threads": torch.get_num_threads(), "steps": args.steps, "seeds": args.seeds,
-               "accuracy": {}, "coverage": {}, "step_seconds": {}}  # fmt: skip
+    results = {**provenance(), "torch_threads": torch.get_num_threads(), "story_items": args.story_items,
+               "steps": args.steps, "seeds": args.seeds, "accuracy": {}, "coverage": {}, "step_seconds": {}}  # fmt: skip
     for name, (tokenizer, answers, train, test) in tasks.items():
         for use_rehearsal in (False, True):
             label = "with rehearsal" if use_rehearsal else "without rehearsal"
             runs = []
             for seed in tqdm(args.seeds, desc=f"{name}, {label}"):
                 torch.manual_seed(seed)
-                model = make_model(tokenizer, answers, use_rehearsal=use_rehearsal)
+                model = make_model(tokenizer, answers, args.story_items, use_rehearsal=use_rehearsal)
                 accuracy, step_time = train_and_test(model, train, test, args.steps, seed)
                 runs.append(accuracy)
                 results["step_seconds"].setdefault(label, []).append(step_time)
@@ -94,7 +99,7 @@ def main():
         coverage = {}
         for mode in ("uniform", "teacher", "external"):
             torch.manual_seed(0)
-            model = make_model(tokenizer, answers, sampler_mode=mode)
+            model = make_model(tokenizer, answers, args.story_items, sampler_mode=mode)
             if mode == "teacher":
                 train_and_test(model, train, test, args.steps, seed=0)
             coverage[mode] = fragment_coverage(model, test)

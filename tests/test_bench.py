@@ -26,11 +26,13 @@ def run_bench(script: str, *args: str, returncode: int = 0) -> str:
     return done.stderr
 
 
-def test_bench_rehearsal_smoke(tmp_path):
+@pytest.mark.parametrize("story_items", ["sentences", "tokens"])
+def test_bench_rehearsal_smoke(tmp_path, story_items):
     output = tmp_path / "rehearsal.json"
     run_bench("bench_rehearsal.py", "--steps", "2", "--seeds", "0", "--num_stories", "60", "--story_length", "6",
-              "--output", str(output))  # fmt: skip
+              "--story_items", story_items, "--output", str(output))  # fmt: skip
     results = json.loads(output.read_text())
+    assert results["story_items"] == story_items
     assert {"machine", "command", "steps", "seeds", "accuracy", "coverage", "step_seconds", "overhead_ratio"} <= set(
         results
     )
