@@ -30,7 +30,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q tests
 
-# quick benchmarks (each a few minutes on 2 CPU cores; not yet timed end to end); see bench/*.py --help for full runs
+# quick benchmarks: about 30 minutes on 2 CPU cores (see README, Results); bench/*.py --help for the longer runs
 # one torch thread per run, as every recorded result used (on a shared 2-core machine more threads ran slower)
 bench: export OMP_NUM_THREADS ?= 1
 bench: setup
