@@ -111,7 +111,7 @@ def plot(rows: list[dict], settings: dict, path: Path) -> None:
     groups = by_variant(rows)
     tasks = sorted({row["task"] for row in rows})
     width = 0.8 / len(groups)
-    fig, ax = plt.subplots(figsize=(max(5, 0.55 * len(tasks) * len(groups) + 2), 4))
+    fig, ax = plt.subplots(figsize=(min(12, 4 + 0.3 * len(tasks) * len(groups)), 4))
     for i, (name, chosen) in enumerate(groups.items()):
         errors = {row["task"]: row["error"] for row in chosen}
         x = [t + (i - (len(groups) - 1) / 2) * width for t in tasks if t in errors]
