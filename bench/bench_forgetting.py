@@ -16,9 +16,11 @@ shows the mean accuracy over seeds with a min-max band, one line per variant:
 The dotted reference is the majority answer per question type of the training set (what a model that ignores
 the story gets). Same data, seeds and step budget for every variant.
 
-    python bench/bench_forgetting.py        # quick: train on 30 sentences, test at 30/100/300; 13 min on 2 busy cores
+    python bench/bench_forgetting.py        # quick: train on 30 sentences, test at 30/100/300; about 10 min
+    python bench/bench_forgetting.py --test_lengths 30 300 1000 2000 --num_test 200 --steps 1000 --seeds 0 1 2 \\
+        --variants no_rehearsal rehearsal_uniform rehearsal_teacher --output_dir bench/results/forgetting_long
     python bench/bench_forgetting.py --train_length 100 --test_lengths 100 300 1000 2000 --steps 3000 \\
-        --num_train 10000 --seeds 0 1 2
+        --num_train 10000 --seeds 0 1 2      # longer training stories and budget (not run yet)
 
 Writes bench/results/forgetting.json and bench/results/forgetting.png (or --output_dir).
 """
