@@ -20,7 +20,7 @@ streams random chunks, so the input itself is never held. For contrast, the same
 (which keeps every segment's activations for backward) is measured at the shorter lengths: if activations
 were kept across segments at inference, the write's peak would grow like that.
 
-    python bench/bench_cost.py                                  # quick: 1k-64k tokens, about 5 min on 2 CPU cores
+    python bench/bench_cost.py                                  # quick: 1k-64k tokens, 2 to 5 min on one CPU core
     python bench/bench_cost.py --lengths 1024 4096 16384 65536 262144 1048576 --full_access_repeats 1
 
 Writes bench/results/cost.json and bench/results/cost.png (or --output_dir).

@@ -7,8 +7,8 @@
    Rehearsal Memory from a `UserMemoryStore` (K slots plus a partial segment, whatever the history length)
    against target attention over the raw history. Median over `--repeats` requests.
 
-Writes `bench/results/ctr.json` and `bench/results/ctr_cost.png`. The default is a quick run (6 minutes on
-2 idle CPU cores); raise `--num_users`, `--history_length`, `--max_steps` and `--cost_lengths` for a fuller one:
+Writes `bench/results/ctr.json` and `bench/results/ctr_cost.png`. The default is a quick run (8 minutes on
+one CPU core); raise `--num_users`, `--history_length`, `--max_steps` and `--cost_lengths` for a fuller one:
 
     python bench/bench_ctr.py
     python bench/bench_ctr.py --num_users 10000 --history_length 2000 --max_steps 3000 \

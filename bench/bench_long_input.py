@@ -8,7 +8,7 @@ For scale, the JSON and plot also give what keeping the input would cost: its in
 per token) or its encoder features (4 x hidden_size bytes per token). The model is the one of
 `bench_cost.py` (encoder hidden 128, 2 layers, 16 slots, segments of 64), untrained.
 
-    python bench/bench_long_input.py                             # 10k, 100k, 1M tokens: about 2 min on 2 CPU cores
+    python bench/bench_long_input.py                             # 10k, 100k, 1M tokens: under 2 min on one CPU core
     python bench/bench_long_input.py --lengths 10000 1000000 10000000
 
 Writes bench/results/long_input.json and bench/results/long_input.png (or --output_dir).

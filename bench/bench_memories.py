@@ -12,7 +12,7 @@ Every type keeps at most 16 vectors by default (`--num_slots` for the slots, `--
 so the comparison is at equal memory budget. Accuracy per memory type is in bench_babi.py (`--memory_types`) and
 bench_ctr.py (`--memory_types`).
 
-    python bench/bench_memories.py                     # quick: 1k-16k tokens, a few minutes on 2 CPU cores
+    python bench/bench_memories.py                     # quick: 1k-16k tokens, about a minute on one CPU core
     python bench/bench_memories.py --lengths 1024 4096 16384 65536 262144
 
 Writes bench/results/memories.json and bench/results/memories.png (or --output_dir).

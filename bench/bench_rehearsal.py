@@ -7,7 +7,7 @@
    (trained with the task) vs `external` (the supporting facts themselves, an upper reference).
 3. Overhead: median training-step time with rehearsal / without.
 
-    python bench/bench_rehearsal.py                 # quick: a few minutes on one CPU core
+    python bench/bench_rehearsal.py                 # quick: about 6 minutes on one CPU core
     python bench/bench_rehearsal.py --steps 3000 --seeds 0 1 2 --babi_dir ../shared/data/babi --tasks 2 3
 
 Writes bench/results/rehearsal.json.
@@ -82,7 +82,8 @@ def main():
         )
 
     results = {**provenance(), "torch_threads": torch.get_num_threads(), "story_items": args.story_items,
-               "steps": args.steps, "seeds": args.seeds, "accuracy": {}, "coverage": {}, "step_seconds": {}}  # fmt: skip
+               "steps": args.steps, "seeds": args.seeds, "accuracy": {}, "coverage": {},
+               "step_seconds": {}}  # fmt: skip
     for name, (tokenizer, answers, train, test) in tasks.items():
         for use_rehearsal in (False, True):
             label = "with rehearsal" if use_rehearsal else "without rehearsal"
