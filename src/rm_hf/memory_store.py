@@ -17,23 +17,30 @@ store or key-value service keeps under the user id. A stream consumer reading th
 Memories are tied to the weights that wrote them: after retraining, rebuild them by replaying the logs.
 We do not build a distributed store; `save` / `load` snapshot one process's store into a safetensors file
 (user ids in its metadata, whose 100 MB header limit holds a few million ids), for tests, benchmarks and
-small deployments. A snapshot is replaced atomically and carries a SHA-256 of its tensors, so a damaged file
-is refused rather than served. Not thread-safe.
+small deployments. A snapshot is replaced atomically and carries a SHA-256 of its metadata (user ids included)
+and tensors, so a damaged file is refused rather than served, never one user's memory to another. Not
+thread-safe.
 """
 
 import hashlib
 import json
+import logging
 import os
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .file_utils import atomic_path
+from .file_utils import atomic_path, remove_stale_temporaries
 from .modeling_rehearsal_memory import RehearsalMemoryForClickPrediction
 
-STORE_FORMAT = "rm_hf.UserMemoryStore/1"
+logger = logging.getLogger(__name__)
+
+STORE_FORMAT = "rm_hf.UserMemoryStore/2"  # the checksum covers the metadata and the tensors
+UNSIGNED_IDS_FORMAT = "rm_hf.UserMemoryStore/1"  # the checksum covers the tensors only: user ids are unverified
 
 
 class UserMemoryStore:
@@ -87,8 +94,13 @@ class UserMemoryStore:
     @torch.no_grad()
     def logits(self, user_id, candidate_items, candidate_categories=None) -> torch.Tensor:
         """Click logits (C,) of C candidates for one user: what the model's forward pass gives as `logits`."""
-        items = self._ids(candidate_items, "candidate_items")
-        categories = None if candidate_categories is None else self._ids(candidate_categories, "candidate_categories")
+        config = self.config
+        items = self._ids(candidate_items, "candidate_items", config.item_vocab_size)
+        categories = (
+            None
+            if candidate_categories is None
+            else self._ids(candidate_categories, "candidate_categories", config.category_vocab_size)
+        )
         if categories is not None and categories.shape != items.shape:
             raise ValueError(
                 f"`candidate_categories` ({len(categories)}) and `candidate_items` ({len(items)}) differ in length."
@@ -116,33 +128,63 @@ class UserMemoryStore:
             "format": STORE_FORMAT,
             "user_ids": json.dumps(users),
             "segment_length": str(config.segment_length),
-            "sha256": _digest(tensors),
         }
+        metadata["sha256"] = _digest(tensors, metadata)  # over everything above: a flipped byte cannot rename a user
         with atomic_path(path) as tmp:
             save_file(tensors, tmp, metadata=metadata)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: RehearsalMemoryForClickPrediction) -> "UserMemoryStore":
-        """Read a store written by `save`, for the model that wrote it. A truncated, corrupt or mismatched
-        file raises ValueError naming the file."""
+        """Read a store written by `save`, for the model that wrote it.
+
+        A missing file raises FileNotFoundError; a directory, a file that is not a snapshot, or a truncated,
+        corrupt or mismatched one raises ValueError naming the file. Files of the previous format
+        (`UNSIGNED_IDS_FORMAT`) load with a warning; saving the store again rewrites them in the current one.
+        """
         path = Path(path)
+        remove_stale_temporaries(path)  # left by a save killed midway
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file (a UserMemoryStore snapshot written by `save`).")
+        if not path.is_file():  # safe_open would fail with "No such device", naming nothing
+            kind = "a directory" if path.is_dir() else "a device, pipe or socket"
+            raise ValueError(f"{path}: is {kind}, not a UserMemoryStore snapshot (the file `save` writes).")
         try:
             with safe_open(path, framework="pt") as f:
                 metadata = f.metadata() or {}
                 tensors = {name: f.get_tensor(name) for name in f.keys()}
         except SafetensorError as e:
-            raise ValueError(f"{path}: not a readable UserMemoryStore file (truncated or corrupt?): {e}") from None
+            raise ValueError(
+                f"{path}: not a readable UserMemoryStore file (truncated or corrupt, or not safetensors?): {e}"
+            ) from None
 
         def invalid(reason: str) -> ValueError:
             return ValueError(f"{path}: not a valid UserMemoryStore file: {reason}.")
 
-        if metadata.get("format") != STORE_FORMAT:
-            raise invalid(f"format {metadata.get('format')!r}, expected {STORE_FORMAT!r}")
+        file_format = metadata.get("format")
+        if file_format not in (STORE_FORMAT, UNSIGNED_IDS_FORMAT):
+            raise invalid(f"format {file_format!r}, expected {STORE_FORMAT!r}")
+        # the checks below cannot see a flipped byte inside the tensors, nor one that renames a user
+        signed = {name: value for name, value in metadata.items() if name != "sha256"}
+        if metadata.get("sha256") != _digest(tensors, signed if file_format == STORE_FORMAT else None):
+            raise invalid("its contents do not match the sha256 checksum in its metadata (corrupt?)")
+        if file_format == UNSIGNED_IDS_FORMAT:
+            logger.warning(
+                "%s: written as %s, whose checksum does not cover the user ids: they are loaded unverified. "
+                "Save the store again to write %s.",
+                path,
+                UNSIGNED_IDS_FORMAT,
+                STORE_FORMAT,
+            )
         try:
             users = json.loads(metadata["user_ids"])
         except (KeyError, json.JSONDecodeError):
             raise invalid("no readable user_ids in the metadata") from None
+        if not isinstance(users, list) or not all(isinstance(user, str) for user in users):
+            raise invalid("user_ids is not a list of strings")
+        repeated = [user for user, count in Counter(users).items() if count > 1]
+        if repeated:
+            raise invalid(f"user ids {repeated[:5]} appear more than once")
         config = model.config
         if metadata.get("segment_length") != str(config.segment_length):
             raise invalid(
@@ -150,9 +192,6 @@ class UserMemoryStore:
             )
         if tensors.keys() != {"memories", "pending", "pending_lengths"}:
             raise invalid(f"tensors {sorted(tensors)}, expected memories, pending, pending_lengths")
-        # the checks above cannot see a flipped byte inside the tensors
-        if metadata.get("sha256") != _digest(tensors):
-            raise invalid("its tensors do not match the sha256 checksum in its metadata (corrupt?)")
         memories, pending, lengths = tensors["memories"], tensors["pending"], tensors["pending_lengths"]
         expected = (len(users), config.num_memory_slots, config.memory_dim)
         if tuple(memories.shape) != expected:
@@ -187,30 +226,47 @@ class UserMemoryStore:
     def _behavior_rows(self, items, categories, behaviors) -> torch.Tensor:
         """Validated (N, 3) item / category / behaviour ids; ids enter the pending buffer unwritten, so they
         are checked here rather than when their segment is complete."""
-        items = self._ids(items, "items")
-        self.model.check_ids(items, self.config.item_vocab_size, "items")
+        items = self._ids(items, "items", self.config.item_vocab_size)
         columns = [items]
         for values, name, vocab_size in (
             (categories, "categories", self.config.category_vocab_size),
             (behaviors, "behaviors", self.config.behavior_vocab_size),
         ):
-            ids = torch.zeros_like(items) if values is None else self._ids(values, name)
+            ids = torch.zeros_like(items) if values is None else self._ids(values, name, vocab_size)
             if ids.shape != items.shape:
                 raise ValueError(f"`{name}` ({len(ids)}) and `items` ({len(items)}) differ in length.")
-            self.model.check_ids(ids, vocab_size, name)
             columns.append(ids)
         return torch.stack(columns, dim=1)
 
-    def _ids(self, values, name: str) -> torch.Tensor:
-        ids = torch.as_tensor(values, dtype=torch.long, device=self.device)
+    def _ids(self, values, name: str, vocab_size: int) -> torch.Tensor:
+        """`values` as a 1-D long tensor of ids in [0, vocab_size) on the model's device, or a ValueError naming
+        `name`: a plain cast would truncate 1.9 to 1, read True as 1 and turn NaN into an arbitrary id."""
+        if isinstance(values, (list, tuple)) and any(isinstance(value, (bool, np.bool_)) for value in values):
+            raise ValueError(f"`{name}` must hold integer ids, got a bool.")  # numpy reads [True, 5] as [1, 5]
+        try:
+            # through numpy, Python floats become float64: torch's float32 would round ids above 2**24
+            ids = values if isinstance(values, torch.Tensor) else torch.from_numpy(np.array(values))
+        except (TypeError, ValueError) as e:  # strings, None, ragged lists
+            raise ValueError(f"`{name}` must be a 1-D sequence of integer ids: {e}") from None
+        if ids.dtype == torch.bool or ids.is_complex():
+            raise ValueError(f"`{name}` must hold integer ids, got {ids.dtype}.")
         if ids.dim() != 1:
             raise ValueError(f"`{name}` must be a 1-D sequence of ids, got shape {tuple(ids.shape)}.")
+        if ids.is_floating_point():
+            exact = (ids == ids.trunc()) & (ids.abs() < 2**63)  # NaN and inf fail too
+            if not bool(exact.all()):
+                raise ValueError(f"`{name}` must hold integer ids, got {ids[~exact][0].item()}.")
+        ids = ids.to(self.device, torch.long)  # uint64 ids past 2**63 wrap negative and fail the range check
+        self.model.check_ids(ids, vocab_size, name)
         return ids
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of CPU tensors, in name order."""
+def _digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> str:
+    """SHA-256 over `metadata` (sorted JSON; None for the format that left it out) then the names, dtypes,
+    shapes and bytes of CPU tensors, in name order."""
     digest = hashlib.sha256()
+    if metadata is not None:
+        digest.update(json.dumps(metadata, sort_keys=True).encode())
     for name in sorted(tensors):
         tensor = tensors[name].contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
