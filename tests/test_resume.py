@@ -1,8 +1,10 @@
 """Interrupted training resumes exactly: examples/run_qa.py and run_ctr.py continue from a Trainer checkpoint with
-the same weights and logged losses as a run that never stopped (rehearsal's random draws included), and a run
-killed mid-training continues from its newest complete checkpoint with `--resume_from_checkpoint last`."""
+the same weights and logged losses as a run that never stopped (rehearsal's random draws included), a run killed
+mid-training continues from its newest complete checkpoint with `--resume_from_checkpoint last` (passing over one
+with a file missing or cut short), and a finished run started again trains no further."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -13,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+import transformers
+from safetensors.torch import load_file, save_file
 
 from rm_hf.trainer import RehearsalTrainingArguments, checkpoint_to_resume
 from tests.conftest import ROOT, example_main
@@ -39,6 +42,21 @@ def step_logs(checkpoint: Path) -> list[dict]:
     return json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
 
 
+def assert_same_weights(got: Path, expected: Path):
+    got, expected = load_file(got), load_file(expected)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def damage(path: Path, how: str):
+    """Delete `path`, or cut it to half its length as a crash while writing it would."""
+    if how == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
 @pytest.mark.usefixtures("keep_transformers_verbosity")
 @pytest.mark.parametrize("script, args", [("run_qa", QA_RUN), ("run_ctr", CTR_RUN)])
 def test_resumed_run_repeats_the_uninterrupted_one(tmp_path, script, args):
@@ -53,11 +71,7 @@ def test_resumed_run_repeats_the_uninterrupted_one(tmp_path, script, args):
     assert [entry["step"] for entry in straight] == list(range(1, 9))
     assert {"loss", "recollection_loss", "familiarity_loss"} <= straight[-1].keys()
     assert step_logs(tmp_path / "resumed" / "checkpoint-8") == straight
-    expected = load_file(tmp_path / "straight" / "model.safetensors")
-    got = load_file(tmp_path / "resumed" / "model.safetensors")
-    assert got.keys() == expected.keys()
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=1e-5, msg=name)
+    assert_same_weights(tmp_path / "resumed" / "model.safetensors", tmp_path / "straight" / "model.safetensors")
 
     # Without its RNG state the same checkpoint draws other rehearsal fragments (and dropout masks): the
     # comparison above does see that randomness.
@@ -121,15 +135,120 @@ def test_killed_run_continues_from_its_newest_complete_checkpoint(tmp_path):
     assert (output / "model.safetensors").exists()
 
 
-def test_last_checkpoint_is_the_newest_complete_one(tmp_path):
-    def resolve(value):
-        return checkpoint_to_resume(RehearsalTrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint=value))
+@pytest.fixture(scope="module")
+def straight_qa_run(tmp_path_factory) -> Path:
+    """A 12-step run of run_qa.py with a checkpoint every 4 steps, for the tests that damage its checkpoints."""
+    output = tmp_path_factory.mktemp("straight")
+    verbosity = transformers.logging.get_verbosity()
+    example_main("run_qa")(["--output_dir", str(output), *QA_RUN, "--max_steps", "12", "--save_steps", "4"])
+    transformers.logging.set_verbosity(verbosity)
+    return output
 
-    assert resolve("last") is None  # nothing saved yet: start from scratch
-    for step, state in ((2, "{}"), (10, "{}"), (12, '{"log_history": ['), (30, None)):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        if state is not None:
-            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
-    (tmp_path / "checkpoint-99.tmp").mkdir()  # not a checkpoint name
-    assert resolve("last") == str(tmp_path / "checkpoint-10")  # 30 has no state, 12 a truncated one
-    assert resolve("some/where") == "some/where" and resolve(None) is None
+
+@pytest.mark.usefixtures("keep_transformers_verbosity")
+@pytest.mark.parametrize(
+    "name, how",
+    [
+        ("optimizer.pt", "missing"),
+        ("scheduler.pt", "missing"),
+        ("rng_state.pth", "missing"),
+        ("model.safetensors", "truncated"),
+        ("optimizer.pt", "truncated"),
+    ],
+)
+def test_damaged_newest_checkpoint_is_passed_over(tmp_path, caplog, straight_qa_run, name, how):
+    caplog.set_level(logging.INFO, logger="rm_hf.trainer")
+    # A run stopped after step 8, whose last checkpoint lacks a file or has one cut short (as a crash while saving
+    # or deleting it, a full disk or an unfinished copy leaves it; transformers writes every file in place).
+    for step in (4, 8):
+        shutil.copytree(straight_qa_run / f"checkpoint-{step}", tmp_path / f"checkpoint-{step}")
+    damage(tmp_path / "checkpoint-8" / name, how)
+    args = [*QA_RUN, "--max_steps", "12", "--save_steps", "4", "--resume_from_checkpoint", "last"]
+    example_main("run_qa")(["--output_dir", str(tmp_path), *args])
+
+    assert f"Passing over {tmp_path / 'checkpoint-8'}: {name} is" in caplog.text
+    assert f"Resuming from {tmp_path / 'checkpoint-4'}" in caplog.text
+    # steps 5 to 8 are trained again, exactly as the first time
+    assert step_logs(tmp_path / "checkpoint-12") == step_logs(straight_qa_run / "checkpoint-12")
+    assert_same_weights(tmp_path / "model.safetensors", straight_qa_run / "model.safetensors")
+
+
+@pytest.mark.usefixtures("keep_transformers_verbosity")
+def test_restarting_a_finished_run_trains_no_further(tmp_path):
+    # 8 steps end inside the third epoch (three steps per epoch), where Trainer used to take a ninth step on
+    # restart; at a constant learning rate that step would change the weights.
+    args = [*QA_RUN, "--max_steps", "8", "--save_steps", "4", "--lr_scheduler_type", "constant"]
+    command = ["--output_dir", str(tmp_path), *args, "--resume_from_checkpoint", "last"]
+    main = example_main("run_qa")
+    main(command)
+    (tmp_path / "model.safetensors").rename(tmp_path / "finished.safetensors")
+    main(command)  # a retried job
+
+    assert sorted(path.name for path in tmp_path.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
+    assert_same_weights(tmp_path / "model.safetensors", tmp_path / "finished.safetensors")
+    assert "for 8 steps" in (tmp_path / "README.md").read_text()  # the model card, written again
+
+
+CHECKPOINT_FILES = ["trainer_state.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"]
+
+
+def fake_checkpoint(folder: Path, step: int, rng_files=("rng_state.pth",)) -> Path:
+    """A folder holding the files Trainer writes into `checkpoint-{step}`, in their formats but tiny."""
+    folder.mkdir()
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
+    save_file({"weight": torch.zeros(64)}, folder / "model.safetensors")
+    for name in ("optimizer.pt", "scheduler.pt", *rng_files):
+        torch.save({"state": torch.zeros(64)}, folder / name)
+    return folder
+
+
+def resolve(output_dir: Path, value: str | None = "last", **kwargs) -> str | None:
+    args = RehearsalTrainingArguments(output_dir=str(output_dir), resume_from_checkpoint=value, **kwargs)
+    return checkpoint_to_resume(args)
+
+
+@pytest.mark.parametrize("how", ["missing", "truncated"])
+@pytest.mark.parametrize("name", CHECKPOINT_FILES)
+def test_last_checkpoint_is_the_newest_complete_one(tmp_path, caplog, name, how):
+    assert resolve(tmp_path) is None  # nothing saved yet: start from scratch
+    assert "Passing over" not in caplog.text and "No complete" not in caplog.text
+    fake_checkpoint(tmp_path / "checkpoint-2", 2)
+    fake_checkpoint(tmp_path / "checkpoint-10", 10)
+    damage(fake_checkpoint(tmp_path / "checkpoint-12", 12) / name, how)
+    fake_checkpoint(tmp_path / "checkpoint-99.tmp", 99)  # not a checkpoint name
+
+    assert resolve(tmp_path) == str(tmp_path / "checkpoint-10")
+    problem = "missing" if how == "missing" else "damaged ("
+    assert f"Passing over {tmp_path / 'checkpoint-12'}: {name} is {problem}" in caplog.text
+    # A checkpoint named on the command line is used as it is, but with the same warning.
+    assert resolve(tmp_path, str(tmp_path / "checkpoint-12")) == str(tmp_path / "checkpoint-12")
+    assert f"Resuming from {tmp_path / 'checkpoint-12'} although {name} is {problem}" in caplog.text
+    assert resolve(tmp_path, None) is None
+
+    for step in (2, 10):
+        damage(tmp_path / f"checkpoint-{step}" / name, how)
+    assert resolve(tmp_path) is None
+    assert f"No complete checkpoint in {tmp_path}: training starts from scratch." in caplog.text
+
+
+def test_checkpoint_files_required_follow_the_run(tmp_path, caplog, monkeypatch):
+    fake_checkpoint(tmp_path / "checkpoint-4", 4)
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text(json.dumps({"global_step": 3}))
+    assert resolve(tmp_path) is None
+    assert f"Passing over {tmp_path / 'checkpoint-4'}: its trainer_state.json is at step 3." in caplog.text
+
+    # Under DDP every process saves its own RNG state, and each must find all of them to choose alike.
+    fake_checkpoint(tmp_path / "checkpoint-8", 8, rng_files=("rng_state_0.pth", "rng_state_1.pth"))
+    fake_checkpoint(tmp_path / "checkpoint-12", 12, rng_files=("rng_state_0.pth",))
+    monkeypatch.setattr(RehearsalTrainingArguments, "world_size", property(lambda self: 2))
+    assert resolve(tmp_path) == str(tmp_path / "checkpoint-8")
+    assert f"Passing over {tmp_path / 'checkpoint-12'}: rng_state_1.pth is missing." in caplog.text
+
+    # With --save_only_model, Trainer saves the weights and its state alone; fp16 adds a scaler.pt when there is one.
+    monkeypatch.undo()
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state_0.pth", "rng_state_1.pth"):
+        (tmp_path / "checkpoint-8" / name).unlink()
+    assert resolve(tmp_path, save_only_model=True) == str(tmp_path / "checkpoint-12")
+    (tmp_path / "checkpoint-12" / "scaler.pt").write_bytes(b"PK")
+    assert resolve(tmp_path, save_only_model=True) == str(tmp_path / "checkpoint-8")
+    assert "scaler.pt is damaged" in caplog.text

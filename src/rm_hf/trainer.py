@@ -11,22 +11,29 @@ many GPUs unchanged through `accelerate launch` or `torchrun`.
 
 Resuming is Trainer's own mechanism (weights, optimizer, scheduler and every RNG state from `checkpoint-N`); the
 rehearsal fragments and donor items are drawn from torch's global RNG, so a resumed run repeats the uninterrupted
-one exactly. Metrics files are replaced atomically and the final model folder holds no pickle.
+one exactly. `checkpoint_to_resume` passes over checkpoints with a file missing or cut short, and a run restarted
+from its final checkpoint trains no further. Metrics files are replaced atomically and the final model folder holds
+no pickle.
 """
 
 import json
 import logging
 import re
+import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
 from transformers import Trainer, TrainingArguments
+from transformers.trainer import OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import SAFE_WEIGHTS_NAME
 
 from .file_utils import atomic_path
 
 logger = logging.getLogger(__name__)
+CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
 
 
 @dataclass
@@ -62,6 +69,19 @@ class RehearsalMemoryTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def _init_training_state(self, max_steps, steps_per_epoch, num_train_epochs, *args, **kwargs):
+        """Trainer's own, except that a checkpoint already at `max_steps` leaves no epoch to run.
+
+        Trainer compares the step count with `max_steps` only after an optimizer step, so resuming from the last
+        checkpoint of a finished run (a retried job) would train one step more: new weights and a checkpoint past
+        the end.
+        """
+        trained = super()._init_training_state(max_steps, steps_per_epoch, num_train_epochs, *args, **kwargs)
+        if self.state.global_step < max_steps:
+            return trained
+        logger.info("Resumed at step %d of %d: nothing left to train.", self.state.global_step, max_steps)
+        return num_train_epochs, 0
 
     def loss_weights(self) -> dict[str, float]:
         args = self.args
@@ -128,26 +148,70 @@ class RehearsalMemoryTrainer(Trainer):
 
 
 def checkpoint_to_resume(args: TrainingArguments) -> str | None:
-    """The checkpoint `args.resume_from_checkpoint` names, with `last` resolved to the newest complete
-    `checkpoint-N` in `args.output_dir` (None, a fresh start, when there is none).
+    """The checkpoint `args.resume_from_checkpoint` names, with `last` resolved to the newest `checkpoint-N` in
+    `args.output_dir` that can resume this run exactly (None, a fresh start, when there is none).
 
-    Trainer writes a checkpoint's trainer_state.json after everything else, so a folder without a readable one
-    was cut short by a crash while saving; it is passed over with a warning.
+    A crash while Trainer saves a checkpoint (or while it deletes an old one) leaves a folder with files missing
+    or cut short; `last` passes over such a folder with a warning that says what is wrong with it.
     """
     if args.resume_from_checkpoint != "last":
+        # the caller chose this one: say what is wrong with it before Trainer fails on it, or quietly resumes less
+        if args.resume_from_checkpoint and (problem := checkpoint_problem(Path(args.resume_from_checkpoint), args)):
+            logger.warning("Resuming from %s although %s.", args.resume_from_checkpoint, problem)
         return args.resume_from_checkpoint
-    pattern = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
     output_dir = Path(args.output_dir)
-    steps = {int(m[1]): path for path in output_dir.glob("*") if (m := pattern.fullmatch(path.name)) and path.is_dir()}
+    folders = [path for path in output_dir.glob("*") if path.is_dir()]
+    steps = {int(m[1]): path for path in folders if (m := CHECKPOINT_NAME.fullmatch(path.name))}
     for step in sorted(steps, reverse=True):
-        try:
-            json.loads((steps[step] / "trainer_state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            logger.warning(
-                "Passing over %s: it has no readable trainer_state.json (saving it was cut short).", steps[step]
-            )
+        if problem := checkpoint_problem(steps[step], args):
+            logger.warning("Passing over %s: %s.", steps[step], problem)
             continue
         logger.info("Resuming from %s, the newest complete checkpoint.", steps[step])
         return str(steps[step])
-    logger.info("No complete checkpoint in %s: training starts from scratch.", output_dir)
+    if steps:
+        logger.warning("No complete checkpoint in %s: training starts from scratch.", output_dir)
+    else:
+        logger.info("No checkpoint in %s yet: training starts from scratch.", output_dir)
     return None
+
+
+def checkpoint_problem(checkpoint: Path, args: TrainingArguments) -> str | None:
+    """What keeps `checkpoint` from resuming this run exactly: the first file Trainer would load that is missing
+    or damaged, or a trainer_state.json for another step than the folder's name. None when it is whole.
+
+    Reads headers only, so checking costs little next to loading.
+    """
+    names = [TRAINER_STATE_NAME, SAFE_WEIGHTS_NAME]
+    if not args.save_only_model:  # otherwise Trainer saves the weights alone
+        # each process loads its own RNG file; all are checked so that every process picks the same checkpoint
+        rng = ["rng_state.pth"] if args.world_size <= 1 else [f"rng_state_{i}.pth" for i in range(args.world_size)]
+        names += [OPTIMIZER_NAME, SCHEDULER_NAME, *rng]
+    if (checkpoint / SCALER_NAME).exists():  # saved only when training in fp16
+        names.append(SCALER_NAME)
+    for name in names:
+        if problem := file_problem(checkpoint / name):
+            return problem
+    step = json.loads((checkpoint / TRAINER_STATE_NAME).read_text(encoding="utf-8")).get("global_step")
+    if (m := CHECKPOINT_NAME.fullmatch(checkpoint.name)) and step != int(m[1]):
+        return f"its {TRAINER_STATE_NAME} is at step {step}"
+    return None
+
+
+def file_problem(path: Path) -> str | None:
+    """Why `path` cannot be loaded (missing, or cut short by a crash while writing it), judged from its header or
+    directory alone; None when it looks whole."""
+    try:
+        if path.suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+        elif path.suffix == ".safetensors":
+            with safe_open(path, "pt"):  # checks that the tensors the header lists fill the file exactly
+                pass
+        else:
+            # torch.save writes a zip archive, whose directory comes last: a file cut short has none
+            zipfile.ZipFile(path).close()
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except (OSError, ValueError, SafetensorError, zipfile.BadZipFile) as error:
+        return f"{path.name} is damaged ({error})"
+    return None
+
