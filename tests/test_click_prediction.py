@@ -111,8 +111,10 @@ def test_scoring_many_candidates_per_memory_equals_one_at_a_time():
             torch.testing.assert_close(
                 scores[:, column], model.score(memory, candidates[:, column], candidate_categories[:, column])
             )
-        with pytest.raises(ValueError, match=r"shape \(batch,\) or \(batch, candidates\) with batch = 3"):
-            model.score(memory, candidates[:2])
+        with pytest.raises(ValueError, match=r"`memory` must be .* = \(2, 4, 32\), got .*\(3, 4, 32\)"):
+            model.score(memory, candidates[:2])  # one memory per row of candidates
+        with pytest.raises(ValueError, match=r"`target_item` must have shape \(batch,\) or \(batch, candidates\)"):
+            model.score(memory, candidates[..., None])
 
 
 @pytest.mark.parametrize("model_class", CLICK_MODELS)

@@ -26,7 +26,7 @@ NEW_TYPES = [t for t in MEMORY_TYPES if t != "rehearsal"]
 
 
 def memory_config(memory_type, **overrides):
-    return tiny_config(memory_type=memory_type, memory_capacity=6, rehearsal_num_heads=2, **overrides)
+    return tiny_config(**{"memory_type": memory_type, "memory_capacity": 6, "rehearsal_num_heads": 2, **overrides})
 
 
 def assert_same_memory(a, b):
@@ -154,6 +154,39 @@ def test_a_state_of_another_memory_type_is_refused():
         kv(ids, memory=expire.init_memory(ids.shape[0]))
     with pytest.raises(ValueError, match="memory_values"):
         kv(input_ids=ids, memory_values=ids[:, :5])
+
+
+def wrong_memories(model, batch):
+    """Memories that must not be read: from a config with other K / D / capacity, with a dimension dropped, of
+    another dtype, for another batch size, or not a memory at all."""
+    memory_type = model.config.memory_type
+    bad = [
+        RehearsalMemoryModel(memory_config(memory_type, num_memory_slots=7, memory_capacity=7)).init_memory(batch),
+        RehearsalMemoryModel(memory_config(memory_type, memory_dim=16)).init_memory(batch),
+        model.rehearsal_memory.init_memory(batch + 1),
+        "memory",
+    ]
+    good = model.rehearsal_memory.init_memory(batch)
+    if isinstance(good, torch.Tensor):
+        bad += [good[0], good.double(), good.flatten(1)]
+    else:
+        name = next(iter(good))
+        bad += [{**good, name: good[name][0]}, {**good, name: good[name].double()}, {k: good[k] for k in list(good)[1:]}]
+    return bad
+
+
+@pytest.mark.parametrize("memory_type", MEMORY_TYPES)
+def test_answer_and_score_refuse_a_memory_that_is_not_theirs(memory_type):
+    qa = RehearsalMemoryForQuestionAnswering(memory_config(memory_type, id2label=LABELS)).eval()
+    questions = torch.randint(1, 50, (3, 5))
+    for memory in wrong_memories(qa, 3):
+        with pytest.raises(ValueError, match="`memory"):
+            qa.answer(memory, questions)
+    click = RehearsalMemoryForClickPrediction(click_config(memory_type=memory_type, memory_capacity=6)).eval()
+    targets = torch.randint(1, 30, (3, 2))
+    for memory in wrong_memories(click, 3):
+        with pytest.raises(ValueError, match="`memory"):
+            click.score(memory, targets)
 
 
 # --- Expire-Span -------------------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def test_qa_input_errors():
         model(ids, mask, questions, labels=torch.tensor([0, 1, 5]))
     with pytest.raises(ValueError, match="question_input_ids"):
         model(ids, mask)
-    with pytest.raises(ValueError, match="sequences but"):
+    with pytest.raises(ValueError, match=r"`memory` must be torch.float32 of shape .* = \(3, 4, 32\), got .*\(2, 4, 32\)"):
         model.answer(torch.zeros(2, 4, 32), questions)
 
 
@@ -107,6 +107,10 @@ def test_qa_input_errors():
         ({"labels": torch.tensor([[0], [1], [2]])}, r"shape \(batch,\) = \(3,\)"),
         ({"labels": torch.tensor([0.0, 1.0, 2.0])}, "integer answer ids"),
         ({"labels": torch.tensor([0, -1, 2])}, r"`labels` must lie in \[0, 5\) \(config.id2label\)"),
+        *[
+            ({"question_input_ids": torch.ones(3, 6, dtype=dtype)}, rf"`question_input_ids` must be integer ids .*{dtype}")
+            for dtype in (torch.float32, torch.int16, torch.uint8, torch.bool)
+        ],
     ],
 )
 def test_bad_questions_and_labels_get_clear_errors(changes, message):

@@ -15,6 +15,8 @@ from transformers import initialization as init
 def check_id_range(ids: torch.Tensor, vocab_size: int, name: str, vocabulary: str) -> None:
     """ValueError naming `name` when an id lies outside [0, vocab_size): an embedding lookup would fail deep inside
     PyTorch with an index error that names neither the input nor the vocabulary."""
+    if ids.dtype not in (torch.int64, torch.int32):  # the only index types an embedding lookup takes
+        raise ValueError(f"`{name}` must be integer ids (torch.long or torch.int), got {ids.dtype}.")
     if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
         raise ValueError(
             f"`{name}` must lie in [0, {vocab_size}) ({vocabulary}), "

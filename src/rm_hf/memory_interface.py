@@ -18,10 +18,6 @@ from torch import nn
 MemoryState = torch.Tensor | dict[str, torch.Tensor]
 
 
-def memory_batch_size(state: MemoryState) -> int:
-    return (state if isinstance(state, torch.Tensor) else next(iter(state.values()))).shape[0]
-
-
 def reorder_memory(state: MemoryState, index: torch.Tensor) -> MemoryState:
     """The memories of rows `index` (1-D): reorders, drops or repeats sequences, e.g. `torch.zeros(n, dtype=long)`
     gives n copies of the first memory, to ask it n questions at once."""
@@ -85,13 +81,23 @@ class RehearsalMemoryBaseMemory(nn.Module):
         raise NotImplementedError
 
     def check_state(self, state, batch_size: int) -> None:
-        expected = {name: tuple(tensor.shape) for name, tensor in self.init_state(batch_size).items()}
-        if isinstance(state, torch.Tensor) or set(state) != set(expected):
-            got = tuple(state.shape) if isinstance(state, torch.Tensor) else sorted(state)
+        """ValueError unless `state` is this memory type's state for `batch_size` sequences (names, shapes, dtypes),
+        so a memory from another config fails here, not inside a matmul."""
+        expected = self.init_state(batch_size)
+        if not isinstance(state, dict) or set(state) != set(expected):
+            got = sorted(state) if isinstance(state, dict) else describe(state)
             raise ValueError(f"`memory` must be this memory type's state with entries {sorted(expected)}, got {got}.")
-        for name, shape in expected.items():
-            if tuple(state[name].shape) != shape:
-                raise ValueError(f"`memory[{name!r}]` must have shape {shape}, got {tuple(state[name].shape)}.")
+        for name, start in expected.items():
+            tensor = state[name]
+            if not isinstance(tensor, torch.Tensor) or tensor.shape != start.shape or tensor.dtype != start.dtype:
+                raise ValueError(f"`memory[{name!r}]` must be {describe(start)}, got {describe(tensor)}.")
+
+
+def describe(value) -> str:
+    """A tensor's dtype and shape, or a non-tensor's type, for error messages."""
+    if isinstance(value, torch.Tensor):
+        return f"{value.dtype} of shape {tuple(value.shape)}"
+    return type(value).__name__
 
 
 class RehearsalMemoryAgeEncoding(nn.Module):

@@ -11,7 +11,7 @@ from torch import nn
 from transformers import initialization as init
 
 from .layers_rehearsal_memory import RehearsalMemoryAttention
-from .memory_interface import RehearsalMemoryBaseMemory
+from .memory_interface import RehearsalMemoryBaseMemory, describe
 
 
 class RehearsalMemoryWriter(nn.Module):
@@ -54,8 +54,9 @@ class RehearsalMemorySlotMemory(RehearsalMemoryBaseMemory):
 
     def check_state(self, state, batch_size):
         expected = (batch_size, self.num_slots, self.dim)
-        if not isinstance(state, torch.Tensor) or tuple(state.shape) != expected:
-            got = tuple(state.shape) if isinstance(state, torch.Tensor) else type(state).__name__
+        dtype = self.initial_memory.dtype
+        if not isinstance(state, torch.Tensor) or tuple(state.shape) != expected or state.dtype != dtype:
             raise ValueError(
-                f"`memory` must have shape (batch, num_memory_slots, memory_dim) = {expected}, got {got}."
+                f"`memory` must be {dtype} of shape (batch, num_memory_slots, memory_dim) = "
+                f"{expected}, got {describe(state)}."
             )

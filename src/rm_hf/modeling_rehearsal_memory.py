@@ -38,7 +38,7 @@ from .layers_rehearsal_memory import (
     init_scaled_module,
 )
 from .memory_expire_span import RehearsalMemoryExpireSpanMemory
-from .memory_interface import memory_batch_size, reorder_memory, replace_rows
+from .memory_interface import reorder_memory, replace_rows
 from .memory_key_value import RehearsalMemoryKeyValueMemory
 from .memory_lamemo import RehearsalMemoryLookAheadMemory
 from .memory_slots import RehearsalMemorySlotMemory
@@ -553,11 +553,7 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
         questions about one story: repeat its memory, `rehearsal_memory.reorder_memory(memory, index)` with
         `index = torch.zeros(num_questions, dtype=torch.long)` (or `memory.expand(num_questions, -1, -1)` for the
         slot memory)."""
-        if memory_batch_size(memory) != question_input_ids.shape[0]:
-            raise ValueError(
-                f"`memory` holds {memory_batch_size(memory)} sequences but {question_input_ids.shape[0]} questions "
-                "were given."
-            )
+        self.rehearsal_memory.memory.check_state(memory, question_input_ids.shape[0])  # one memory per question
         return self.read(memory, self.encode_question(question_input_ids, question_attention_mask))
 
     def read(self, memory, query: torch.Tensor) -> torch.Tensor:
@@ -729,12 +725,11 @@ class RehearsalMemoryForClickPrediction(RehearsalMemoryPreTrainedModel):
         """Click logits of targets against stored memories, without the history: (B,) for one target per memory,
         (B, C) for C candidates per memory (`target_item` (B, C)), each memory read once per hop for all its
         candidates rather than copied C times."""
-        batch = memory_batch_size(memory)
-        if target_item.dim() not in (1, 2) or target_item.shape[0] != batch:
+        if target_item.dim() not in (1, 2):
             raise ValueError(
-                f"`target_item` must have shape (batch,) or (batch, candidates) with batch = {batch} "
-                f"memories, got {tuple(target_item.shape)}."
+                f"`target_item` must have shape (batch,) or (batch, candidates), got {tuple(target_item.shape)}."
             )
+        self.rehearsal_memory.memory.check_state(memory, target_item.shape[0])  # one memory per row of targets
         return self.score_query(self.encode_target(target_item, target_category), memory)
 
     def score_query(self, query, memory):
