@@ -25,7 +25,12 @@ from transformers import EvalPrediction, HfArgumentParser
 from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForClickPrediction
 from rm_hf.ctr_baselines import MeanPoolClickModel, TargetAttentionClickModel
 from rm_hf.ctr_data import ClickCollator, generate_behavior_histories, load_behavior_log, load_movielens, load_taobao
-from rm_hf.trainer import RehearsalMemoryTrainer, RehearsalTrainingArguments, checkpoint_to_resume
+from rm_hf.trainer import (
+    RehearsalMemoryTrainer,
+    RehearsalTrainingArguments,
+    checkpoint_to_resume,
+    closes_process_group,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +145,7 @@ def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
     return {"auc": float(auc), "accuracy": float(((logits > 0) == (labels > 0.5)).mean())}
 
 
+@closes_process_group
 def main(argv: list[str] | None = None) -> None:
     parser = HfArgumentParser((ModelArguments, DataArguments, RehearsalTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)

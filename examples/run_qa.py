@@ -30,7 +30,12 @@ from rm_hf.model_card import write_qa_model_card
 from rm_hf.qa_data import QACollator, encode_qa_dataset
 from rm_hf.story_generator import generate_stories
 from rm_hf.tokenization import build_word_tokenizer
-from rm_hf.trainer import RehearsalMemoryTrainer, RehearsalTrainingArguments, checkpoint_to_resume
+from rm_hf.trainer import (
+    RehearsalMemoryTrainer,
+    RehearsalTrainingArguments,
+    checkpoint_to_resume,
+    closes_process_group,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +130,7 @@ def compute_metrics(prediction):
     return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
 
 
+@closes_process_group
 def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataArguments, RehearsalTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)

@@ -3,6 +3,7 @@ kept beside the repository (tests that use it skip when it is absent), and the e
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,30 @@ def example_main(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
+
+
+# Each rank runs the script as `__main__`, then reports whether the gloo process group outlived it. One left open
+# is torn down during interpreter finalisation, when gloo's worker threads may still hold tensors: now and then a
+# rank then aborts at exit ("terminate called without an active exception", SIGABRT) after a good run.
+RUN_THEN_REPORT = """import runpy, sys, torch.distributed
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+print("process group open at exit:", torch.distributed.is_initialized())
+"""
+
+
+def torchrun(tmp_path: Path, script: Path, processes: int = 2) -> list[str]:
+    """The command that runs `script` in `processes` torchrun processes (DDP over gloo on CPU), each reporting at
+    exit whether it closed its process group (check with `assert_process_groups_closed`)."""
+    wrapper = tmp_path / "run_then_report.py"
+    wrapper.write_text(RUN_THEN_REPORT)
+    # --standalone: a free port of its own, never one a previous run still holds
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            str(wrapper), str(script)]  # fmt: skip
+
+
+def assert_process_groups_closed(log: str, processes: int = 2) -> None:
+    assert log.count("process group open at exit: False") == processes, log[-3000:]
 
 
 @pytest.fixture

@@ -14,25 +14,25 @@ import torch
 from rm_hf import RehearsalMemoryForClickPrediction
 from rm_hf.ctr_baselines import TargetAttentionClickModel
 from rm_hf.ctr_data import BehaviorFormatError, BehaviorVocab, ClickCollator, generate_behavior_histories
-from tests.conftest import example_main
+from tests.conftest import assert_process_groups_closed, example_main, torchrun
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_ctr.py"
 DATA = {"num_users": 48, "history_length": 40, "num_items": 20, "num_categories": 8}
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 @pytest.mark.parametrize(
-    "launcher, model, model_class, extra",
+    "processes, model, model_class, extra",
     [
-        (TORCHRUN, "rm", RehearsalMemoryForClickPrediction, ["--sampler_mode", "teacher"]),
-        ([sys.executable], "target_attention", TargetAttentionClickModel, []),
+        (2, "rm", RehearsalMemoryForClickPrediction, ["--sampler_mode", "teacher"]),
+        (1, "target_attention", TargetAttentionClickModel, []),
     ],
     ids=["rm-2-processes", "target_attention"],
 )
-def test_run_ctr_trains_evaluates_and_saves(tmp_path, launcher, model, model_class, extra):
+def test_run_ctr_trains_evaluates_and_saves(tmp_path, processes, model, model_class, extra):
     output_dir = tmp_path / "out"
+    launcher = torchrun(tmp_path, SCRIPT, processes) if processes > 1 else [sys.executable, str(SCRIPT)]
     command = [
-        *launcher, str(SCRIPT), "--data", "synthetic", "--model", model, *extra,
+        *launcher, "--data", "synthetic", "--model", model, *extra,
         *(f"--{name}={value}" for name, value in DATA.items()),
         "--num_memory_slots", "4", "--segment_length", "8", "--item_embedding_dim", "8", "--hidden_size", "16",
         "--num_layers", "1", "--num_attention_heads", "2",
@@ -40,15 +40,16 @@ def test_run_ctr_trains_evaluates_and_saves(tmp_path, launcher, model, model_cla
         "--per_device_train_batch_size", "8", "--save_strategy", "no", "--use_cpu", "--disable_tqdm", "true",
         "--log_level", "info",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # one thread per process on 2 cores
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    processes = 2 if launcher is TORCHRUN else 1
     assert f"Total train batch size (w. parallel, distributed & accumulation) = {8 * processes}" in result.stderr
 
     results = json.loads((output_dir / "all_results.json").read_text())
     assert 0.0 <= results["eval_auc"] <= 1.0 and 0.0 <= results["eval_accuracy"] <= 1.0
     assert "task_loss" in results
+    if processes > 1:
+        assert_process_groups_closed(result.stdout, processes)
 
     reloaded = model_class.from_pretrained(output_dir).eval()
     vocab = BehaviorVocab.load(output_dir)

@@ -19,7 +19,7 @@ from rm_hf.babi import BabiFormatError, answer_vocabulary
 from rm_hf.qa_data import QACollator, encode_qa_dataset
 from rm_hf.story_generator import generate_stories
 from rm_hf.tokenization import build_word_tokenizer
-from tests.conftest import example_main
+from tests.conftest import assert_process_groups_closed, example_main, torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = [
@@ -138,14 +138,7 @@ def test_two_torchrun_processes_train_one_model_with_rehearsal(tmp_path, checkpo
     output = tmp_path / "ddp"
     log = run(
         [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29531",
-            "examples/run_qa.py",
+            *torchrun(tmp_path, ROOT / "examples" / "run_qa.py"),
             "--output_dir",
             str(output),
             *TINY_RUN,
@@ -157,6 +150,7 @@ def test_two_torchrun_processes_train_one_model_with_rehearsal(tmp_path, checkpo
     assert "Total train batch size (w. parallel, distributed & accumulation) = 16" in log  # 8 per device x 2
     assert "recollection_loss" in log and "familiarity_loss" in log
     assert (output / "model.safetensors").exists()
+    assert_process_groups_closed(log)
 
 
 def test_a_few_hundred_steps_learn_an_easy_task():
