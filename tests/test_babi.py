@@ -1,5 +1,6 @@
 """Tests of the bAbI reader on invented fixtures, on a tarball, on malformed files, and on the real data if present."""
 
+import itertools
 import logging
 import tarfile
 import tempfile
@@ -11,41 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rm_hf.babi import QA_FEATURES, BabiFormatError, answer_vocabulary, load_babi
+from tests.conftest import COMPRESS, QA1_NAME, QA1_TEXT, QA8_NAME, QA8_TEXT, example_main, tar_bytes, write
 
 # The real data lives beside the repository, never inside it; the tests that need it skip where it is absent.
 BABI_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "babi"
-
-
-def babi_text(*lines: str) -> str:
-    return "".join(f"{line}\n" for line in lines)
-
-
-# Our own sentences in the bAbI layout: questions in the middle of a story, so later ids skip question lines.
-QA1_TEXT = babi_text(
-    "1 Zoe walked into the pantry.",
-    "2 Max hurried to the garage.",
-    "3 Where is Zoe? \tpantry\t1",
-    "4 Zoe strolled to the attic.",
-    "5 Where is Zoe? \tattic\t4",
-    "6 Where is Max?\tgarage\t2",
-    "1 Max wandered to the porch.",
-    "2 Where is Max? \tporch\t1",
-)
-QA8_TEXT = babi_text(
-    "1 Zoe grabbed the cup.",
-    "2 Max went to the porch.",
-    "3 Zoe grabbed the hat.",
-    "4 What is Zoe holding?\tcup,hat\t1 3",
-)
-QA1_NAME = "qa1_single-supporting-fact_train.txt"
-QA8_NAME = "qa8_lists-sets_train.txt"
-
-
-def write(folder: Path, name: str, text: str | bytes) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_bytes(text.encode() if isinstance(text, str) else text)
-    return path
 
 
 def test_reads_questions_with_the_story_before_them(tmp_path):
@@ -146,6 +116,60 @@ def test_truncated_or_foreign_archive_raises_read_error_naming_it(tmp_path, keep
         load_babi(path)
 
 
+RELEASE = {
+    f"tasks_1-20_v1-2/en/{QA1_NAME}": QA8_TEXT,  # not read below, yet damage to it must be caught too
+    f"tasks_1-20_v1-2/en-10k/{QA1_NAME}": QA1_TEXT,
+    f"tasks_1-20_v1-2/en-10k/{QA8_NAME}": QA8_TEXT,
+}
+
+
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz"])
+def test_every_flipped_bit_of_a_compressed_archive_is_refused_or_harmless(tmp_path, compression):
+    data = COMPRESS[compression](tar_bytes(RELEASE))
+    path = tmp_path / f"tasks_1-20_v1-2.tar.{compression}"
+    path.write_bytes(data)
+    original = load_babi(path, tasks=[1, 8]).to_dict()
+    refused = 0
+    with open(path, "r+b", buffering=0) as file:  # flipped in place: rewriting the whole file is far slower
+        for position, bit in itertools.product(range(len(data)), range(8)):
+            file.seek(position)
+            file.write(bytes([data[position] ^ 1 << bit]))
+            try:
+                loaded = load_babi(path, tasks=[1, 8])
+            except tarfile.ReadError as error:
+                assert str(path) in str(error)
+                refused += 1
+            else:  # e.g. a flip in gzip's OS byte or in the padding bits after the last compressed block
+                assert loaded.to_dict() == original, f"bit {bit} of byte {position} changed the data"
+            file.seek(position)
+            file.write(data[position : position + 1])
+    assert refused > 4 * len(data)  # most bits are compressed data or checksums
+
+
+def test_a_damaged_member_header_is_reported_as_damage_not_as_a_missing_task(tmp_path):
+    # Uncompressed, so that the damage reaches tarfile as it is: tarfile ends its listing at a bad header.
+    data = tar_bytes(RELEASE)
+    header = data.index(f"tasks_1-20_v1-2/en-10k/{QA1_NAME}".encode())  # of the second member
+    damaged = bytearray(data)
+    damaged[header] ^= 1
+    path = tmp_path / "tasks_1-20_v1-2.tar"
+    for content in (bytes(damaged), data[:header]):  # a bad header, or a download cut right before one
+        path.write_bytes(content)
+        with pytest.raises(tarfile.ReadError, match=rf"{path}: not a readable tar archive"):
+            load_babi(path)
+
+
+@pytest.mark.usefixtures("keep_transformers_verbosity")
+def test_run_qa_does_not_fall_back_to_en_on_a_damaged_archive(tmp_path):
+    # run_qa.py reads a task missing from en-10k/ from en/ instead; a damaged archive must not pass for that.
+    data = bytearray(tar_bytes(RELEASE))
+    data[data.index(f"en-10k/{QA1_NAME}".encode())] ^= 1
+    path = tmp_path / "tasks_1-20_v1-2.tar.gz"
+    path.write_bytes(COMPRESS["gz"](bytes(data)))
+    with pytest.raises(tarfile.ReadError, match=str(path)):
+        example_main("run_qa")(["--babi_dir", str(path), "--tasks", "1", "--output_dir", str(tmp_path / "out")])
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     mode=st.sampled_from(["w:gz", "w:bz2", "w:xz", "w"]),
@@ -183,6 +207,11 @@ def test_damaged_archive_parses_or_raises_a_documented_error(mode, cut, flips):
         ("", 1, "non-empty"),
         ("\n \n", 1, "non-empty"),
         (b"1 Zoe ran.\n2 Max \xff ran.\n", 2, "UTF-8"),
+        ("1 Zoe ran.\n2 Max\x00 ran.\n", 2, "without control characters"),
+        ("1 Zoe \x1b[1mran.\n", 1, "without control characters"),
+        ("1 Zoe ran.\r\n2 Max\rran.\r\n", 2, "without control characters"),  # a CR only right before the LF
+        ("1 Zoe ran.\x7f\n", 1, "without control characters"),
+        ("1 Zoe ran.\n\ufeff2 Max ran.\n", 2, "integer id"),  # a byte-order mark only at the start of the file
     ],
 )
 def test_format_errors_name_file_line_and_expectation(tmp_path, text, line_number, expected):
@@ -196,6 +225,18 @@ def test_format_errors_name_file_line_and_expectation(tmp_path, text, line_numbe
     assert QA1_NAME in message
     assert f"line {line_number}:" in message
     assert expected in message
+
+
+def test_byte_order_mark_and_crlf_line_ends_are_accepted(tmp_path):
+    write(tmp_path / "plain", QA1_NAME, QA1_TEXT)
+    write(tmp_path / "windows", QA1_NAME, b"\xef\xbb\xbf" + QA1_TEXT.replace("\n", "\r\n").encode())
+    assert load_babi(tmp_path / "windows").to_dict() == load_babi(tmp_path / "plain").to_dict()
+
+
+def test_skip_bad_lines_skips_a_line_with_a_nul_byte(tmp_path):
+    write(tmp_path, QA1_NAME, "1 Zoe ran.\n2 Where is Zoe?\tya\x00rd\t1\n" + QA1_TEXT)
+    dataset, skipped = load_babi(tmp_path, skip_bad_lines=True, return_skipped_line_count=True)
+    assert skipped == 1 and dataset.num_rows == 4 and "\x00" not in "".join(dataset["answer"])
 
 
 def test_skip_bad_lines_drops_the_rest_of_the_story_and_counts(tmp_path, caplog):
@@ -273,6 +314,17 @@ def test_any_file_parses_or_raises_babi_format_error(data, skip_bad_lines):
     for row in dataset:
         assert [row["story_line_ids"][p] for p in row["supporting_positions"]] == row["supporting_ids"]
         assert len(row["story"]) == len(row["story_line_ids"])
+
+
+def test_real_tasks_from_a_compressed_archive(babi_dir, tmp_path):
+    files = sorted((babi_dir / "en").glob("qa[12]_*.txt"))
+    path = tmp_path / "tasks_1-20_v1-2.tar.gz"
+    with tarfile.open(path, "w:gz", compresslevel=1) as archive:
+        for file in files:
+            archive.add(file, arcname=f"tasks_1-20_v1-2/en/{file.name}")
+    for split in ("train", "test"):
+        from_archive = load_babi(path, tasks=[1, 2], split=split, subset="en")
+        assert from_archive.to_dict() == load_babi(babi_dir, tasks=[1, 2], split=split, subset="en").to_dict()
 
 
 @pytest.mark.skipif(not BABI_DIR.is_dir(), reason=f"bAbI data not found at {BABI_DIR}")

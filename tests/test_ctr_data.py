@@ -3,6 +3,7 @@
 Fixtures are invented rows written to tmp_path; the real Taobao sample is used by path when present.
 """
 
+import json
 import logging
 import random
 import time
@@ -14,15 +15,18 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rm_hf.ctr_baselines import MeanPoolClickModel
 from rm_hf.ctr_data import (
     BehaviorFormatError,
     BehaviorVocab,
     ClickCollator,
+    EmptySplitError,
     generate_behavior_histories,
     load_behavior_log,
     load_movielens,
     load_taobao,
 )
+from tests.conftest import example_main
 
 TAOBAO_SAMPLE = (
     Path(__file__).resolve().parents[1].parent / "shared" / "data" / "taobao-sample" / "UserBehavior_head.csv"
@@ -245,7 +249,8 @@ def test_taobao_negatives_and_time_split_on_larger_log(tmp_path):
 
 def test_taobao_negative_is_never_the_real_item(tmp_path):
     path = tmp_path / "behavior.csv"
-    path.write_text("".join(f"{u},{1 + u % 2},5,pv,{t}\n" for u in range(40) for t in (1, 2)))
+    # last behaviours at distinct times, so the time split has a test side
+    path.write_text("".join(f"{u},{1 + u % 2},5,pv,{t}\n" for u in range(40) for t in (2 * u, 2 * u + 1)))
     data, _ = load_taobao(path)
     negatives = [row for row in rows(data) if row["label"] == 0]
     assert negatives
@@ -262,6 +267,31 @@ def test_taobao_real_sample():
         raw_rows = [line.strip().split(",") for line in f]
     check_taobao_against_raw(data, vocab, raw_rows, max_history=50)
     assert vocab.bad_lines == 0
+
+
+# Timestamps in nanoseconds near 2017: float64 steps by 256 here, so every offset below collapses into one float.
+NANOSECOND_TIME = 1_511_544_070_000_000_000
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    offsets=st.lists(
+        st.lists(st.integers(0, 5), min_size=2, max_size=8).filter(lambda o: len(set(o)) > 1), min_size=2, max_size=5
+    ),
+    seed=st.integers(0, 1000),
+)
+def test_taobao_nanosecond_timestamps_keep_their_order(tmp_path, offsets, seed):
+    """User u's behaviours lie u microseconds after NANOSECOND_TIME, a few nanoseconds apart (ties included)."""
+    raw_rows = [
+        (str(user), str(1000 * user + k), str(90 + k % 3), BEHAVIORS[k % 4], str(NANOSECOND_TIME + 1000 * user + t))
+        for user, user_offsets in enumerate(offsets, start=1)
+        for k, t in enumerate(user_offsets)
+    ]
+    random.Random(seed).shuffle(raw_rows)
+    path = tmp_path / "behavior.csv"
+    path.write_text("".join(",".join(row) + "\n" for row in raw_rows))
+    data, vocab = load_taobao(path, max_history=5)
+    check_taobao_against_raw(data, vocab, raw_rows, max_history=5)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -311,6 +341,36 @@ def test_behavior_log_without_label_samples_one_negative_per_positive(tmp_path):
     assert all(len(r["history_items"]) <= 3 for r in samples)
 
 
+def decimal_seconds(nanoseconds: int) -> str:
+    """`-1250000000` as `-1.25`, `3000000000` as `3`: the shortest decimal of a time in nanoseconds."""
+    whole, fraction = divmod(abs(nanoseconds), 10**9)
+    return f"{'-' if nanoseconds < 0 else ''}{whole}.{fraction:09d}".rstrip("0").rstrip(".")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    base=st.sampled_from([0, NANOSECOND_TIME, -NANOSECOND_TIME]),
+    offsets=st.lists(
+        st.lists(st.integers(-5, 5), min_size=2, max_size=6).filter(lambda o: len(set(o)) > 1), min_size=2, max_size=4
+    ),
+)
+def test_behavior_log_decimal_timestamps_are_exact(tmp_path, base, offsets):
+    """Decimal seconds with nanosecond digits (`1511544070.000000003`, `-0.000000002`) order exactly."""
+    times = [(user, k, base + t) for user, user_offsets in enumerate(offsets) for k, t in enumerate(user_offsets)]
+    events = [(f"u{user}", time, line, f"i{user}-{k}") for line, (user, k, time) in enumerate(times)]
+    path = tmp_path / "log.csv"
+    path.write_text(
+        "user,item,category,timestamp,label\n"
+        + "".join(f"{user},{item},c,{decimal_seconds(time)},1\n" for user, time, _, item in events)
+    )
+    data, vocab = load_behavior_log(path, test_fraction=0.5)
+    item_of = raw_ids(vocab.items)
+    got = sorted(
+        (r["user_id"], item_of[r["target_item"]], tuple(item_of[i] for i in r["history_items"])) for r in rows(data)
+    )
+    assert got == sorted(reference_histories(events, min_history=1, max_history=200))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Malformed input
 
@@ -322,6 +382,9 @@ def test_behavior_log_without_label_samples_one_negative_per_positive(tmp_path):
         ("taobao", "1,2,3,pv,100\n\n1,2,3,pv,soon\n", 3, "numeric timestamp"),
         ("taobao", "1,2,3,pv,100\n1,x2,3,pv,101\n", 2, "integer item_id"),
         ("taobao", "1,2,3,pv,100\n1,2,3,pv,101\n1,2,3,click,102\n", 3, "behaviour type"),
+        ("taobao", "1,2,3,pv,100\n1,2,3,pv,100.5\n", 2, "numeric timestamp (an integer,"),
+        ("taobao", "1,2,3,pv,9223372036854775807\n1,2,3,pv,9223372036854775808\n", 2, "within 64 bits"),
+        ("taobao", "1,2,3,pv,1e9\n", 1, "numeric timestamp"),
         ("taobao", "", 1, "empty"),
         ("taobao", "1,2,3,pv,100\n\xff\xfe,2\n", 2, "UTF-8"),
         ("behavior_log", "user,item,timestamp\nu,i,1\n", 1, "category"),
@@ -329,6 +392,9 @@ def test_behavior_log_without_label_samples_one_negative_per_positive(tmp_path):
         ("behavior_log", "user,item,category,timestamp\nu,i,c,1\nu,i,c\n", 3, "4 columns"),
         ("behavior_log", "user,item,category,timestamp\nu,i,c,1,9\n", 2, "4 columns"),
         ("behavior_log", "user,item,category,timestamp\nu,i,c,soon\n", 2, "numeric timestamp"),
+        ("behavior_log", "user,item,category,timestamp\nu,i,c,1.5\nu,i,c,1.0000000001\n", 3, "at most 9 decimals"),
+        ("behavior_log", "user,item,category,timestamp\nu,i,c,1.5e9\n", 2, "numeric timestamp"),
+        ("behavior_log", "user,item,category,timestamp\nu,i,c,nan\n", 2, "numeric timestamp"),
         ("behavior_log", "user,item,category,timestamp,behavior\nu,i,c,1,click\n", 2, "behaviour type"),
         ("behavior_log", "", 1, "empty"),
         ("behavior_log", "user,item,category,timestamp\n\n", 3, "at least one valid record"),
@@ -336,6 +402,7 @@ def test_behavior_log_without_label_samples_one_negative_per_positive(tmp_path):
         ("movielens", "", 1, "empty"),
         ("movielens", "userId,movieId,rating,timestamp\n1,1,4.0\n", 2, "4 columns"),
         ("movielens", "userId,movieId,rating,timestamp\n1,1,4.0,yesterday\n", 2, "numeric timestamp"),
+        ("movielens", "userId,movieId,rating,timestamp\n1,1,4.0,100.5\n", 2, "numeric timestamp (an integer,"),
         ("movielens", "userId,movieId,rating,timestamp\n1,1,4.0,100\n1,99,3.0,101\n", 3, "movieId listed"),
         ("movielens", "userId,movieId,rating,timestamp\n1,1,good,100\n", 2, "numeric rating"),
     ],
@@ -365,6 +432,42 @@ def test_movielens_movies_file_errors_name_it(tmp_path, movies, line_number, exp
         load_movielens(ratings, movies_csv, min_history=0)
     assert info.value.path == str(movies_csv) and info.value.line_number == line_number
     assert f"movies.csv, line {line_number}: expected" in str(info.value) and expected in str(info.value)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    columns=st.permutations(["user", "item", "category", "timestamp", "label", "behavior"]),
+    repeated=st.integers(0, 5),
+    position=st.integers(0, 6),
+    padding=st.sampled_from(["", " ", "\t"]),
+)
+def test_behavior_log_refuses_a_repeated_header_name(tmp_path, columns, repeated, position, padding):
+    """A repeated column name (`user,item,category,timestamp,user`) fails at the header: either copy could be
+    the one meant, and taking the last one silently merged users."""
+    name = columns[repeated]
+    header = list(columns)
+    header.insert(position, padding + name + padding)  # names are matched after strip, so this is a repeat
+    values = {"user": "u", "item": "i", "category": "c", "timestamp": "1", "label": "1", "behavior": "pv"}
+    path = tmp_path / "log.csv"
+    path.write_text(",".join(header) + "\n" + ",".join(values[column.strip()] for column in header) + "\n")
+    with pytest.raises(BehaviorFormatError) as info:
+        load_behavior_log(path)
+    assert info.value.path == str(path) and info.value.line_number == 1
+    assert f"{name!r} twice" in str(info.value)
+
+
+@pytest.mark.parametrize(("damaged", "name"), [("ratings.csv", "timestamp"), ("movies.csv", "movieId")])
+def test_movielens_refuses_a_repeated_header_name(tmp_path, damaged, name):
+    """A repeated column fails at the header, naming its file: a second `timestamp` column of zeros used to win,
+    leaving no sample and no error."""
+    write_movielens(tmp_path, movielens_events())
+    path = tmp_path / damaged
+    header, *lines = path.read_text().splitlines()
+    path.write_text(f"{header}, {name}\n" + "".join(f"{line},0\n" for line in lines))
+    with pytest.raises(BehaviorFormatError) as info:
+        load_movielens(tmp_path / "ratings.csv", tmp_path / "movies.csv", min_history=1)
+    assert info.value.path == str(path) and info.value.line_number == 1
+    assert f"{name!r} twice" in str(info.value)
 
 
 def test_format_error_shortens_long_lines(tmp_path):
@@ -430,7 +533,7 @@ def test_taobao_reader_parses_or_raises_format_error(tmp_path, lines, skip):
     path.write_text("\n".join(lines), encoding="utf-8", errors="surrogatepass")
     try:
         data, vocab = load_taobao(path, skip_bad_lines=skip)
-    except BehaviorFormatError as e:
+    except (BehaviorFormatError, EmptySplitError) as e:
         assert str(path) in str(e)
         return
     for row in rows(data):
@@ -468,7 +571,7 @@ def test_movielens_reader_parses_or_raises_format_error(tmp_path, header, lines,
     )
     try:
         data, vocab = load_movielens(ratings, movies, min_history=0, skip_bad_lines=skip)
-    except BehaviorFormatError as e:
+    except (BehaviorFormatError, EmptySplitError) as e:
         assert e.path in (str(ratings), str(movies)) and e.path in str(e)
         return
     for row in rows(data):
@@ -501,12 +604,71 @@ def test_behavior_log_reader_parses_or_raises_format_error(tmp_path, lines, skip
     path.write_text("\n".join(lines), encoding="utf-8", errors="surrogatepass")
     try:
         data, vocab = load_behavior_log(path, min_history=0, skip_bad_lines=skip)
-    except BehaviorFormatError as e:
+    except (BehaviorFormatError, EmptySplitError) as e:
         assert e.path == str(path) and str(path) in str(e)
         return
     for row in rows(data):
         assert 0 < row["target_item"] < vocab.item_vocab_size and row["label"] in (0, 1)
         assert all(0 < b < vocab.behavior_vocab_size for b in row["history_behaviors"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Empty results
+
+LOG_HEADER = "user,item,category,timestamp\n"
+
+
+@pytest.mark.parametrize(
+    ("loader", "content", "options", "expected"),
+    [
+        (  # every behaviour of a user in one second: none has an earlier one
+            "taobao", "1,11,90,pv,5\n1,12,90,cart,5\n2,13,91,buy,6\n", {},
+            "no behaviour has at least min_history=1 strictly earlier behaviours of its user (3 behaviours of 2 users",
+        ),
+        (  # only user 1 has a sample, so no last behaviour is later than the quantile
+            "taobao", "1,11,90,pv,5\n1,12,90,cart,6\n2,13,91,buy,6\n", {},
+            "the test split would be empty: no user's last behaviour is later than the split_quantile=0.7 quantile",
+        ),
+        (
+            "movielens", "userId,movieId,rating,timestamp\n1,1,4.0,100\n1,2,3.0,101\n2,3,5.0,100\n", {},
+            "no rating has at least min_history=5 strictly earlier ratings of its user (3 ratings of 2 users",
+        ),
+        (
+            "behavior_log", LOG_HEADER + "a,x,c,1\na,y,c,2\nb,x,c,1\nb,z,c,3\n", {},
+            "the test split would be empty: test_fraction=0.2 holds out 0 of 2 users with samples",
+        ),
+        (
+            "behavior_log", LOG_HEADER + "a,x,c,1\na,y,c,2\nb,x,c,1\nb,z,c,3\n", {"test_fraction": 1.0},
+            "the train split would be empty: test_fraction=1.0 holds out 2 of 2 users with samples",
+        ),
+        (
+            "behavior_log", LOG_HEADER + "a,x,c,1\na,y,c,2\n", {"min_history": 2},
+            "no event has at least min_history=2 strictly earlier events of its user (2 events of 1 user read)",
+        ),
+    ],
+    ids=["taobao-one-second", "taobao-one-user", "movielens", "log-none-held-out", "log-all-held-out", "log-one-user"],
+)  # fmt: skip
+def test_empty_split_says_why(tmp_path, loader, content, options, expected):
+    """A file that yields no train or no test sample fails while reading, saying why, not later inside torch."""
+    path = tmp_path / "input.csv"
+    path.write_text(content)
+    with pytest.raises(EmptySplitError) as info:
+        if loader == "movielens":
+            (tmp_path / "movies.csv").write_text(MOVIES)
+            load_movielens(path, tmp_path / "movies.csv", **options)
+        else:
+            {"taobao": load_taobao, "behavior_log": load_behavior_log}[loader](path, **options)
+    assert info.value.path == str(path) and str(info.value).startswith(f"{path}: {expected}")
+
+
+@pytest.mark.usefixtures("keep_transformers_verbosity")
+def test_run_ctr_fails_on_an_empty_split_before_building_the_model(tmp_path, monkeypatch):
+    log = tmp_path / "log.csv"
+    log.write_text(LOG_HEADER + "".join(f"user{i % 3},item{i},cat,1511544070\n" for i in range(9)))
+    monkeypatch.setattr(MeanPoolClickModel, "__init__", lambda self, config: pytest.fail("model built first"))
+    args = ["--data", "csv", "--behavior_csv", str(log), "--model", "mean_pool", "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(EmptySplitError, match=r"log\.csv: no event has at least min_history=1 strictly earlier"):
+        example_main("run_ctr")([*args, "--do_train", "--use_cpu", "--report_to", "none"])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -603,3 +765,87 @@ def test_vocab_save_load_round_trip(tmp_path):
     assert (loaded.item_vocab_size, loaded.category_vocab_size, loaded.behavior_vocab_size) == (4, 3, 5)
     assert loaded.item_categories == [0, 1, 2, 2]
     assert BehaviorVocab.load(vocab.save(tmp_path / "other.json")) == vocab
+
+
+def saved_vocab(tmp_path) -> Path:
+    vocab = BehaviorVocab()
+    for item, category in [("sofa", "furniture"), ("42", "home"), ("lamp", "home"), ("café", "food")]:
+        vocab.add(item, category)
+    return vocab.save(tmp_path)
+
+
+def assert_usable(vocab: BehaviorVocab) -> None:
+    """The ids a model sizes its embeddings by are contiguous and in range."""
+    assert sorted(vocab.items.values()) == list(range(1, vocab.item_vocab_size))
+    assert sorted(vocab.categories.values()) == list(range(1, vocab.category_vocab_size))
+    assert len(vocab.item_categories) == vocab.item_vocab_size and vocab.item_categories[0] == 0
+    assert all(0 < c < vocab.category_vocab_size for c in vocab.item_categories[1:])
+    assert vocab.behavior_vocab_size > 1
+
+
+def test_vocab_file_cut_or_changed_anywhere_fails_naming_it_or_loads_usable(tmp_path):
+    """Cut short at any byte, the file fails with a ValueError naming it; with any one byte changed, it fails so
+    or loads a vocabulary a model can use: never a bare JSONDecodeError or TypeError, never ids out of range."""
+    path = saved_vocab(tmp_path)
+    data = path.read_bytes()
+    for cut in range(len(data)):
+        path.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match="not JSON") as info:
+            BehaviorVocab.load(path)
+        assert str(info.value).startswith(f"{path}: cannot load the behaviour vocabulary")
+    for position in range(len(data)):
+        for byte in b'0-9x"}]\xff':
+            path.write_bytes(data[:position] + bytes([byte]) + data[position + 1 :])
+            try:
+                assert_usable(BehaviorVocab.load(path))
+            except ValueError as e:
+                assert str(e).startswith(f"{path}: cannot load the behaviour vocabulary: ")
+
+
+def replaced(**changes):
+    return lambda state: {**state, **changes}
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda state: [state], "expected a JSON object with keys items, categories, item_categories, behaviors"),
+        (lambda state: {k: v for k, v in state.items() if k != "behaviors"}, "found keys ['items', 'categories',"),
+        (replaced(bad_lines=3), "expected a JSON object with keys"),
+        (replaced(items=["sofa", "42", "lamp", "café"]), "items must map names to integer ids"),
+        (replaced(items={"sofa": "1", "42": 2, "lamp": 3, "café": 4}), "items must map names to integer ids"),
+        (replaced(categories={"furniture": True, "home": 2, "food": 3}), "categories must map names to integer"),
+        (replaced(behaviors={"pv": 1.0}), "behaviors must map names to integer ids"),
+        (replaced(items={"sofa": 1, "42": 2, "lamp": 3, "café": 7}), "items must number its 4 names 1, 2, ..."),
+        (replaced(items={"sofa": 1, "42": 2, "lamp": 2, "café": 4}), "items must number its 4 names"),
+        (replaced(categories={"furniture": 0, "home": 1, "food": 2}), "categories must number its 3 names"),
+        (replaced(item_categories=[0, 1, 2, 2]), "item_categories must be 0 (padding), then a category id"),
+        (replaced(item_categories=[1, 1, 2, 2, 3]), "from 1 to 3 for each of the 4 items"),
+        (replaced(item_categories=[0, 1, 2, 4, 3]), "item_categories"),
+        (replaced(item_categories=[0, 1, 2, None, 3]), "item_categories"),
+        (replaced(behaviors={}), "behaviors must map at least one behaviour type to a positive id"),
+        (replaced(behaviors={"pv": 0}), "behaviors must map at least one behaviour type to a positive id"),
+    ],
+    ids=[
+        "list", "key-missing", "key-unknown", "items-list", "id-string", "id-bool", "id-float", "id-gap", "id-repeat",
+        "id-zero", "item-categories-short", "padding-not-0", "category-unknown", "category-null", "no-behaviours",
+        "behaviour-0",
+    ],
+)  # fmt: skip
+def test_inconsistent_vocab_file_says_what_is_wrong(tmp_path, damage, expected):
+    """Wrong keys or types, ids with gaps or repeats, item categories that do not fit: each is named, none loads
+    (it would size the embeddings wrongly or index past them later)."""
+    path = saved_vocab(tmp_path)
+    path.write_text(json.dumps(damage(json.loads(path.read_text()))))
+    with pytest.raises(ValueError) as info:
+        BehaviorVocab.load(tmp_path)
+    assert str(info.value).startswith(f"{path}: cannot load the behaviour vocabulary: ")
+    assert expected in str(info.value)
+
+
+def test_vocab_file_that_is_not_utf8_is_named(tmp_path):
+    path = saved_vocab(tmp_path)
+    path.write_bytes(b"\xff\xfe" + path.read_bytes())
+    with pytest.raises(ValueError, match="cannot load the behaviour vocabulary: not UTF-8 text") as info:
+        BehaviorVocab.load(path)
+    assert str(path) in str(info.value)

@@ -5,19 +5,24 @@ is `<id> <text>`, a question is `<id> <question>\t<answer>\t<supporting ids>`, w
 the ids of earlier story sentences (ids count question lines too).
 """
 
+import bz2
 import gzip
+import io
 import logging
 import lzma
 import re
 import tarfile
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Literal, overload
+from typing import BinaryIO, Literal, overload
 
 import pyarrow as pa
 from datasets import Dataset, Features, List, Value
+
+from .file_utils import MAX_LINE_BYTES, capped_lines
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +40,25 @@ QA_FEATURES = Features(
     }
 )
 
-# What a damaged archive raises while it is decompressed and read (BadGzipFile is an OSError, caught by name
-# so that a missing task file, also an OSError, is not taken for a damaged archive).
-_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError)
+# Default cap on an archive member read into memory, far above the real data (files of at most 2.5 MB), so that a
+# damaged or foreign archive fails fast instead of filling memory; lines are capped by `MAX_LINE_BYTES`.
+MAX_MEMBER_BYTES = 256 << 20
+
+# Compressed archives by their first bytes. Read to the end, these readers check each stream's trailer (gzip's CRC32
+# and length, bzip2's CRCs, xz's check); tarfile alone stops at the tar end-of-archive marker, before the trailer.
+_DECOMPRESSORS = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.open}
+
+# What a damaged archive raises while it is decompressed and read. OSError covers gzip.BadGzipFile and bzip2's
+# bare "Invalid data stream"; the archive is opened outside the `try` that catches them, so an unreadable path
+# is not taken for a damaged archive.
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
+
+# Bytes per read of a tar stream; also what tarfile holds at a time while it skips the members not asked for.
+_READ_SIZE = 1 << 16
+
+_BOM = b"\xef\xbb\xbf"
+# Control characters (Unicode category Cc) other than the tab that separates a question's fields.
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 # Room for a million stories per task keeps story ids unique across the tasks of one dataset.
 STORY_ID_STRIDE = 1_000_000
@@ -81,9 +102,12 @@ def _parse_line(
     for a question.
     """
     try:
-        line = raw.decode("utf-8").rstrip()
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BabiFormatError(source, number, raw.decode("utf-8", errors="replace"), "UTF-8 text") from None
+    if _CONTROL_RE.search(text.removesuffix("\r")):  # the CR of a CR-LF line ending is fine
+        raise BabiFormatError(source, number, text, "text without control characters")
+    line = text.rstrip()
     match = _LINE_RE.fullmatch(line)
     if match is None:
         raise BabiFormatError(source, number, line, "'<positive integer id> <text>'")
@@ -114,18 +138,24 @@ def _parse_line(
     return line_id, "", (question, answer, supporting_ids)
 
 
-def _read_task_file(source: str, data: bytes, task_id: int, skip_bad_lines: bool, columns: dict[str, list]) -> int:
+def _read_task_file(
+    source: str, f: BinaryIO, task_id: int, skip_bad_lines: bool, max_line_bytes: int, columns: dict[str, list]
+) -> int:
     """Append one row per question of a task file to `columns`; returns the number of skipped lines.
 
     With `skip_bad_lines`, a malformed line and the rest of its story (up to the next line with id 1) are
     skipped: the ids of the following lines can no longer be trusted to point at the right sentences.
+    A line longer than `max_line_bytes` is never skipped: it is a cap to raise, not a format error.
     """
     story: _Story | None = None
     story_count = 0
     skipped = malformed = 0
     skipping = False
     any_line = False
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    for number, raw in capped_lines(f, max_line_bytes, partial(BabiFormatError, source)):
+        raw = raw.removesuffix(b"\n")
+        if number == 1:
+            raw = raw.removeprefix(_BOM)  # editors on Windows start UTF-8 files with one
         if not raw.strip():
             continue
         any_line = True
@@ -189,23 +219,76 @@ def _task_pattern(task_id: int, split: str) -> re.Pattern[str]:
     return re.compile(rf"qa{task_id}_[^/]*_{re.escape(split)}\.txt")
 
 
-def _read_from_folder(folder: Path, task_id: int, split: str, subset: str) -> tuple[str, bytes]:
+def _find_in_folder(folder: Path, task_id: int, split: str, subset: str) -> Path:
     directory = folder / subset if (folder / subset).is_dir() else folder
     pattern = _task_pattern(task_id, split)
     matches = sorted(p for p in directory.iterdir() if pattern.fullmatch(p.name))
     if not matches:
         raise FileNotFoundError(f"No bAbI file qa{task_id}_*_{split}.txt in {directory}")
-    return str(matches[0]), matches[0].read_bytes()
+    return matches[0]
+
+
+def _decompressed(raw: BinaryIO) -> BinaryIO:
+    """The tar stream in `raw`: decompressed by the format its first bytes announce, else `raw` itself."""
+    magic = raw.read(6)
+    raw.seek(0)
+    for prefix, open_stream in _DECOMPRESSORS.items():
+        if magic.startswith(prefix):
+            return open_stream(raw)
+    return raw
+
+
+def _read_to_end(archive: tarfile.TarFile) -> None:
+    """Read a tar stream ("r|" mode) to its end after its last member, so that the decompressor checks its trailer.
+
+    Only zero blocks may follow the last member: a partial block means a truncated archive, and data means a
+    member header so damaged that tarfile took it for the end of the archive.
+    """
+    stream = archive.fileobj  # just after the block that ended tarfile's iteration
+    if stream.tell() != archive.offset + tarfile.BLOCKSIZE:
+        raise tarfile.ReadError("no end-of-archive marker (truncated?)")
+    while chunk := stream.read(_READ_SIZE):
+        if chunk.strip(b"\0"):
+            raise tarfile.ReadError("data after the end-of-archive marker (a damaged member header?)")
 
 
 def _read_from_archive(
-    archive: tarfile.TarFile, path: Path, task_id: int, split: str, subset: str
-) -> tuple[str, bytes]:
-    pattern = re.compile(rf"(?:.*/)?{re.escape(subset)}/{_task_pattern(task_id, split).pattern}")
-    for member in archive.getmembers():
-        if member.isfile() and pattern.fullmatch(member.name):
-            return f"{path}:{member.name}", archive.extractfile(member).read()
-    raise FileNotFoundError(f"No member {subset}/qa{task_id}_*_{split}.txt in {path}")
+    path: Path, task_ids: list[int], split: str, subset: str, max_member_bytes: int
+) -> list[tuple[str, bytes]]:
+    """`(source, data)` of each task's file in a tar archive, read in one pass that also verifies the whole archive.
+
+    Nothing comes out of a damaged archive, even where the damage lies outside the files asked for, so a corrupt
+    download passes neither as data nor as a missing task. The files wait in memory until the archive is verified;
+    `max_member_bytes` bounds that, checked on a member's header before its data is read.
+    """
+    patterns = {
+        task_id: re.compile(rf"(?:.*/)?{re.escape(subset)}/{_task_pattern(task_id, split).pattern}")
+        for task_id in task_ids
+    }
+    members: dict[int, tarfile.TarInfo] = {}
+    data: dict[int, bytes] = {}
+    with open(path, "rb") as raw:
+        try:
+            with _decompressed(raw) as stream, tarfile.open(fileobj=stream, mode="r|", bufsize=_READ_SIZE) as archive:
+                for member in archive:
+                    for task_id, pattern in patterns.items():
+                        if task_id not in members and member.isfile() and pattern.fullmatch(member.name):
+                            members[task_id] = member
+                            if member.size <= max_member_bytes:
+                                data[task_id] = archive.extractfile(member).read()
+                _read_to_end(archive)
+        except _ARCHIVE_ERRORS as error:
+            # The decompressors' errors (EOFError, "CRC check failed", ...) name neither the file nor the cause.
+            raise tarfile.ReadError(f"{path}: not a readable tar archive (truncated or corrupt?): {error}") from error
+    for task_id in task_ids:
+        if task_id not in members:
+            raise FileNotFoundError(f"No member {subset}/qa{task_id}_*_{split}.txt in {path}")
+        if task_id not in data:
+            raise ValueError(
+                f"{path}:{members[task_id].name} is {members[task_id].size} bytes, over the {max_member_bytes}-byte "
+                "cap (raise max_member_bytes / --max_member_bytes if the file is genuine)"
+            )
+    return [(f"{path}:{members[task_id].name}", data[task_id]) for task_id in task_ids]
 
 
 @overload
@@ -216,6 +299,9 @@ def load_babi(
     subset: str = ...,
     skip_bad_lines: bool = ...,
     return_skipped_line_count: Literal[False] = ...,
+    *,
+    max_line_bytes: int = ...,
+    max_member_bytes: int = ...,
 ) -> Dataset: ...
 @overload
 def load_babi(
@@ -226,6 +312,8 @@ def load_babi(
     skip_bad_lines: bool = ...,
     *,
     return_skipped_line_count: Literal[True],
+    max_line_bytes: int = ...,
+    max_member_bytes: int = ...,
 ) -> tuple[Dataset, int]: ...
 def load_babi(
     path: str | Path,
@@ -234,46 +322,54 @@ def load_babi(
     subset: str = "en-10k",
     skip_bad_lines: bool = False,
     return_skipped_line_count: bool = False,
+    *,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
 ) -> Dataset | tuple[Dataset, int]:
     """Load bAbI QA tasks as a `datasets.Dataset` with one row per question (columns: `QA_FEATURES`).
 
     Args:
         path: a folder holding `en/`, `en-10k/`, ... subfolders or directly the `qaN_*_{split}.txt` files,
-            or the released `tasks_1-20_v1-2.tar.gz` archive (read in place, nothing is extracted).
+            or the released `tasks_1-20_v1-2.tar.gz` archive (read in place, nothing is extracted; also .tar,
+            .tar.bz2 and .tar.xz). The whole archive is read and its checksums verified on every call.
         tasks: task numbers in 1..20.
         split: "train" or "test" (any `qaN_*_{split}.txt` suffix works).
         subset: the subfolder to read, e.g. "en" (1k) or "en-10k"; ignored for a folder that holds the files.
         skip_bad_lines: skip malformed lines, and the rest of their story, instead of raising `BabiFormatError`;
             the number of skipped lines is logged as a warning.
         return_skipped_line_count: also return that number, as `(dataset, skipped_line_count)`.
+        max_line_bytes: longest line accepted, in bytes.
+        max_member_bytes: largest task file accepted in an archive, in bytes (it is held in memory).
 
     Raises:
-        FileNotFoundError: a task file is missing.
-        tarfile.ReadError: `path` is a file but not a readable tar archive (for example a truncated download).
-        BabiFormatError: a malformed line (unless `skip_bad_lines`), or an empty file.
+        FileNotFoundError: a task file is missing (from an intact archive).
+        tarfile.ReadError: `path` is a file but not a readable tar archive: truncated, corrupt (a checksum
+            fails) or not an archive.
+        BabiFormatError: a malformed line (unless `skip_bad_lines`), a line over `max_line_bytes`, or an empty file.
+        ValueError: an archive member over `max_member_bytes`.
     """
     task_ids = list(dict.fromkeys(tasks))  # a repeated task would repeat its story ids
     for task_id in task_ids:
         if isinstance(task_id, bool) or not isinstance(task_id, int) or not 1 <= task_id <= 20:
             raise ValueError(f"bAbI tasks are integers 1..20, got {task_id!r}")
+    if max_line_bytes < 1 or max_member_bytes < 1:
+        raise ValueError(f"size caps must be positive, got {max_line_bytes=} and {max_member_bytes=}")
     path = Path(path)
+    files: list[tuple[str, Callable[[], BinaryIO]]]
     if path.is_dir():
-        files = [_read_from_folder(path, task_id, split, subset) for task_id in task_ids]
+        found = [_find_in_folder(path, task_id, split, subset) for task_id in task_ids]
+        files = [(str(file), partial(open, file, "rb")) for file in found]
     elif path.is_file():
-        try:
-            with tarfile.open(path, "r:*") as archive:
-                files = [_read_from_archive(archive, path, task_id, split, subset) for task_id in task_ids]
-        except _ARCHIVE_ERRORS as error:
-            # A cut download fails inside the decompressor (EOFError, ...), which names neither the file nor the cause.
-            raise tarfile.ReadError(f"{path}: not a readable tar archive (truncated or corrupt?): {error}") from error
+        members = _read_from_archive(path, task_ids, split, subset, max_member_bytes)
+        files = [(source, partial(io.BytesIO, data)) for source, data in members]
     else:
         raise FileNotFoundError(f"No bAbI folder or archive at {path}")
 
     columns: dict[str, list] = {name: [] for name in QA_FEATURES}
-    skipped = sum(
-        _read_task_file(source, data, task_id, skip_bad_lines, columns)
-        for task_id, (source, data) in zip(task_ids, files, strict=True)
-    )
+    skipped = 0
+    for task_id, (source, open_file) in zip(task_ids, files, strict=True):
+        with open_file() as f:
+            skipped += _read_task_file(source, f, task_id, skip_bad_lines, max_line_bytes, columns)
     dataset = dataset_from_columns(columns, QA_FEATURES)
     return (dataset, skipped) if return_skipped_line_count else dataset
 

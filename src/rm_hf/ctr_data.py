@@ -8,9 +8,10 @@ return a `DatasetDict` (`train`, `test`) of rows
     target_item: int, target_category: int, label: int (0/1)
 
 and the `BehaviorVocab` that maps raw ids to the contiguous ids in those rows (0 is padding). The readers
-share one vectorised core (`_event_samples`): "earlier" means strictly earlier in time, so events logged in
-the same second never enter each other's history. The parsed log is held in memory as compact columns;
-histories are stored flat in Arrow, never as Python lists.
+share one vectorised core (`_event_samples`): "earlier" means strictly earlier in time, so events logged at
+the same time never enter each other's history (timestamps are parsed exactly, never through floats). A file
+that yields no train or no test sample raises `EmptySplitError`, saying why. The parsed log is held in memory
+as compact columns; histories are stored flat in Arrow, never as Python lists.
 """
 
 import csv
@@ -18,9 +19,12 @@ import json
 import logging
 import math
 import os
+import re
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,7 @@ import pyarrow as pa
 import torch
 from datasets import Dataset, DatasetDict, Features, List, Value
 
-from .file_utils import atomic_path
+from .file_utils import MAX_LINE_BYTES, atomic_path, capped_lines
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +66,15 @@ class BehaviorFormatError(ValueError):
         self.line = line
         self.expected = expected
         super().__init__(f"{self.path}, line {line_number}: expected {expected}; got {_shorten(line)!r}")
+
+
+class EmptySplitError(ValueError):
+    """A readable behaviour file that yields no `train` or no `test` sample; the message names the file and
+    says why (too few earlier events for `min_history`, or a split setting that holds out none or all)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        super().__init__(f"{self.path}: {reason}")
 
 
 def _shorten(line: str, width: int = 80) -> str:
@@ -110,20 +123,67 @@ class BehaviorVocab:
         Written to a temporary file that replaces the target, so a crash never leaves a half-written file.
         """
         path = _vocab_file(path)
-        state = {name: value for name, value in asdict(self).items() if name != "bad_lines"}
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(state), encoding="utf-8")
+            tmp.write_text(json.dumps(self._state()), encoding="utf-8")
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BehaviorVocab":
-        """Read a vocabulary written by `save` (a file, or a directory holding `behavior_vocab.json`)."""
-        return cls(**json.loads(_vocab_file(path).read_text(encoding="utf-8")))
+        """Read a vocabulary written by `save` (a file, or a directory holding `behavior_vocab.json`).
+
+        A damaged file raises a ValueError naming it and what is wrong: its ids size the model's embeddings,
+        so a vocabulary that loads is one the model can use.
+        """
+        path = _vocab_file(path)
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            problem = "not UTF-8 text"
+        except json.JSONDecodeError as e:
+            problem = f"not JSON ({e})"
+        else:
+            problem = _vocab_problem(state, list(cls()._state()))
+        if problem:
+            raise ValueError(f"{path}: cannot load the behaviour vocabulary: {problem}")
+        return cls(**state)
+
+    def _state(self) -> dict[str, Any]:
+        """What `save` writes: everything but `bad_lines`, which describes one load."""
+        return {name: value for name, value in asdict(self).items() if name != "bad_lines"}
 
 
 def _vocab_file(path: str | os.PathLike) -> Path:
     path = Path(path)
     return path / VOCAB_FILE_NAME if path.is_dir() else path
+
+
+def _vocab_problem(state: Any, keys: list[str]) -> str | None:
+    """What is wrong with `state` as a vocabulary written by `BehaviorVocab.save` with `keys`, or None."""
+    if not isinstance(state, dict) or set(state) != set(keys):
+        found = f"keys {list(state)}" if isinstance(state, dict) else _shorten(json.dumps(state), 40)
+        return f"expected a JSON object with keys {', '.join(keys)}, found {found}"
+    for name in ("items", "categories", "behaviors"):
+        # `type(i) is int`: JSON true/false load as bools, which isinstance counts as ints
+        if not (isinstance(state[name], dict) and all(type(i) is int for i in state[name].values())):
+            return f"{name} must map names to integer ids"
+    for name in ("items", "categories"):
+        if sorted(state[name].values()) != list(range(1, len(state[name]) + 1)):
+            return f"{name} must number its {len(state[name])} names 1, 2, ... without gaps or repeats"
+    item_categories, num_categories = state["item_categories"], len(state["categories"])
+    if not (
+        isinstance(item_categories, list)
+        and len(item_categories) == len(state["items"]) + 1
+        and all(type(c) is int for c in item_categories)
+        and item_categories[0] == 0
+        and all(1 <= c <= num_categories for c in item_categories[1:])
+    ):
+        return (
+            f"item_categories must be 0 (padding), then a category id from 1 to {num_categories} for each of "
+            f"the {len(state['items'])} items"
+        )
+    if not state["behaviors"] or min(state["behaviors"].values()) < 1:
+        return "behaviors must map at least one behaviour type to a positive id"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -135,6 +195,7 @@ def _read_csv(
     vocab: BehaviorVocab,
     skip_bad_lines: bool,
     *,
+    max_line_bytes: int = MAX_LINE_BYTES,
     parse_row: Callable[[list[str]], Any] | None = None,
     parse_header: Callable[[list[str]], Callable[[list[str]], Any]] | None = None,
 ) -> Iterator[Any]:
@@ -142,12 +203,13 @@ def _read_csv(
 
     With `parse_header`, the first line is the header and `parse_header(fields)` returns the row parser;
     a bad header is never skipped. A row parser raises ValueError (its message says what was expected)
-    and must not change any state before it returns, so a skipped line leaves no trace.
+    and must not change any state before it returns, so a skipped line leaves no trace. A line longer than
+    `max_line_bytes` raises even with `skip_bad_lines`: it is a cap to raise, not a malformed record.
     """
     yielded = False
     line_number = 0
     with open(path, "rb") as f:
-        for line_number, raw in enumerate(f, start=1):
+        for line_number, raw in capped_lines(f, max_line_bytes, partial(BehaviorFormatError, path)):
             # Shown in errors; a byte-order mark (spreadsheet exports) is not part of the data.
             line = raw.decode("utf-8", errors="replace").removeprefix("\ufeff").rstrip("\r\n")
             if not line.strip():
@@ -191,8 +253,14 @@ def _check_column_count(fields: list[str], names: tuple[str, ...]) -> None:
 
 
 def _column_indices(header: list[str], required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, int]:
-    """Positions of the named columns in a header line; ValueError when a required one is missing."""
-    positions = {name.strip(): i for i, name in enumerate(header)}
+    """Positions of the named columns in a header line; ValueError when a required one is missing or a name
+    occurs twice (either copy could be the one meant, so neither is picked)."""
+    positions = {}
+    for i, name in enumerate(header):
+        name = name.strip()
+        if name in positions:
+            raise ValueError(f"a header naming each column once, found {_shorten(name, 30)!r} twice")
+        positions[name] = i
     missing = [name for name in required if name not in positions]
     if missing:
         raise ValueError(f"a header with columns {','.join(required)} (missing {','.join(missing)})")
@@ -225,6 +293,27 @@ def _number(text: str, column: str) -> float:
     return value
 
 
+# At most 19 digits before the point and 9 after: the whole part fits int64, the fraction counts nanoseconds.
+_TIMESTAMP = re.compile(r"[+-]?[0-9]{1,19}(\.[0-9]{0,9})?")
+
+
+def _timestamp(text: str, decimals: bool = False) -> tuple[int, int]:
+    """A timestamp parsed exactly, as (whole units, nanoseconds); a decimal point only with `decimals`.
+
+    Not a float: float64 keeps about 16 digits, so timestamps in nanoseconds (19 digits) would merge and
+    no event would have an earlier one.
+    """
+    text = text.strip()
+    match = _TIMESTAMP.fullmatch(text)
+    if match and (decimals or not match[1]):
+        value = Fraction(text) if match[1] else int(text)
+        whole = math.floor(value)  # so the fraction of a negative timestamp counts forward too: -1.25 = -2 + 0.75
+        if -(2**63) <= whole < 2**63:
+            return whole, int((value - whole) * 10**9)
+    allowed = "an integer or a decimal with at most 9 decimals" if decimals else "an integer"
+    raise ValueError(f"a numeric timestamp ({allowed}, within 64 bits), found {_shorten(text, 30)!r}")
+
+
 def _behavior(text: str) -> int:
     behavior = BEHAVIOR_TYPES.get(text.strip().lower())
     if behavior is None:
@@ -238,16 +327,21 @@ class _EventLog:
     def __init__(self) -> None:
         self.user_ids: dict[str, int] = {}
         self.user = array("q")
-        self.time = array("d")
-        self.tiebreak = array("q")  # orders events logged in the same second
+        self.time = array("q")  # whole time units, exact (see _timestamp)
+        self.nanos = array("i")  # the fraction of a decimal timestamp, in nanoseconds
+        self.tiebreak = array("q")  # orders events logged at the same time
         self.item = array("q")
         self.category = array("q")
         self.behavior = array("q")
         self.label = array("q")
 
-    def append(self, user: str, time: float, tiebreak: int, item: int, category: int, behavior: int, label: int):
+    def append(
+        self, user: str, time: tuple[int, int], tiebreak: int, item: int, category: int, behavior: int, label: int
+    ):
+        """Add one event; `time` is (whole units, nanoseconds) as `_timestamp` returns it."""
         self.user.append(self.user_ids.setdefault(user, len(self.user_ids)))
-        self.time.append(time)
+        self.time.append(time[0])
+        self.nanos.append(time[1])
         self.tiebreak.append(tiebreak)
         self.item.append(item)
         self.category.append(category)
@@ -270,7 +364,7 @@ class _Samples:
     history_behaviors: np.ndarray
     target_item: np.ndarray
     target_category: np.ndarray
-    target_time: np.ndarray
+    target_time: np.ndarray  # whole time units (the Taobao split reads it; its timestamps are integers)
     label: np.ndarray
 
     def to_dataset_dict(self, user_names: list[str], is_test: np.ndarray) -> DatasetDict:
@@ -310,9 +404,9 @@ def _event_samples(
     earlier events, oldest first, truncated to the most recent `max_history`."""
     if min_history < 0 or max_history < 1:
         raise ValueError(f"need min_history >= 0 and max_history >= 1, got {min_history} and {max_history}")
-    user, time = np.asarray(log.user), np.asarray(log.time)
-    order = np.lexsort((np.asarray(log.tiebreak), time, user))
-    user, time = user[order], time[order]
+    user, time, nanos = np.asarray(log.user), np.asarray(log.time), np.asarray(log.nanos)
+    order = np.lexsort((np.asarray(log.tiebreak), nanos, time, user))
+    user, time, nanos = user[order], time[order], nanos[order]
     item, category = np.asarray(log.item)[order], np.asarray(log.category)[order]
     behavior, label = np.asarray(log.behavior)[order], np.asarray(log.label)[order]
 
@@ -322,7 +416,7 @@ def _event_samples(
     new_user = np.ones(len(user), dtype=bool)
     new_user[1:] = user[1:] != user[:-1]
     new_time = new_user.copy()
-    new_time[1:] |= time[1:] != time[:-1]
+    new_time[1:] |= (time[1:] != time[:-1]) | (nanos[1:] != nanos[:-1])
     user_start = np.maximum.accumulate(np.where(new_user, index, 0))
     history_end = np.maximum.accumulate(np.where(new_time, index, 0))
 
@@ -376,11 +470,33 @@ def _test_users(num_users: int, test_fraction: float, rng: np.random.Generator) 
 
 
 def _split_by_user(
-    samples: _Samples, user_names: list[str], test_fraction: float, rng: np.random.Generator
+    samples: _Samples, user_names: list[str], test_fraction: float, rng: np.random.Generator, path: Path
 ) -> DatasetDict:
     # Only users with samples are split, so the test share of sample-bearing users is `test_fraction`.
     users, sample_user = np.unique(samples.user, return_inverse=True)
-    return samples.to_dataset_dict(user_names, _test_users(len(users), test_fraction, rng)[sample_user])
+    is_test = _test_users(len(users), test_fraction, rng)
+    if is_test.all() or not is_test.any():
+        raise EmptySplitError(
+            path,
+            f"the {'train' if is_test.all() else 'test'} split would be empty: test_fraction={test_fraction} "
+            f"holds out {is_test.sum()} of {_plural(len(users), 'user')} with samples",
+        )
+    return samples.to_dataset_dict(user_names, is_test[sample_user])
+
+
+def _require_samples(samples: _Samples, log: _EventLog, path: Path, min_history: int, event: str) -> None:
+    """Fail before splitting when no event became a sample, saying how much was read and what min_history asked."""
+    if not len(samples.user):
+        raise EmptySplitError(
+            path,
+            f"no {event} has at least min_history={min_history} strictly earlier {event}s of its user "
+            f"({_plural(len(log.user), event)} of {_plural(len(log.user_ids), 'user')} read), so both splits "
+            "would be empty",
+        )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _log_bad_lines(vocab: BehaviorVocab, path: Path) -> None:
@@ -400,6 +516,7 @@ def load_movielens(
     test_fraction: float = 0.2,
     seed: int = 0,
     skip_bad_lines: bool = False,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> tuple[DatasetDict, BehaviorVocab]:
     """MovieLens ratings as click samples: label = rating >= 4, category = a movie's first genre.
 
@@ -421,20 +538,22 @@ def load_movielens(
 
         return parse
 
-    for movie, genre in _read_csv(movies_csv, vocab, skip_bad_lines, parse_header=movies_header):
+    for movie, genre in _read_csv(
+        movies_csv, vocab, skip_bad_lines, max_line_bytes=max_line_bytes, parse_header=movies_header
+    ):
         vocab.add(movie, genre)
 
-    def ratings_header(header: list[str]) -> Callable[[list[str]], tuple[str, float, str, float]]:
+    def ratings_header(header: list[str]) -> Callable[[list[str]], tuple[str, tuple[int, int], str, float]]:
         columns = _column_indices(header, MOVIELENS_RATINGS_COLUMNS)
 
-        def parse(fields: list[str]) -> tuple[str, float, str, float]:
+        def parse(fields: list[str]) -> tuple[str, tuple[int, int], str, float]:
             _check_column_count(fields, tuple(header))
             movie = _integer_id(fields[columns["movieId"]], "movieId")
             if movie not in vocab.items:
                 raise ValueError(f"a movieId listed in {movies_csv.name}, found {_shorten(movie, 30)}")
             return (
                 _integer_id(fields[columns["userId"]], "userId"),
-                _number(fields[columns["timestamp"]], "timestamp"),
+                _timestamp(fields[columns["timestamp"]]),  # ratings.csv holds whole Unix seconds
                 movie,
                 _number(fields[columns["rating"]], "rating"),
             )
@@ -442,13 +561,17 @@ def load_movielens(
         return parse
 
     log = _EventLog()
-    for user, time, movie, rating in _read_csv(ratings_csv, vocab, skip_bad_lines, parse_header=ratings_header):
+    for user, time, movie, rating in _read_csv(
+        ratings_csv, vocab, skip_bad_lines, max_line_bytes=max_line_bytes, parse_header=ratings_header
+    ):
         item = vocab.items[movie]
         log.append(user, time, int(movie), item, vocab.item_categories[item], 1, int(rating >= 4))
     _log_bad_lines(vocab, ratings_csv)
 
     samples = _event_samples(log, min_history=min_history, max_history=max_history)
-    return _split_by_user(samples, list(log.user_ids), test_fraction, np.random.default_rng(seed)), vocab
+    _require_samples(samples, log, ratings_csv, min_history, "rating")
+    rng = np.random.default_rng(seed)
+    return _split_by_user(samples, list(log.user_ids), test_fraction, rng, ratings_csv), vocab
 
 
 def load_taobao(
@@ -459,6 +582,7 @@ def load_taobao(
     split_quantile: float = 0.7,
     seed: int = 0,
     skip_bad_lines: bool = False,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> tuple[DatasetDict, BehaviorVocab]:
     """Taobao `UserBehavior.csv` (no header) as click samples, built the way MIMN does.
 
@@ -474,7 +598,7 @@ def load_taobao(
     path = Path(path)
     vocab = BehaviorVocab()
 
-    def parse(fields: list[str]) -> tuple[str, str, str, int, float]:
+    def parse(fields: list[str]) -> tuple[str, str, str, int, tuple[int, int]]:
         _check_column_count(fields, TAOBAO_COLUMNS)
         user, item, category, behavior, timestamp = fields
         return (
@@ -482,22 +606,29 @@ def load_taobao(
             _integer_id(item, "item_id"),
             _integer_id(category, "category_id"),
             _behavior(behavior),
-            _number(timestamp, "timestamp"),
+            _timestamp(timestamp),  # Unix seconds
         )
 
     log = _EventLog()
     for line_order, (user, item, category, behavior, time) in enumerate(
-        _read_csv(path, vocab, skip_bad_lines, parse_row=parse)
+        _read_csv(path, vocab, skip_bad_lines, max_line_bytes=max_line_bytes, parse_row=parse)
     ):
         log.append(user, time, line_order, *vocab.add(item, category), behavior, 1)
     _log_bad_lines(vocab, path)
 
     rng = np.random.default_rng(seed)
     samples = _event_samples(log, min_history=min_history, max_history=max_history, last_only=True)
+    _require_samples(samples, log, path, min_history, "behaviour")
     _replace_with_negatives(samples, rng.random(len(samples.user)) < negative_ratio, vocab, rng)
-    is_test = np.zeros(len(samples.user), dtype=bool)
-    if len(samples.user):
-        is_test = samples.target_time > np.quantile(samples.target_time, split_quantile)
+    # "lower" takes the time at or below the quantile, exactly (interpolating goes through float64); `>` splits
+    # as it would at the interpolated quantile, since no time lies strictly between the two neighbours.
+    is_test = samples.target_time > np.quantile(samples.target_time, split_quantile, method="lower")
+    if not is_test.any():  # train always holds the user at the quantile itself
+        raise EmptySplitError(
+            path,
+            f"the test split would be empty: no user's last behaviour is later than the split_quantile="
+            f"{split_quantile} quantile of the last-behaviour times of {_plural(len(is_test), 'user')} with samples",
+        )
     return samples.to_dataset_dict(list(log.user_ids), is_test), vocab
 
 
@@ -508,9 +639,11 @@ def load_behavior_log(
     test_fraction: float = 0.2,
     seed: int = 0,
     skip_bad_lines: bool = False,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> tuple[DatasetDict, BehaviorVocab]:
     """A behaviour CSV with a header naming `user,item,category,timestamp` and optionally `label` (0/1)
-    and `behavior` (pv/cart/fav/buy, default pv); ids are arbitrary strings, timestamps numbers.
+    and `behavior` (pv/cart/fav/buy, default pv); ids are arbitrary strings, timestamps integers or decimals
+    with at most 9 decimals (such as `1511544070.25`).
 
     One sample per event with at least `min_history` earlier events of its user; the history holds every
     earlier event, whatever its label. Without a `label` column
@@ -521,19 +654,19 @@ def load_behavior_log(
     vocab = BehaviorVocab()
     has_label = False
 
-    def header(fields: list[str]) -> Callable[[list[str]], tuple[str, float, str, str, int, int]]:
+    def header(fields: list[str]) -> Callable[[list[str]], tuple[str, tuple[int, int], str, str, int, int]]:
         nonlocal has_label
         columns = _column_indices(fields, BEHAVIOR_LOG_COLUMNS, optional=("label", "behavior"))
         has_label = "label" in columns
 
-        def parse(row: list[str]) -> tuple[str, float, str, str, int, int]:
+        def parse(row: list[str]) -> tuple[str, tuple[int, int], str, str, int, int]:
             _check_column_count(row, tuple(fields))
             label = row[columns["label"]].strip() if has_label else "1"
             if label not in ("0", "1"):
                 raise ValueError(f"a label of 0 or 1, found {_shorten(label, 30)!r}")
             return (
                 _string_id(row[columns["user"]], "user"),
-                _number(row[columns["timestamp"]], "timestamp"),
+                _timestamp(row[columns["timestamp"]], decimals=True),
                 _string_id(row[columns["item"]], "item"),
                 _string_id(row[columns["category"]], "category"),
                 _behavior(row[columns["behavior"]]) if "behavior" in columns else BEHAVIOR_TYPES["pv"],
@@ -544,7 +677,7 @@ def load_behavior_log(
 
     log = _EventLog()
     for line_order, (user, time, item, category, behavior, label) in enumerate(
-        _read_csv(path, vocab, skip_bad_lines, parse_header=header)
+        _read_csv(path, vocab, skip_bad_lines, max_line_bytes=max_line_bytes, parse_header=header)
     ):
         log.append(user, time, line_order, *vocab.add(item, category), behavior, label)
     _log_bad_lines(vocab, path)
@@ -552,9 +685,10 @@ def load_behavior_log(
     rng = np.random.default_rng(seed)
     copies = 1 if has_label else 2
     samples = _event_samples(log, min_history=min_history, max_history=max_history, copies=copies)
+    _require_samples(samples, log, path, min_history, "event")
     if not has_label:  # copies of one event are adjacent: every second sample becomes its negative twin
         _replace_with_negatives(samples, np.arange(len(samples.user)) % 2 == 1, vocab, rng)
-    return _split_by_user(samples, list(log.user_ids), test_fraction, rng), vocab
+    return _split_by_user(samples, list(log.user_ids), test_fraction, rng, path), vocab
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -620,7 +754,7 @@ def generate_behavior_histories(
         history_behaviors=np.full(num_users * history_length, BEHAVIOR_TYPES["pv"]),
         target_item=item_of(target_category),
         target_category=target_category,
-        target_time=np.zeros(num_users),  # synthetic histories have no clock
+        target_time=np.zeros(num_users, dtype=np.int64),  # synthetic histories have no clock
         label=label,
     )
     is_test = _test_users(num_users, test_fraction, rng)

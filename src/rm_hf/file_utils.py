@@ -1,13 +1,16 @@
-"""Crash-safe file writes: write beside the target, then swap it in with one atomic rename."""
+"""File helpers: crash-safe writes (write beside the target, then swap it in with one atomic rename) and a line
+reader that refuses an overlong line without reading it whole."""
 
 import logging
 import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 logger = logging.getLogger(__name__)
 
@@ -16,6 +19,10 @@ logger = logging.getLogger(__name__)
 # rather than by a PID in the name: a PID means nothing to another host or PID namespace sharing the folder (NFS,
 # containers), where a live writer would look dead, and a reused PID makes a dead one look alive.
 STALE_TEMPORARY_SECONDS = 15 * 60
+
+# Default cap on the length of a line the data readers read, far above the real data (lines of about 100 bytes), so
+# that a damaged or foreign file fails fast instead of filling memory.
+MAX_LINE_BYTES = 1 << 20
 
 
 @contextmanager
@@ -73,3 +80,19 @@ def _fsync_directory(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def capped_lines(
+    f: BinaryIO, max_line_bytes: int, line_error: Callable[[int, str, str], Exception]
+) -> Iterator[tuple[int, bytes]]:
+    """Yield `(line number from 1, line as read, newline included)` for each line of a binary file.
+
+    A line of more than `max_line_bytes` bytes, its newline not counted, raises
+    `line_error(line number, its start, what was expected)` once `max_line_bytes + 1` of its bytes are read: it is
+    never read whole. The readers' format errors take these arguments after the file's name.
+    """
+    for number, raw in enumerate(iter(partial(f.readline, max_line_bytes + 1), b""), start=1):
+        if len(raw.removesuffix(b"\n")) > max_line_bytes:
+            expected = f"a line of at most {max_line_bytes} bytes (raise max_line_bytes / --max_line_bytes)"
+            raise line_error(number, raw[:80].decode("utf-8", errors="replace"), expected)
+        yield number, raw
