@@ -23,6 +23,8 @@ import matplotlib.pyplot as plt
 from cost_utils import provenance
 from tqdm import tqdm
 
+from rm_hf.configuration_rehearsal_memory import MEMORY_TYPE_ALIASES
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import run_qa  # noqa: E402
 
@@ -50,7 +52,7 @@ def parse_tasks(text: str) -> list[int]:
 
 def run_row(args, task: int, rehearsal: bool, memory_type: str) -> dict:
     # the checkpoint and its model card stay for inspection (outputs/ is git-ignored)
-    prefix = "" if memory_type == "rehearsal" else f"{memory_type}-"
+    prefix = "" if memory_type == "slots" else f"{memory_type}-"
     output_dir = args.checkpoint_dir / f"{prefix}{'rehearsal' if rehearsal else 'plain'}-qa{task}"
     argv = [
         "--babi_dir", str(args.babi_dir), "--babi_subset", args.babi_subset, "--tasks", str(task),
@@ -79,8 +81,9 @@ def run_row(args, task: int, rehearsal: bool, memory_type: str) -> dict:
 
 
 def row_key(row: dict) -> tuple:
-    # rows written before memory types existed are slot-memory rows
-    return row["task"], row.get("memory_type", "rehearsal"), row["rehearsal"]
+    # rows written before memory types existed are slot-memory rows; earlier keys read as today's
+    memory_type = row.get("memory_type", "slots")
+    return row["task"], MEMORY_TYPE_ALIASES.get(memory_type, memory_type), row["rehearsal"]
 
 
 def by_variant(rows: list[dict]) -> dict[str, list[dict]]:
@@ -91,7 +94,7 @@ def by_variant(rows: list[dict]) -> dict[str, list[dict]]:
             chosen = [row for row in rows if row_key(row)[1:] == (memory_type, rehearsal)]
             name = f"{'with' if rehearsal else 'without'} rehearsal"
             if chosen:
-                groups[name if memory_type == "rehearsal" else f"{memory_type} memory, {name}"] = chosen
+                groups[name if memory_type == "slots" else f"{memory_type} memory, {name}"] = chosen
     return groups
 
 
@@ -143,10 +146,10 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", default="rehearsal,plain", help="rehearsal, plain or both")
     parser.add_argument(
-        "--memory_types", default="rehearsal", help="comma-separated: rehearsal (slots), expire_span, lamemo, kv"
+        "--memory_types", default="slots", help="comma-separated: slots (RM), expire_span, lamemo, key_value"
     )
     parser.add_argument(
-        "--memory_capacity", type=int, default=16, help="entries of expire_span/lamemo/kv (16 = the 16 slots of RM)"
+        "--memory_capacity", type=int, default=16, help="entries of expire_span/lamemo/key_value (16 = RM's 16 slots)"
     )
     parser.add_argument("--output", type=Path, default=RESULTS / "babi.json")
     parser.add_argument(
@@ -185,7 +188,7 @@ def main():
         result = {
             **provenance(),
             "settings": settings,
-            "rows": sorted(rows, key=lambda row: (row["task"], row_key(row)[1] != "rehearsal", not row["rehearsal"])),
+            "rows": sorted(rows, key=lambda row: (row["task"], row_key(row)[1] != "slots", not row["rehearsal"])),
             "summary": summarise(rows),
             "quoted_not_rerun": QUOTED,
         }

@@ -49,6 +49,8 @@ from cost_utils import (
 )
 from tqdm.auto import tqdm
 
+from rm_hf.rehearsal import combine_losses
+
 
 def time_one_length(model, spec: dict, length: int, args) -> dict:
     """Write time and per-question times of RM and the full-access baseline at one length, side by side."""
@@ -101,12 +103,7 @@ def training_throughput(spec: dict, args) -> dict:
 
     def step(model):
         model.zero_grad(set_to_none=True)
-        out = model(**batch)
-        loss = out.loss  # plus the rehearsal terms at the Trainer's default weights (1, 0.5, 1)
-        for weight, term in ((1.0, out.recollection_loss), (0.5, out.familiarity_loss), (1.0, out.sampler_loss)):
-            if term is not None:
-                loss = loss + weight * term
-        loss.backward()
+        combine_losses(model(**batch)).backward()  # the Trainer's default weights
 
     times = {name: [] for name in models}
     for repeat in range(args.train_steps + 1):

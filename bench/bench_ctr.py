@@ -39,10 +39,10 @@ import run_ctr  # noqa: E402
 
 # name -> (run_ctr --model, use_rehearsal, memory_type)
 VARIANTS = {
-    "rm_rehearsal": ("rm", True, "rehearsal"),
-    "rm_no_rehearsal": ("rm", False, "rehearsal"),
-    "mean_pool": ("mean_pool", False, "rehearsal"),
-    "target_attention": ("target_attention", False, "rehearsal"),
+    "rm_rehearsal": ("rm", True, "slots"),
+    "rm_no_rehearsal": ("rm", False, "slots"),
+    "mean_pool": ("mean_pool", False, "slots"),
+    "target_attention": ("target_attention", False, "slots"),
 }
 
 
@@ -64,7 +64,7 @@ class BenchArguments:
     learning_rate: float = field(default=3e-3)
     num_memory_slots: int = field(default=8)
     memory_types: list[str] = field(
-        default_factory=list, metadata={"help": "Other memory types to train too: expire_span, lamemo, kv."}
+        default_factory=list, metadata={"help": "Other memory types to train too: expire_span, lamemo, key_value."}
     )
     memory_capacity: int = field(default=8, metadata={"help": "Their entries (8 = the slots of RM)."})
     segment_length: int = field(default=100)

@@ -48,7 +48,7 @@ VARIANTS = {
     # the other memory types as published (no rehearsal), keeping as many vectors as RM's 16 slots
     **{
         memory_type: (f"{title} memory", {"use_rehearsal": False, "memory_type": memory_type, "memory_capacity": 16})
-        for memory_type, title in (("expire_span", "Expire-Span"), ("lamemo", "LaMemo"), ("kv", "key-value"))
+        for memory_type, title in (("expire_span", "Expire-Span"), ("lamemo", "LaMemo"), ("key_value", "key-value"))
     },
 }
 # Distance bins [lo, hi): roughly x3 apart, so short and very long distances both get a few bins.

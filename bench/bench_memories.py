@@ -1,6 +1,6 @@
 """The four memory types side by side: what each costs as the input grows.
 
-For every memory type (`rehearsal` slots, `expire_span`, `lamemo`, `kv`) and input length L (random token ids;
+For every memory type (`slots`, `expire_span`, `lamemo`, `key_value`) and input length L (random token ids;
 cost does not depend on trained weights, so the models are untrained and the same size), in one process and
 interleaved type by type so they share the machine's load:
 - write time: `init_memory` + `write` chunk by chunk under `torch.inference_mode()` (median over repeats), as
@@ -38,7 +38,7 @@ from cost_utils import (
 )
 from tqdm.auto import tqdm
 
-MEMORY_TYPES = ("rehearsal", "expire_span", "lamemo", "kv")
+from rm_hf.configuration_rehearsal_memory import MEMORY_TYPES
 
 
 def state_size(memory) -> tuple[int, int | None]:

@@ -24,7 +24,6 @@ from qa_utils import build_task, collator, make_model, train_and_test
 from tqdm import tqdm
 
 from rm_hf.babi import load_babi
-from rm_hf.history_sampler import RehearsalMemoryHistorySampler
 from rm_hf.story_generator import generate_stories
 
 RESULTS = Path(__file__).parent / "results"
@@ -33,21 +32,18 @@ RESULTS = Path(__file__).parent / "results"
 def fragment_coverage(model, test, draws=5):
     """Share of fragments drawn by the model's sampler that contain a supporting-fact item (token or sentence)."""
     collate = collator(model)
-    sampler: RehearsalMemoryHistorySampler = model.rehearsal_memory.history_sampler
-    length = sampler.fragment_length
+    length = model.config.rehearsal_fragment_length
     covered = total = 0
     with torch.no_grad():
         for first in range(0, len(test), 64):
             batch = collate(test[first : first + 64])
-            story = {"input_ids": batch["input_ids"]}
-            if model.sentence_encoder is not None:  # sentences are embedded into item features first
-                story = {"input_ids": None, "input_features": model.embed_sentences(batch["input_ids"])}
-            outputs = model.rehearsal_memory(**story, attention_mask=batch["attention_mask"],
-                                             output_item_features=True)  # fmt: skip
+            story = model.story_to_items(batch["input_ids"], batch["attention_mask"])
+            written = model.rehearsal_memory(**story, output_item_features=True)
             query = model.encode_question(batch["question_input_ids"], batch["question_attention_mask"])
             support = batch["fragment_weights"]  # (B, T) 1 on supporting-fact items
             for _ in range(draws):
-                starts, _, _ = sampler(batch["attention_mask"], outputs.item_features, support, query)
+                rehearsed = model.rehearsal(model.rehearsal_memory, written, story, query, fragment_weights=support)
+                starts = rehearsed.fragment_starts
                 positions = (starts.unsqueeze(-1) + torch.arange(length)).clamp(max=support.shape[1] - 1)
                 hits = support.gather(1, positions.flatten(1)).view_as(positions).amax(-1)  # (B, J)
                 covered += hits.sum().item()

@@ -43,8 +43,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max_positions", type=int, default=512,
                        help="Encoder max length: the full-access baseline's window.")  # fmt: skip
     group.add_argument("--num_slots", type=int, default=16)
-    group.add_argument("--memory_type", default="rehearsal", help="rehearsal (slots), expire_span, lamemo or kv")
-    group.add_argument("--memory_capacity", type=int, default=16, help="Entries of expire_span, lamemo and kv.")
+    group.add_argument("--memory_type", default="slots", help="slots (RM), expire_span, lamemo or key_value")
+    group.add_argument("--memory_capacity", type=int, default=16, help="Entries of expire_span, lamemo and key_value.")
     group.add_argument("--segment_length", type=int, default=64)
     group.add_argument("--vocab_size", type=int, default=1000)
     group.add_argument("--num_labels", type=int, default=10, help="Answer vocabulary of the QA head.")
@@ -72,7 +72,7 @@ def build_model(spec: dict, use_rehearsal: bool = False) -> RehearsalMemoryForQu
                "intermediate_size": spec["intermediate_size"], "max_position_embeddings": spec["max_positions"]}  # fmt: skip
     config = RehearsalMemoryConfig(
         encoder_config=encoder, num_memory_slots=spec["num_slots"], num_memory_heads=spec["num_heads"],
-        memory_type=spec.get("memory_type", "rehearsal"), memory_capacity=spec.get("memory_capacity", 16),
+        memory_type=spec.get("memory_type", "slots"), memory_capacity=spec.get("memory_capacity", 16),
         segment_length=spec["segment_length"], rehearsal_num_heads=spec["num_heads"], use_rehearsal=use_rehearsal,
         id2label={i: f"answer{i}" for i in range(spec["num_labels"])},
     )  # fmt: skip

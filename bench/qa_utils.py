@@ -10,6 +10,7 @@ from tqdm import tqdm
 from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForQuestionAnswering
 from rm_hf.babi import answer_vocabulary
 from rm_hf.qa_data import QACollator, encode_qa_dataset
+from rm_hf.rehearsal import combine_losses
 from rm_hf.tokenization import build_word_tokenizer
 
 
@@ -51,12 +52,7 @@ def train(model, train_rows, steps, seed, batch_size=32, lr=2e-3):
     for _ in tqdm(range(steps), desc="train", leave=False):
         batch = collate([train_rows[i] for i in torch.randint(0, len(train_rows), (batch_size,)).tolist()])
         start = time.perf_counter()
-        out = model(**batch)
-        loss = out.loss
-        terms = (out.recollection_loss, out.familiarity_loss, out.sampler_loss, out.memory_loss)
-        for weight, term in zip((1.0, 0.5, 1.0, 1.0), terms):
-            if term is not None:
-                loss = loss + weight * term
+        loss = combine_losses(model(**batch))  # the Trainer's default weights
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -52,11 +52,7 @@ def main():
     batch = QACollator(pad_token_id=tokenizer.pad_token_id, sentence_items=sentences)(encoded)
     with torch.no_grad():
         # the stories are written into memory once; the questions are answered from the memories alone
-        if sentences:  # (B, sentences, words) -> one feature item per sentence
-            written = {"input_features": model.embed_sentences(batch["input_ids"])}
-        else:
-            written = {"input_ids": batch["input_ids"]}
-        memory = model.rehearsal_memory(**written, attention_mask=batch["attention_mask"]).memory
+        memory = model.write(None, batch["input_ids"], batch["attention_mask"])
         answers = model.answer(memory, batch["question_input_ids"], batch["question_attention_mask"]).argmax(-1)
     for row, answer in zip(story, answers.tolist()):
         predicted = model.config.id2label[answer]

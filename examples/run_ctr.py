@@ -23,8 +23,16 @@ from sklearn.metrics import roc_auc_score
 from transformers import EvalPrediction, HfArgumentParser
 
 from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForClickPrediction
+from rm_hf.configuration_rehearsal_memory import MEMORY_TYPE_ALIASES, MEMORY_TYPES
 from rm_hf.ctr_baselines import MeanPoolClickModel, TargetAttentionClickModel
-from rm_hf.ctr_data import ClickCollator, generate_behavior_histories, load_behavior_log, load_movielens, load_taobao
+from rm_hf.ctr_data import (
+    MAX_LINE_BYTES,
+    ClickCollator,
+    generate_behavior_histories,
+    load_behavior_log,
+    load_movielens,
+    load_taobao,
+)
 from rm_hf.trainer import (
     RehearsalMemoryTrainer,
     RehearsalTrainingArguments,
@@ -52,12 +60,14 @@ class ModelArguments:
     )
     num_memory_slots: int = field(default=16, metadata={"help": "K, the memory slots per user."})
     memory_type: str = field(
-        default="rehearsal",
+        default="slots",
         metadata={
-            "help": "rehearsal (K learned slots), expire_span, lamemo or kv: the memory each user's history is written into."
+            "help": "The memory each user's history is written into: slots (K learned slots, the method), expire_span, "
+            "lamemo or key_value ('rehearsal' and 'kv' are read as their earlier names).",
+            "choices": [*MEMORY_TYPES, *MEMORY_TYPE_ALIASES],
         },
     )
-    memory_capacity: int = field(default=128, metadata={"help": "Entries kept by expire_span, lamemo and kv."})
+    memory_capacity: int = field(default=128, metadata={"help": "Entries kept by expire_span, lamemo and key_value."})
     segment_length: int = field(default=32, metadata={"help": "Behaviours written into memory per step."})
     item_embedding_dim: int = field(default=32, metadata={"help": "Item and category embedding size."})
     hidden_size: int = field(default=64, metadata={"help": "Encoder width, memory slot size and MLP width."})
@@ -83,6 +93,7 @@ class DataArguments:
     test_fraction: float = field(default=0.2, metadata={"help": "Share of users held out for evaluation."})
     dataset_seed: int = field(default=0, metadata={"help": "Seed of the synthetic data and of the user split."})
     skip_bad_lines: bool = field(default=False, metadata={"help": "Skip malformed CSV lines instead of failing."})
+    max_line_bytes: int = field(default=MAX_LINE_BYTES, metadata={"help": "Longest CSV line read, in bytes."})
 
     def __post_init__(self):
         needed = {"taobao": ["taobao_csv"], "movielens": ["ratings_csv", "movies_csv"], "csv": ["behavior_csv"]}
@@ -102,7 +113,12 @@ def load_data(args: DataArguments):
             seed=args.dataset_seed,
             test_fraction=args.test_fraction,
         )
-    common = {"max_history": args.max_history, "seed": args.dataset_seed, "skip_bad_lines": args.skip_bad_lines}
+    common = {
+        "max_history": args.max_history,
+        "seed": args.dataset_seed,
+        "skip_bad_lines": args.skip_bad_lines,
+        "max_line_bytes": args.max_line_bytes,
+    }
     if args.data == "taobao":
         return load_taobao(args.taobao_csv, **common)  # split by time, as MIMN does
     if args.data == "movielens":
@@ -149,7 +165,7 @@ def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = HfArgumentParser((ModelArguments, DataArguments, RehearsalTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    # Named, so evaluation returns label ids for compute_metrics (hf-conventions §3.3). remove_unused_columns
+    # Named, so evaluation returns label ids for compute_metrics (Trainer cannot infer them here). remove_unused_columns
     # drops only `user_id`: the Trainer keeps `label` for the collator, which turns it into `labels`.
     training_args.label_names = ["labels"]
 

@@ -25,7 +25,8 @@ from datasets import Dataset, concatenate_datasets
 from transformers import HfArgumentParser, set_seed
 
 from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForQuestionAnswering
-from rm_hf.babi import answer_vocabulary, load_babi
+from rm_hf.babi import MAX_LINE_BYTES, MAX_MEMBER_BYTES, answer_vocabulary, load_babi
+from rm_hf.configuration_rehearsal_memory import MEMORY_TYPE_ALIASES, MEMORY_TYPES
 from rm_hf.model_card import write_qa_model_card
 from rm_hf.qa_data import QACollator, encode_qa_dataset
 from rm_hf.story_generator import generate_stories
@@ -47,12 +48,14 @@ class ModelArguments:
     num_attention_heads: int = field(default=4, metadata={"help": "Encoder attention heads."})
     num_memory_slots: int = field(default=16, metadata={"help": "K, the number of memory slots."})
     memory_type: str = field(
-        default="rehearsal",
+        default="slots",
         metadata={
-            "help": "rehearsal (K learned slots), expire_span, lamemo or kv: the memory the story is written into."
+            "help": "The memory the story is written into: slots (K learned slots, the method), expire_span, "
+            "lamemo or key_value ('rehearsal' and 'kv' are read as their earlier names).",
+            "choices": [*MEMORY_TYPES, *MEMORY_TYPE_ALIASES],
         },
     )
-    memory_capacity: int = field(default=128, metadata={"help": "Entries kept by expire_span, lamemo and kv."})
+    memory_capacity: int = field(default=128, metadata={"help": "Entries kept by expire_span, lamemo and key_value."})
     num_memory_heads: int = field(default=4)
     segment_length: int = field(default=32, metadata={"help": "Tokens written into memory per step."})
     num_reasoning_hops: int = field(default=3)
@@ -82,6 +85,10 @@ class DataArguments:
     skip_bad_lines: bool = field(
         default=False, metadata={"help": "Skip malformed bAbI lines (and the rest of their story) instead of failing."}
     )
+    max_line_bytes: int = field(default=MAX_LINE_BYTES, metadata={"help": "Longest bAbI line read, in bytes."})
+    max_member_bytes: int = field(
+        default=MAX_MEMBER_BYTES, metadata={"help": "Largest bAbI file read from a .tar.gz archive, in bytes."}
+    )
 
 
 def load_babi_tasks(data_args: DataArguments, split: str) -> tuple[Dataset, int]:
@@ -94,6 +101,8 @@ def load_babi_tasks(data_args: DataArguments, split: str) -> tuple[Dataset, int]
             "split": split,
             "skip_bad_lines": data_args.skip_bad_lines,
             "return_skipped_line_count": True,
+            "max_line_bytes": data_args.max_line_bytes,
+            "max_member_bytes": data_args.max_member_bytes,
         }
         try:
             part, bad = load_babi(data_args.babi_dir, subset=data_args.babi_subset, **read)

@@ -1,18 +1,30 @@
 """Shared fixtures: tiny configs so the whole suite runs in minutes on 2 CPU cores, the path of the real data
-kept beside the repository (tests that use it skip when it is absent), and the example scripts' `main`s."""
+kept beside the repository (tests that use it skip when it is absent), the example scripts' `main`s, and the
+helpers more than one test module uses (bAbI files and archives, click batches, a short Trainer run, loading a
+checkpoint as remote code)."""
 
+import bz2
+import gzip
 import importlib.util
+import io
+import lzma
 import os
+import re
+import subprocess
 import sys
+import tarfile
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
+from datasets import Dataset
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rm_hf import RehearsalMemoryConfig  # noqa: E402
+from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForQuestionAnswering  # noqa: E402
+from rm_hf.trainer import RehearsalMemoryTrainer, RehearsalTrainingArguments  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -48,7 +60,7 @@ def example_main(name: str):
 RUN_THEN_REPORT = """import runpy, sys, torch.distributed
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
-print("process group open at exit:", torch.distributed.is_initialized())
+print("process group open at exit:", torch.distributed.is_initialized(), flush=True)
 """
 
 
@@ -63,7 +75,167 @@ def torchrun(tmp_path: Path, script: Path, processes: int = 2) -> list[str]:
 
 
 def assert_process_groups_closed(log: str, processes: int = 2) -> None:
-    assert log.count("process group open at exit: False") == processes, log[-3000:]
+    reports = re.findall(r"process group open at exit: (\w+)", log)
+    assert reports == ["False"] * processes, (reports, log[-3000:])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bAbI files and archives
+
+
+def babi_text(*lines: str) -> str:
+    return "".join(f"{line}\n" for line in lines)
+
+
+# Our own sentences in the bAbI layout: questions in the middle of a story, so later ids skip question lines.
+QA1_TEXT = babi_text(
+    "1 Zoe walked into the pantry.",
+    "2 Max hurried to the garage.",
+    "3 Where is Zoe? \tpantry\t1",
+    "4 Zoe strolled to the attic.",
+    "5 Where is Zoe? \tattic\t4",
+    "6 Where is Max?\tgarage\t2",
+    "1 Max wandered to the porch.",
+    "2 Where is Max? \tporch\t1",
+)
+QA8_TEXT = babi_text(
+    "1 Zoe grabbed the cup.",
+    "2 Max went to the porch.",
+    "3 Zoe grabbed the hat.",
+    "4 What is Zoe holding?\tcup,hat\t1 3",
+)
+QA1_NAME = "qa1_single-supporting-fact_train.txt"
+QA8_NAME = "qa8_lists-sets_train.txt"
+
+
+def write(folder: Path, name: str, text: str | bytes) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+def tar_bytes(members: dict[str, str]) -> bytes:
+    """An uncompressed tarball of `members` (name -> text); fixed mtime and owner, so the bytes are reproducible."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, text in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            archive.addfile(info, io.BytesIO(text.encode()))
+    return buffer.getvalue()
+
+
+# Stream compressors with fixed settings (gzip's header would hold the time otherwise).
+COMPRESS = {"gz": lambda data: gzip.compress(data, mtime=0), "bz2": bz2.compress, "xz": lzma.compress}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Click prediction
+
+ITEMS, CATEGORIES = 30, 6
+HISTORY = ("history_items", "history_categories", "history_behaviors", "attention_mask")
+
+
+def click_config(**overrides) -> RehearsalMemoryConfig:
+    values = {"item_vocab_size": ITEMS, "category_vocab_size": CATEGORIES, "item_embedding_dim": 8}
+    return tiny_config(**{**values, "rehearsal_num_heads": 2, **overrides})
+
+
+def click_batch(batch=3, length=21) -> dict[str, torch.Tensor]:
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[1, 9:] = 0  # a short history, padded on the right
+    return {
+        "history_items": torch.randint(1, ITEMS, (batch, length)) * mask,
+        "history_categories": torch.randint(1, CATEGORIES, (batch, length)) * mask,
+        "history_behaviors": torch.randint(1, 5, (batch, length)) * mask,
+        "attention_mask": mask,
+        "target_item": torch.randint(1, ITEMS, (batch,)),
+        "target_category": torch.randint(1, CATEGORIES, (batch,)),
+        "labels": torch.tensor([1.0, 0.0, 1.0])[:batch],
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A short Trainer run
+
+TOY_LABELS = {i: f"answer{i}" for i in range(4)}
+
+
+def toy_dataset(rows=16, length=24) -> Dataset:
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 50, (rows, length), generator=generator)
+    return Dataset.from_dict(
+        {
+            "input_ids": ids.tolist(),
+            "attention_mask": [[1] * length] * rows,
+            "question_input_ids": torch.randint(1, 50, (rows, 5), generator=generator).tolist(),
+            "labels": (ids[:, 0] % 4).tolist(),  # the answer is decided by the first token
+        }
+    )
+
+
+def train(tmp_path, batch_size, accumulation, steps=4, model_config=None, **args) -> RehearsalMemoryTrainer:
+    """Train a tiny question-answering model for `steps` steps on `toy_dataset` (CPU, no checkpoints); `args` go
+    to `RehearsalTrainingArguments`. Returns the trainer, whose `state.log_history` holds the logged losses."""
+    torch.manual_seed(0)
+    model = RehearsalMemoryForQuestionAnswering(
+        tiny_config(id2label=TOY_LABELS, rehearsal_num_heads=2, **(model_config or {}))
+    )
+    arguments = RehearsalTrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        max_steps=steps,
+        logging_steps=args.pop("logging_steps", steps),
+        learning_rate=1e-3,
+        use_cpu=True,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        data_seed=0,
+        disable_tqdm=True,
+        **args,
+    )
+    data = toy_dataset()
+    trainer = RehearsalMemoryTrainer(model=model, args=arguments, train_dataset=data, eval_dataset=data)
+    trainer.train()
+    return trainer
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Remote code
+
+# Runs in a fresh interpreter where `import rm_hf` fails, from a directory that does not contain it.
+REMOTE_LOAD = textwrap.dedent(
+    """
+    import sys, torch
+    sys.modules["rm_hf"] = None  # make the installed package unimportable
+    from transformers import AutoModel
+    checkpoint, ids_path = sys.argv[1], sys.argv[2]
+    model = AutoModel.from_pretrained(checkpoint, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    torch.save(model(torch.load(ids_path, weights_only=True)).memory, ids_path + ".out")
+    print(type(model).__name__)
+    """
+)
+
+
+def remote_memory(checkpoint, ids, tmp_path) -> tuple[str, torch.Tensor]:
+    """Load `checkpoint` with `AutoModel(trust_remote_code=True)` in a subprocess without rm_hf; returns the loaded
+    class's name and the memory it writes for `ids`."""
+    ids_path = tmp_path / "ids.pt"
+    torch.save(ids, ids_path)
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_LOAD, str(checkpoint), str(ids_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": ""},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.split()[-1], torch.load(str(ids_path) + ".out", weights_only=True)
 
 
 @pytest.fixture

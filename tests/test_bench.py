@@ -47,11 +47,11 @@ def test_bench_rehearsal_smoke(tmp_path, story_items):
 def test_bench_ctr_smoke(tmp_path):
     run_bench("bench_ctr.py", "--num_users", "40", "--history_length", "40", "--max_steps", "2", "--batch_size", "4",
               "--cost_lengths", "50", "--repeats", "1", "--num_candidates", "4", "--output_dir", str(tmp_path),
-              "--memory_types", "expire_span", "lamemo", "kv", "--memory_capacity", "4")  # fmt: skip
+              "--memory_types", "expire_span", "lamemo", "key_value", "--memory_capacity", "4")  # fmt: skip
     results = json.loads((tmp_path / "ctr.json").read_text())
     assert results["command"].startswith("python bench/bench_ctr.py --num_users 40") and "cpu" in results["machine"]
     assert set(results["test_auc"]) == {"rm_rehearsal", "rm_no_rehearsal", "mean_pool", "target_attention",
-                                        "expire_span_memory", "lamemo_memory", "kv_memory"}  # fmt: skip
+                                        "expire_span_memory", "lamemo_memory", "key_value_memory"}  # fmt: skip
     # 8 test users of a tiny synthetic set: AUC is NaN only when they all share a label
     assert all(math.isnan(auc) or 0 <= auc <= 1 for auc in results["test_auc"].values())
     (cost,) = results["request_cost"]
@@ -93,13 +93,13 @@ def test_bench_long_input_smoke(tmp_path):
 def test_bench_memories_smoke(tmp_path):
     run_bench("bench_memories.py", "--smoke", "--output_dir", str(tmp_path))
     results = json.loads((tmp_path / "memories.json").read_text())
-    assert set(results["memory_types"]) == {"rehearsal", "expire_span", "lamemo", "kv"}
+    assert set(results["memory_types"]) == {"slots", "expire_span", "lamemo", "key_value"}
     for name, rows in results["memory_types"].items():
         assert [row["length"] for row in rows] == [256, 512]
         assert all(row["question_ms"] > 0 and row["write_tokens_per_second"] > 0 for row in rows)
         # the state never grows with the input: at most 4 live entries (--smoke capacity) or 4 slots
         assert rows[0]["state_numbers"] == rows[1]["state_numbers"]
-        assert name == "rehearsal" or all(row["live_entries"] <= 4 for row in rows)
+        assert name == "slots" or all(row["live_entries"] <= 4 for row in rows)
     assert (tmp_path / "memories.png").stat().st_size > 0
 
 
@@ -120,10 +120,10 @@ def test_bench_babi_smoke_resumes_per_row(tmp_path, babi_dir):
     assert second["rows"][1] == first["rows"][0] and second["rows"][0]["rehearsal"] is True
     assert set(second["summary"]) == {"with rehearsal", "without rehearsal"}
     # another memory type adds its own rows and summary
-    run_bench("bench_babi.py", *tiny, "--variants", "plain", "--memory_types", "kv", "--memory_capacity", "4")
+    run_bench("bench_babi.py", *tiny, "--variants", "plain", "--memory_types", "key_value", "--memory_capacity", "4")
     third = json.loads(output.read_text())
-    assert [(row["memory_type"], row["rehearsal"]) for row in third["rows"]][-1] == ("kv", False)
-    assert "kv memory, without rehearsal" in third["summary"]
+    assert [(row["memory_type"], row["rehearsal"]) for row in third["rows"]][-1] == ("key_value", False)
+    assert "key_value memory, without rehearsal" in third["summary"]
     assert (tmp_path / "babi.png").stat().st_size > 0
     # other settings into the same file: refused, naming the change, and the saved rows are untouched
     error = run_bench("bench_babi.py", *tiny, "--max_steps", "3", returncode=1)
@@ -142,7 +142,7 @@ def test_bench_forgetting_smoke(tmp_path):
     assert keys <= set(results)
     assert {"cpu", "cores", "date"} <= set(results["machine"])
     assert set(results["variants"]) == {"no_rehearsal", "rehearsal_uniform", "rehearsal_teacher", "expire_span",
-                                        "lamemo", "kv"}  # fmt: skip
+                                        "lamemo", "key_value"}  # fmt: skip
     assert results["arguments"]["story_items"] == "sentences" and results["segment_length"] == 4
     assert results["test_questions"] == 24 and 16 <= results["max_distance"]["sentences"] <= 19
     for unit in ("sentences", "segments"):

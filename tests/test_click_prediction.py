@@ -12,34 +12,10 @@ from transformers import AutoModel
 from rm_hf import RehearsalMemoryForClickPrediction, RehearsalMemoryModel
 from rm_hf.ctr_baselines import MeanPoolClickModel, TargetAttentionClickModel
 from rm_hf.ctr_data import ClickCollator, generate_behavior_histories
-from tests.conftest import tiny_config
+from tests.conftest import CATEGORIES, HISTORY, ITEMS, click_batch, click_config, tiny_config
 
-ITEMS, CATEGORIES = 30, 6
 CLICK_MODELS = [RehearsalMemoryForClickPrediction, MeanPoolClickModel, TargetAttentionClickModel]
 FEATURES_ONLY = {"rehearsal_memory.encoder.embeddings.word_embeddings.weight"}  # features bypass the token table
-
-
-def click_config(**overrides):
-    values = {"item_vocab_size": ITEMS, "category_vocab_size": CATEGORIES, "item_embedding_dim": 8}
-    return tiny_config(**{**values, "rehearsal_num_heads": 2, **overrides})
-
-
-def click_batch(batch=3, length=21):
-    mask = torch.ones(batch, length, dtype=torch.long)
-    mask[1, 9:] = 0  # a short history, padded on the right
-    return {
-        "history_items": torch.randint(1, ITEMS, (batch, length)) * mask,
-        "history_categories": torch.randint(1, CATEGORIES, (batch, length)) * mask,
-        "history_behaviors": torch.randint(1, 5, (batch, length)) * mask,
-        "attention_mask": mask,
-        "target_item": torch.randint(1, ITEMS, (batch,)),
-        "target_category": torch.randint(1, CATEGORIES, (batch,)),
-        "labels": torch.tensor([1.0, 0.0, 1.0])[:batch],
-    }
-
-
-def behaviour_features(model, batch):
-    return model.embed_behaviors(batch["history_items"], batch["history_categories"], batch["history_behaviors"])
 
 
 def test_save_load_identical_logits_and_base_model_from_click_checkpoint(tmp_path):
@@ -53,10 +29,11 @@ def test_save_load_identical_logits_and_base_model_from_click_checkpoint(tmp_pat
     base = AutoModel.from_pretrained(tmp_path).eval()
     assert type(base) is RehearsalMemoryModel
     with torch.no_grad():
-        features = behaviour_features(model, batch)
+        features = model.embeddings.history(batch["history_items"], batch["history_categories"],
+                                            batch["history_behaviors"])  # fmt: skip
         torch.testing.assert_close(
             base(input_features=features, attention_mask=batch["attention_mask"]).memory,
-            model.rehearsal_memory(input_features=features, attention_mask=batch["attention_mask"]).memory,
+            model.write(None, *(batch[name] for name in HISTORY)),
         )
 
 
@@ -77,10 +54,10 @@ def test_click_embeddings_missing_from_a_checkpoint_start_at_unit_scale(model_cl
     # from_pretrained builds on the meta device: a missing key is filled by _init_weights only
     model_class(click_config(item_vocab_size=2000)).save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
-    del weights["item_embeddings.weight"], weights["scorer.0.weight"]
+    del weights["embeddings.item_embeddings.weight"], weights["scorer.0.weight"]
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
     model = model_class.from_pretrained(tmp_path)
-    table = model.item_embeddings.weight
+    table = model.embeddings.item_embeddings.weight
     assert table[0].abs().max() == 0  # padding
     assert 0.95 < table[1:].std() < 1.05
     scorer = model.scorer[0].weight
@@ -91,8 +68,7 @@ def test_score_from_a_stored_memory_equals_forward():
     model = RehearsalMemoryForClickPrediction(click_config()).eval()
     batch = click_batch()
     with torch.no_grad():
-        features = behaviour_features(model, batch)
-        memory = model.rehearsal_memory(input_features=features, attention_mask=batch["attention_mask"]).memory
+        memory = model.write(None, *(batch[name] for name in HISTORY))
         scored = model.score(memory, batch["target_item"], batch["target_category"])
     torch.testing.assert_close(scored, model(**batch).logits)
 
@@ -102,9 +78,7 @@ def test_scoring_many_candidates_per_memory_equals_one_at_a_time():
     batch = click_batch()
     candidates, candidate_categories = torch.randint(1, ITEMS, (3, 5)), torch.randint(1, CATEGORIES, (3, 5))
     with torch.no_grad():
-        memory = model.rehearsal_memory(
-            input_features=behaviour_features(model, batch), attention_mask=batch["attention_mask"]
-        ).memory
+        memory = model.write(None, *(batch[name] for name in HISTORY))
         scores = model.score(memory, candidates, candidate_categories)
         assert scores.shape == (3, 5)
         for column in range(5):
@@ -164,7 +138,10 @@ def test_baselines_train_save_load_and_score_many_candidates(model_class, tmp_pa
     # C candidates per user read the history once; each matches a forward pass with that candidate as target
     candidates = torch.randint(1, ITEMS, (3, 4))
     scores = model.score_candidates(
-        batch["history_items"], batch["history_categories"], batch["history_behaviors"], batch["attention_mask"],
+        batch["history_items"],
+        batch["history_categories"],
+        batch["history_behaviors"],
+        batch["attention_mask"],
         candidates,
     )
     history = {k: batch[k] for k in ("history_items", "history_categories", "history_behaviors", "attention_mask")}
@@ -180,8 +157,11 @@ def test_learns_the_synthetic_long_history_task():
         num_users=2000, history_length=64, num_items=5, num_categories=5, num_interests=2, seed=0
     )
     config = tiny_config(
-        item_vocab_size=vocab.item_vocab_size, category_vocab_size=vocab.category_vocab_size, item_embedding_dim=16,
-        segment_length=16, use_rehearsal=False,
+        item_vocab_size=vocab.item_vocab_size,
+        category_vocab_size=vocab.category_vocab_size,
+        item_embedding_dim=16,
+        segment_length=16,
+        use_rehearsal=False,
     )
     torch.manual_seed(0)
     model = RehearsalMemoryForClickPrediction(config)

@@ -1,45 +1,13 @@
 """Loading through the Auto classes: with the package imported, and as remote code without it."""
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 
 from rm_hf import RehearsalMemoryModel
 from rm_hf.configuration_rehearsal_memory import MEMORY_TYPES
-from tests.conftest import tiny_config
-
-# Runs in a fresh interpreter where `import rm_hf` fails, from a directory that does not contain it.
-REMOTE_LOAD = textwrap.dedent(
-    """
-    import sys, torch
-    sys.modules["rm_hf"] = None  # make the installed package unimportable
-    from transformers import AutoModel
-    checkpoint, ids_path = sys.argv[1], sys.argv[2]
-    model = AutoModel.from_pretrained(checkpoint, trust_remote_code=True).eval()
-    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-    torch.save(model(torch.load(ids_path, weights_only=True)).memory, ids_path + ".out")
-    print(type(model).__name__)
-    """
-)
-
-
-def remote_memory(checkpoint, ids, tmp_path):
-    ids_path = tmp_path / "ids.pt"
-    torch.save(ids, ids_path)
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_LOAD, str(checkpoint), str(ids_path)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env={"HF_HUB_OFFLINE": "1", "PATH": ""},
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout.split()[-1], torch.load(str(ids_path) + ".out", weights_only=True)
+from tests.conftest import remote_memory, tiny_config
 
 
 def test_checkpoint_ships_code_and_auto_map(tmp_path):

@@ -39,8 +39,11 @@ def full_history_logits(model, history, candidates, candidate_categories):
     items, categories, kinds = (column[None].expand(count, -1) for column in history)
     with torch.no_grad():
         return model(
-            history_items=items, history_categories=categories, history_behaviors=kinds,
-            target_item=candidates, target_category=candidate_categories,
+            history_items=items,
+            history_categories=categories,
+            history_behaviors=kinds,
+            target_item=candidates,
+            target_category=candidate_categories,
         ).logits
 
 

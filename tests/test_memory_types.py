@@ -10,19 +10,17 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from rm_hf import (
-    RehearsalMemoryConfig,
     RehearsalMemoryForClickPrediction,
     RehearsalMemoryForQuestionAnswering,
     RehearsalMemoryModel,
 )
 from rm_hf.configuration_rehearsal_memory import MEMORY_TYPES
+from rm_hf.ctr_baselines import TargetAttentionClickModel
 from rm_hf.memory_interface import detach_memory, reorder_memory
-from tests.conftest import tiny_config
-from tests.test_click_prediction import click_batch, click_config
-from tests.test_trainer import train
+from tests.conftest import HISTORY, click_batch, click_config, tiny_config, train
 
 LABELS = {i: f"answer{i}" for i in range(4)}
-NEW_TYPES = [t for t in MEMORY_TYPES if t != "rehearsal"]
+NEW_TYPES = [t for t in MEMORY_TYPES if t != "slots"]
 
 
 def memory_config(memory_type, **overrides):
@@ -70,7 +68,7 @@ def test_question_answering_save_load_and_answer_from_a_stored_memory(memory_typ
     )
     # the story is read once; two questions about row 0 are answered from copies of its memory
     with torch.no_grad():
-        memory = loaded.rehearsal_memory(ids, attention_mask=mask).memory
+        memory = loaded.write(None, ids, mask)
         copies = reorder_memory(memory, torch.tensor([0, 0]))
         answers = loaded.answer(copies, torch.stack([questions[0], questions[0]]))
     torch.testing.assert_close(answers, expected[[0, 0]])
@@ -85,12 +83,7 @@ def test_click_prediction_save_load_and_score_from_a_stored_memory(memory_type, 
     loaded = RehearsalMemoryForClickPrediction.from_pretrained(tmp_path).eval()
     torch.testing.assert_close(loaded(**batch).logits, expected)
     with torch.no_grad():
-        features = loaded.embed_behaviors(
-            batch["history_items"], batch["history_categories"], batch["history_behaviors"]
-        )
-        memory = loaded.rehearsal_memory(
-            input_features=features, attention_mask=batch["attention_mask"], memory_values=batch["history_items"]
-        ).memory
+        memory = loaded.write(None, *(batch[name] for name in HISTORY))
         scores = loaded.score(memory, batch["target_item"], batch["target_category"])
     torch.testing.assert_close(scores, expected)
 
@@ -122,7 +115,7 @@ def test_every_parameter_gets_a_gradient_with_rehearsal_on(memory_type, head):
     assert not silent
 
 
-@pytest.mark.parametrize("memory_type", ["expire_span", "kv"])
+@pytest.mark.parametrize("memory_type", ["expire_span", "key_value"])
 def test_trainer_logs_the_memory_loss(memory_type, tmp_path):
     trainer = train(tmp_path, 4, 1, model_config={"memory_type": memory_type, "memory_capacity": 6})
     log = next(entry for entry in trainer.state.log_history if "task_loss" in entry)
@@ -141,14 +134,34 @@ def test_detached_memory_keeps_its_values_without_the_graph(memory_type):
     assert_same_memory(detached, memory)
 
 
-def test_memory_type_is_checked():
-    with pytest.raises(ValueError, match="memory_type"):
-        RehearsalMemoryConfig(memory_type="lstm")
+@pytest.mark.parametrize("memory_type", MEMORY_TYPES)
+def test_truncated_backprop_cuts_gradients_to_early_segments_only(memory_type):
+    # segments of 8 items: with backprop_segments=2 the final memory's gradient reaches the last block of two
+    # segments (items 16-31) and the partial one after it, never segments 0-1; the memory's values do not change
+    early, late = torch.randint(1, 25, (3, 16)), torch.randint(25, 50, (3, 21))  # disjoint token ids
+    ids = torch.cat([early, late], dim=1)
+    # room for every item, so the item-keeping types still hold the early ones when the story ends
+    full = RehearsalMemoryModel(memory_config(memory_type, memory_capacity=64)).train()
+    truncated = RehearsalMemoryModel(memory_config(memory_type, memory_capacity=64, backprop_segments=2)).train()
+    truncated.load_state_dict(full.state_dict())
+
+    def token_gradients(model):
+        memory = model(input_ids=ids).memory
+        tensors = memory.values() if isinstance(memory, dict) else [memory]
+        total = sum(tensor.sum() for tensor in tensors if tensor.requires_grad)
+        return memory, torch.autograd.grad(total, model.get_input_embeddings().weight)[0]
+
+    full_memory, full_grad = token_gradients(full)
+    truncated_memory, truncated_grad = token_gradients(truncated)
+    assert_same_memory(truncated_memory, full_memory)
+    assert full_grad[early.unique()].abs().sum() > 0
+    assert truncated_grad[early.unique()].abs().sum() == 0
+    assert truncated_grad[late.unique()].abs().sum() > 0
 
 
 def test_a_state_of_another_memory_type_is_refused():
     expire = RehearsalMemoryModel(memory_config("expire_span"))
-    kv = RehearsalMemoryModel(memory_config("kv"))
+    kv = RehearsalMemoryModel(memory_config("key_value"))
     ids, _ = story()
     with pytest.raises(ValueError, match="memory"):
         kv(ids, memory=expire.init_memory(ids.shape[0]))
@@ -171,7 +184,11 @@ def wrong_memories(model, batch):
         bad += [good[0], good.double(), good.flatten(1)]
     else:
         name = next(iter(good))
-        bad += [{**good, name: good[name][0]}, {**good, name: good[name].double()}, {k: good[k] for k in list(good)[1:]}]
+        bad += [
+            {**good, name: good[name][0]},
+            {**good, name: good[name].double()},
+            {k: good[k] for k in list(good)[1:]},
+        ]
     return bad
 
 
@@ -225,7 +242,7 @@ def test_expire_span_soft_mask_and_capacity():
 
 def test_lamemo_keeps_the_last_items_and_merges_attention_exactly():
     model = RehearsalMemoryModel(tiny_config(memory_type="lamemo", memory_capacity=12, segment_length=4)).eval()
-    lamemo = model.memory
+    lamemo = model.bank
     ids = torch.randint(1, 50, (1, 8))
     memory = model(ids).memory
     assert sorted(memory["position"][0, memory["valid"][0]].tolist()) == list(range(8))
@@ -249,8 +266,8 @@ def test_lamemo_keeps_the_last_items_and_merges_attention_exactly():
 
 
 def key_value_memory(capacity):
-    model = RehearsalMemoryModel(tiny_config(memory_type="kv", memory_capacity=capacity, kv_margin=0.1))
-    memory = model.memory
+    model = RehearsalMemoryModel(tiny_config(memory_type="key_value", memory_capacity=capacity, key_value_margin=0.1))
+    memory = model.bank
     with torch.no_grad():  # keys are the items themselves, so the example controls the cosines
         memory.key_projection.weight.copy_(torch.eye(32))
         memory.key_projection.bias.zero_()
@@ -296,7 +313,7 @@ def test_key_value_margin_loss_when_the_wrong_key_is_nearer():
 
 
 def test_key_value_read_retrieves_the_top_k_nearest_keys():
-    model = RehearsalMemoryModel(tiny_config(memory_type="kv", memory_capacity=8, kv_top_k=2)).eval()
+    model = RehearsalMemoryModel(tiny_config(memory_type="key_value", memory_capacity=8, key_value_top_k=2)).eval()
     memory = model(torch.randint(1, 50, (2, 20))).memory
     query = torch.randn(2, 3, 32)  # three queries per memory
     entries, weights = model.view_memory(memory, query)
@@ -305,19 +322,59 @@ def test_key_value_read_retrieves_the_top_k_nearest_keys():
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3))
 
 
-def test_checkpoints_from_before_memory_types_load_with_their_weights(tmp_path):
-    # they kept the slot memory at `initial_memory` and `writer.*`, today `memory.initial_memory`, `memory.writer.*`
-    model = RehearsalMemoryForQuestionAnswering(tiny_config(id2label=LABELS)).eval()
+# today's weight names -> those of earlier checkpoints
+BEFORE_MEMORY_TYPES = [("rehearsal_memory.bank.initial_memory", "rehearsal_memory.initial_memory"),
+                       ("rehearsal_memory.bank.writer.", "rehearsal_memory.writer.")]  # fmt: skip
+BEFORE_OBJECTIVE = [
+    ("rehearsal_memory.bank.", "rehearsal_memory.memory."),
+    ("rehearsal.rehearser.", "rehearsal_memory.rehearser."),
+    ("rehearsal.sampler.scorer.", "rehearsal_memory.history_sampler.scorer."),
+    ("rehearsal.teacher.query_projection.", "rehearsal_memory.history_sampler.teacher_query."),
+    ("rehearsal.teacher.head.", "teacher_head."),
+    ("embeddings.item_embeddings.", "item_embeddings."),
+    ("embeddings.category_embeddings.", "category_embeddings."),
+    ("embeddings.behavior_embeddings.", "behavior_embeddings."),
+]
+
+
+@pytest.mark.parametrize(
+    "make, renames",
+    [
+        (lambda: RehearsalMemoryForQuestionAnswering(tiny_config(id2label=LABELS, use_rehearsal=False)), BEFORE_MEMORY_TYPES),
+        (lambda: RehearsalMemoryForQuestionAnswering(memory_config("slots", id2label=LABELS, sampler_mode="teacher")),
+         BEFORE_OBJECTIVE),
+        (lambda: RehearsalMemoryForClickPrediction(click_config(sampler_mode="teacher")), BEFORE_OBJECTIVE),
+        (lambda: TargetAttentionClickModel(click_config()), BEFORE_OBJECTIVE),
+    ],
+    ids=["qa-before-memory-types", "qa-before-0.2", "click-before-0.2", "baseline-before-0.2"],
+)  # fmt: skip
+def test_checkpoints_with_earlier_weight_names_load_with_their_weights(tmp_path, make, renames):
+    model = make().eval()
     model.save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
-    old_names = {
-        name.replace("memory.initial_memory", "initial_memory").replace("memory.writer.", "writer."): w
-        for name, w in weights.items()
-    }
-    assert old_names.keys() != weights.keys()
-    save_file(old_names, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    loaded = RehearsalMemoryForQuestionAnswering.from_pretrained(tmp_path)
+
+    def old_name(name):
+        return next((old + name[len(new) :] for new, old in renames if name.startswith(new)), name)
+
+    old_weights = {old_name(name): weight for name, weight in weights.items()}
+    assert len(set(old_weights) - set(weights)) >= 2  # the test renames something
+    save_file(old_weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = type(model).from_pretrained(tmp_path)
+    assert loaded.state_dict().keys() == weights.keys()
     for name, weight in weights.items():
         torch.testing.assert_close(loaded.state_dict()[name], weight, msg=name)
     loaded.save_pretrained(tmp_path / "again")  # saved again under today's names
     assert load_file(tmp_path / "again" / "model.safetensors").keys() == weights.keys()
+
+
+def test_a_base_model_checkpoint_with_its_earlier_training_modules_loads_without_them(tmp_path):
+    # before 0.2 the base model built the rehearser and history sampler; `AutoModel` checkpoints carried them
+    model = RehearsalMemoryModel(memory_config("slots")).eval()
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    old = {name.replace("bank.", "memory.", 1): w for name, w in weights.items()}
+    old |= {"rehearser.mask_embedding": torch.zeros(32), "history_sampler.scorer.0.weight": torch.zeros(32, 32)}
+    save_file(old, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = RehearsalMemoryModel.from_pretrained(tmp_path)
+    assert loaded.state_dict().keys() == weights.keys()
+    torch.testing.assert_close(loaded.bank.initial_memory, weights["bank.initial_memory"])

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
 from rm_hf import RehearsalMemoryConfig, RehearsalMemoryModel
@@ -37,6 +38,19 @@ def test_old_config_without_newer_fields_loads(tmp_path):
     assert loaded.num_memory_slots == 3 and loaded.segment_length == RehearsalMemoryConfig().segment_length
 
 
+@pytest.mark.parametrize("old, new", [("rehearsal", "slots"), ("kv", "key_value")])
+def test_configs_with_earlier_names_load_under_todays(tmp_path, old, new):
+    # before 0.2 "rehearsal" named the slot memory as well as the training objective, and kv_* the key-value fields
+    (tmp_path / "config.json").write_text(
+        f'{{"model_type": "rehearsal_memory", "memory_type": "{old}", "kv_top_k": 3, "kv_margin": 0.2}}'
+    )
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert loaded.memory_type == new and (loaded.key_value_top_k, loaded.key_value_margin) == (3, 0.2)
+    loaded.save_pretrained(tmp_path / "again")
+    saved = (tmp_path / "again" / "config.json").read_text()
+    assert f'"memory_type": "{new}"' in saved and '"key_value_top_k": 3' in saved and "kv_top_k" not in saved
+
+
 @pytest.mark.parametrize(
     "overrides, field",
     [
@@ -46,11 +60,24 @@ def test_old_config_without_newer_fields_loads(tmp_path):
         ({"segment_length": 65}, "segment_length"),
         ({"input_feature_dim": 0}, "input_feature_dim"),
         ({"num_reasoning_hops": 0}, "num_reasoning_hops"),
+        ({"rehearsal_mask_ratio": 1.5}, "rehearsal_mask_ratio"),
+        ({"expire_span_init_fraction": 1}, "expire_span_init_fraction"),
+        ({"memory_type": "lstm"}, "memory_type"),
+        ({"sampler_mode": "random"}, "sampler_mode"),
+        ({"story_items": "words"}, "story_items"),
     ],
 )
 def test_invalid_config_values_name_the_field(overrides, field):
-    with pytest.raises(ValueError, match=field):
+    # huggingface_hub's strict dataclass errors: a field of the wrong type or choice, or a validator's ValueError
+    with pytest.raises(StrictDataclassError, match=field):
         tiny_config(**overrides)
+
+
+def test_a_value_assigned_later_is_checked_when_saving(tmp_path):
+    config = tiny_config()
+    config.num_memory_slots = 0
+    with pytest.raises(StrictDataclassError, match="num_memory_slots"):
+        config.save_pretrained(tmp_path)
 
 
 def test_save_load_gives_identical_memory(tmp_path):
@@ -68,12 +95,12 @@ def test_missing_weights_are_initialised_by_init_weights():
     # from_pretrained builds on the meta device: a parameter set only in __init__ would come back as garbage
     config = tiny_config()
     model = RehearsalMemoryModel.from_pretrained(None, config=config, state_dict={})
-    memory = model.memory.initial_memory
+    memory = model.bank.initial_memory
     assert torch.isfinite(memory).all()
     assert 0.3 < memory.std().item() < 0.7  # initial_memory_std = 0.5
-    assert model.memory.writer.gru.weight_hh.abs().max() <= config.memory_dim**-0.5 + 1e-6
+    assert model.bank.writer.gru.weight_hh.abs().max() <= config.memory_dim**-0.5 + 1e-6
     # memory attention projections use fan-in scaling, not the 0.02 default of other linear layers
-    assert abs(model.memory.writer.attention.q_proj.weight.std().item() - config.memory_dim**-0.5) < 0.03
+    assert abs(model.bank.writer.attention.q_proj.weight.std().item() - config.memory_dim**-0.5) < 0.03
 
 
 def test_streaming_equals_one_pass():
@@ -159,7 +186,7 @@ def test_from_encoder_pretrained_loads_the_saved_encoder(tmp_path):
     assert saved.keys() == loaded.keys()
     for key, value in saved.items():
         torch.testing.assert_close(loaded[key], value, msg=key)
-    assert torch.isfinite(model.memory.initial_memory).all() and model.memory.initial_memory.std() > 0.3
+    assert torch.isfinite(model.bank.initial_memory).all() and model.bank.initial_memory.std() > 0.3
 
 
 @pytest.mark.parametrize(

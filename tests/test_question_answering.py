@@ -5,11 +5,11 @@ import json
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoModel, AutoModelForQuestionAnswering
 
 from rm_hf import RehearsalMemoryForQuestionAnswering, RehearsalMemoryModel
-from tests.conftest import tiny_config
-from tests.test_hub import remote_memory
+from tests.conftest import remote_memory, tiny_config
 
 LABELS = {i: f"answer{i}" for i in range(5)}
 
@@ -92,7 +92,9 @@ def test_qa_input_errors():
         model(ids, mask, questions, labels=torch.tensor([0, 1, 5]))
     with pytest.raises(ValueError, match="question_input_ids"):
         model(ids, mask)
-    with pytest.raises(ValueError, match=r"`memory` must be torch.float32 of shape .* = \(3, 4, 32\), got .*\(2, 4, 32\)"):
+    with pytest.raises(
+        ValueError, match=r"`memory` must be torch.float32 of shape .* = \(3, 4, 32\), got .*\(2, 4, 32\)"
+    ):
         model.answer(torch.zeros(2, 4, 32), questions)
 
 
@@ -108,7 +110,10 @@ def test_qa_input_errors():
         ({"labels": torch.tensor([0.0, 1.0, 2.0])}, "integer answer ids"),
         ({"labels": torch.tensor([0, -1, 2])}, r"`labels` must lie in \[0, 5\) \(config.id2label\)"),
         *[
-            ({"question_input_ids": torch.ones(3, 6, dtype=dtype)}, rf"`question_input_ids` must be integer ids .*{dtype}")
+            (
+                {"question_input_ids": torch.ones(3, 6, dtype=dtype)},
+                rf"`question_input_ids` must be integer ids .*{dtype}",
+            )
             for dtype in (torch.float32, torch.int16, torch.uint8, torch.bool)
         ],
     ],
@@ -177,5 +182,5 @@ def test_sentence_items_reject_bad_input():
         model(torch.ones(2, 3, 5, dtype=torch.long), question_input_ids=questions[:2, :4])
     with pytest.raises(ValueError, match=r"\(batch, sentences, sentence_length\)"):
         model(torch.ones(2, 5, dtype=torch.long), question_input_ids=questions[:2, :4])
-    with pytest.raises(ValueError, match="story_items"):
+    with pytest.raises(StrictDataclassError, match="story_items"):
         tiny_config(story_items="words")

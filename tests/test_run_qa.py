@@ -70,7 +70,7 @@ def test_run_qa_writes_results_card_and_a_reloadable_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "story_items, memory_type", [("tokens", "rehearsal"), ("sentences", "rehearsal"), ("sentences", "kv")]
+    "story_items, memory_type", [("tokens", "slots"), ("sentences", "slots"), ("sentences", "key_value")]
 )
 def test_run_qa_on_real_babi_task_1(tmp_path, babi_dir, story_items, memory_type):
     output = tmp_path / "babi"
@@ -101,7 +101,7 @@ def test_run_qa_on_real_babi_task_1(tmp_path, babi_dir, story_items, memory_type
     results = json.loads((output / "all_results.json").read_text())
     assert "eval_qa1_accuracy" in results
     assert f'memory_type="{memory_type}"' in (output / "README.md").read_text()
-    if memory_type == "kv":  # the memory's own loss is trained and logged
+    if memory_type == "key_value":  # the memory's own loss is trained and logged
         assert "'memory_loss'" in log
     # one question type: the Hub metadata reports it once, not again as "all"
     entries = ModelCard.load(output / "README.md").data.to_dict()["model-index"][0]["results"]

@@ -1,53 +1,7 @@
 """RehearsalMemoryTrainer: every loss term logged, gradient accumulation does not double the loss,
 and evaluation is unaffected by rehearsal."""
 
-import torch
-from datasets import Dataset
-
-from rm_hf import RehearsalMemoryForQuestionAnswering
-from rm_hf.trainer import RehearsalMemoryTrainer, RehearsalTrainingArguments
-from tests.conftest import tiny_config
-
-LABELS = {i: f"answer{i}" for i in range(4)}
-
-
-def toy_dataset(rows=16, length=24):
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, 50, (rows, length), generator=generator)
-    return Dataset.from_dict(
-        {
-            "input_ids": ids.tolist(),
-            "attention_mask": [[1] * length] * rows,
-            "question_input_ids": torch.randint(1, 50, (rows, 5), generator=generator).tolist(),
-            "labels": (ids[:, 0] % 4).tolist(),  # the answer is decided by the first token
-        }
-    )
-
-
-def train(tmp_path, batch_size, accumulation, steps=4, model_config=None, **args):
-    torch.manual_seed(0)
-    model = RehearsalMemoryForQuestionAnswering(
-        tiny_config(id2label=LABELS, rehearsal_num_heads=2, **(model_config or {}))
-    )
-    arguments = RehearsalTrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=accumulation,
-        max_steps=steps,
-        logging_steps=args.pop("logging_steps", steps),
-        learning_rate=1e-3,
-        use_cpu=True,
-        save_strategy="no",
-        report_to="none",
-        seed=0,
-        data_seed=0,
-        disable_tqdm=True,
-        **args,
-    )
-    data = toy_dataset()
-    trainer = RehearsalMemoryTrainer(model=model, args=arguments, train_dataset=data, eval_dataset=data)
-    trainer.train()
-    return trainer
+from tests.conftest import train
 
 
 def test_every_term_is_logged_and_adds_up(tmp_path):

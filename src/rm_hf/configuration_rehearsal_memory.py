@@ -5,15 +5,22 @@ This file is copied next to saved checkpoints for `trust_remote_code=True` loadi
 nothing from `rm_hf`.
 """
 
+from typing import Literal, get_args
+
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-SAMPLER_MODES = ("uniform", "teacher", "external")
-# "rehearsal": K learned slots (the method); the others keep item states: Expire-Span, LaMemo's look-ahead FIFO and
-# the lifelong key-value memory of Kaiser et al. (2017). See the memory_*.py files.
-MEMORY_TYPES = ("rehearsal", "expire_span", "lamemo", "kv")
-STORY_ITEMS = ("tokens", "sentences")
+# The memory a sequence is written into; each key names a `memory_<key>.py` file and its class. "slots": K learned
+# slots (the method); the others keep item states: Expire-Span, LaMemo's look-ahead FIFO and the lifelong key-value
+# memory of Kaiser et al. (2017).
+MemoryType = Literal["slots", "expire_span", "lamemo", "key_value"]
+MEMORY_TYPES = get_args(MemoryType)
+# keys of configs saved before 0.2, when "rehearsal" named the slot memory as well as the training objective
+MEMORY_TYPE_ALIASES = {"rehearsal": "slots", "kv": "key_value"}
+StoryItems = Literal["tokens", "sentences"]
+SamplerMode = Literal["uniform", "teacher", "external"]
+SAMPLER_MODES = get_args(SamplerMode)
 
 # A tiny BERT: fast enough for tests and for bAbI on a laptop CPU.
 DEFAULT_ENCODER = {
@@ -45,6 +52,9 @@ class RehearsalMemoryConfig(PreTrainedConfig):
     """
 
     model_type = "rehearsal_memory"
+    # field names before 0.2
+    attribute_map = {"kv_top_k": "key_value_top_k", "kv_margin": "key_value_margin",
+                     "kv_inverse_temperature": "key_value_inverse_temperature"}  # fmt: skip
     sub_configs_defaults = {
         "encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="bert", init_kwargs=DEFAULT_ENCODER),
     }
@@ -55,30 +65,33 @@ class RehearsalMemoryConfig(PreTrainedConfig):
     memory_dim: int | None = None  # None: the encoder's hidden size
     num_memory_heads: int = 4
     segment_length: int = 32
+    # truncated back-propagation through the memory: gradients reach back at most this many segment writes (the
+    # memory is detached between blocks of them), bounding a long input's activation memory; None: the whole input
+    backprop_segments: int | None = None
     input_feature_dim: int | None = None  # set for feature inputs (video clips, behaviour embeddings)
     initial_memory_std: float | int = 0.5  # slot-distinct M_0; same order as a GRU state in (-1, 1)
     initializer_range: float | int = 0.02
-    memory_type: str = "rehearsal"  # one of MEMORY_TYPES
-    memory_capacity: int = 128  # entries kept by expire_span, lamemo and kv (the slot memory has num_memory_slots)
+    memory_type: MemoryType | Literal["rehearsal", "kv"] = "slots"  # the last two: MEMORY_TYPE_ALIASES
+    memory_capacity: int = 128  # entries kept by expire_span, lamemo and key_value (slots keep num_memory_slots)
     expire_span_max_span: int = 1024  # L: the longest span, in items
     expire_span_ramp: int = 32  # R: items over which an expiring entry fades out
     expire_span_init_fraction: float | int = 0.1  # every span starts at this share of L
     expire_span_loss_coef: float | int = 0.01  # weight of mean(span / L) in memory_loss
-    kv_top_k: int = 16  # entries a query retrieves from the key-value memory
-    kv_margin: float | int = 0.1  # margin of the key-value memory's loss
-    kv_inverse_temperature: float | int = 40.0  # sharpness of the softmax over retrieved cosines
+    key_value_top_k: int = 16  # entries a query retrieves from the key-value memory
+    key_value_margin: float | int = 0.1  # margin of the key-value memory's loss
+    key_value_inverse_temperature: float | int = 40.0  # sharpness of the softmax over retrieved cosines
     # question answering head
     num_reasoning_hops: int = 3
     # "tokens": every story token is an item; "sentences": each sentence becomes one item, the position-weighted
     # sum of its word embeddings, written as a feature (much faster to learn on bAbI, see the README)
-    story_items: str = "tokens"  # one of STORY_ITEMS
+    story_items: StoryItems = "tokens"
     max_sentence_tokens: int = 16  # longest sentence (or question) with story_items="sentences"
     # click prediction head: behaviour items enter as features [item embedding ; category embedding]
     item_vocab_size: int | None = None  # contiguous item ids, 0 = padding
     category_vocab_size: int | None = None
     behavior_vocab_size: int = 5  # 0 padding, pv, cart, fav, buy
     item_embedding_dim: int = 32
-    # self-supervised rehearsal (training only; the modules are not run at inference)
+    # the rehearsal objective (training only: inference never builds or runs it)
     use_rehearsal: bool = True
     num_rehearsal_fragments: int = 4  # J fragments per sequence
     rehearsal_fragment_length: int = 8  # R consecutive real items per fragment
@@ -89,12 +102,13 @@ class RehearsalMemoryConfig(PreTrainedConfig):
     rehearsal_num_heads: int = 4
     infonce_temperature: float | int = 0.1  # recollection of feature inputs
     # history sampler: which fragments to rehearse
-    sampler_mode: str = "uniform"  # one of SAMPLER_MODES
+    sampler_mode: SamplerMode = "uniform"
     sampler_temperature: float | int = 1.0
     sampler_uniform_floor: float | int = 0.1  # share of probability spread uniformly over valid fragments
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        self.memory_type = MEMORY_TYPE_ALIASES.get(self.memory_type, self.memory_type)
         if self.memory_dim is None:
             self.memory_dim = self.encoder_config.hidden_size
         if self.item_vocab_size is not None and self.input_feature_dim is None:
@@ -103,47 +117,29 @@ class RehearsalMemoryConfig(PreTrainedConfig):
             self.input_feature_dim = self.encoder_config.hidden_size
         if self.rehearsal_hidden_size is None:
             self.rehearsal_hidden_size = self.memory_dim
-        self.check_values()
 
-    def check_values(self):
-        """Raise `ValueError` naming the first field outside its allowed range."""
+    # Class validators: run once at construction (types and choices are checked field by field before) and again
+    # inside `save_pretrained`, so a value assigned later is caught too.
+    def validate_sizes(self):
+        """Counts and widths: at least 1, divisible by their heads, within the encoder's positions."""
         positive = (
-            "item_embedding_dim",
-            "behavior_vocab_size",
-            "num_memory_slots",
-            "memory_dim",
-            "num_memory_heads",
-            "segment_length",
-            "num_reasoning_hops",
-            "max_sentence_tokens",
-            "num_rehearsal_fragments",
-            "rehearsal_fragment_length",
-            "rehearsal_hidden_size",
-            "rehearsal_num_layers",
-            "rehearsal_num_heads",
-            "memory_capacity",
-            "expire_span_max_span",
-            "expire_span_ramp",
-            "kv_top_k",
-        )
+            "item_embedding_dim", "behavior_vocab_size", "num_memory_slots", "memory_dim", "num_memory_heads",
+            "segment_length", "num_reasoning_hops", "max_sentence_tokens", "num_rehearsal_fragments",
+            "rehearsal_fragment_length", "rehearsal_hidden_size", "rehearsal_num_layers", "rehearsal_num_heads",
+            "memory_capacity", "expire_span_max_span", "expire_span_ramp", "key_value_top_k", "input_feature_dim",
+            "backprop_segments",
+        )  # fmt: skip
         for name in positive:
-            value = getattr(self, name)
-            if value < 1:
-                raise ValueError(f"RehearsalMemoryConfig.{name} must be an integer >= 1, got {value}.")
-        if self.memory_dim % self.num_memory_heads != 0:
-            raise ValueError(
-                f"RehearsalMemoryConfig.memory_dim ({self.memory_dim}) must be divisible by "
-                f"num_memory_heads ({self.num_memory_heads})."
-            )
-        if self.input_feature_dim is not None and self.input_feature_dim < 1:
-            raise ValueError(
-                f"RehearsalMemoryConfig.input_feature_dim must be None (token inputs) or >= 1, "
-                f"got {self.input_feature_dim}."
-            )
+            if (value := getattr(self, name)) is not None and value < 1:
+                raise ValueError(f"RehearsalMemoryConfig.{name} must be >= 1, got {value}.")
         for name in ("item_vocab_size", "category_vocab_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 2:
+            if (value := getattr(self, name)) is not None and value < 2:
+                raise ValueError(f"RehearsalMemoryConfig.{name} must be None or >= 2 (id 0 is padding), got {value}.")
+        for width, heads in (("memory_dim", "num_memory_heads"), ("rehearsal_hidden_size", "rehearsal_num_heads")):
+            if getattr(self, width) % getattr(self, heads):
                 raise ValueError(
-                    f"RehearsalMemoryConfig.{name} must be None or >= 2 (id 0 is padding), got {getattr(self, name)}."
+                    f"RehearsalMemoryConfig.{width} ({getattr(self, width)}) must be divisible by "
+                    f"{heads} ({getattr(self, heads)})."
                 )
         max_positions = getattr(self.encoder_config, "max_position_embeddings", None)
         if max_positions is not None and self.segment_length > max_positions:
@@ -151,47 +147,23 @@ class RehearsalMemoryConfig(PreTrainedConfig):
                 f"RehearsalMemoryConfig.segment_length ({self.segment_length}) must be <= the encoder's "
                 f"max_position_embeddings ({max_positions})."
             )
-        if self.rehearsal_hidden_size % self.rehearsal_num_heads != 0:
-            raise ValueError(
-                f"RehearsalMemoryConfig.rehearsal_hidden_size ({self.rehearsal_hidden_size}) must be divisible by "
-                f"rehearsal_num_heads ({self.rehearsal_num_heads})."
-            )
-        for name in ("rehearsal_mask_ratio", "rehearsal_replace_ratio"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"RehearsalMemoryConfig.{name} must lie in (0, 1], got {getattr(self, name)}.")
-        if not 0 <= self.sampler_uniform_floor <= 1:
-            raise ValueError(
-                f"RehearsalMemoryConfig.sampler_uniform_floor must lie in [0, 1], got {self.sampler_uniform_floor}."
-            )
-        for name in ("sampler_temperature", "infonce_temperature", "kv_inverse_temperature"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"RehearsalMemoryConfig.{name} must be > 0, got {getattr(self, name)}.")
-        if self.story_items not in STORY_ITEMS:
-            raise ValueError(
-                f"RehearsalMemoryConfig.story_items must be one of {STORY_ITEMS}, got {self.story_items!r}."
-            )
-        if self.memory_type not in MEMORY_TYPES:
-            raise ValueError(
-                f"RehearsalMemoryConfig.memory_type must be one of {MEMORY_TYPES}, got {self.memory_type!r}."
-            )
-        if not 0 < self.expire_span_init_fraction < 1:
-            raise ValueError(
-                "RehearsalMemoryConfig.expire_span_init_fraction must lie in (0, 1), "
-                f"got {self.expire_span_init_fraction}."
-            )
-        for name in ("expire_span_loss_coef", "kv_margin"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"RehearsalMemoryConfig.{name} must be >= 0, got {getattr(self, name)}.")
-        if self.sampler_mode not in SAMPLER_MODES:
-            raise ValueError(
-                f"RehearsalMemoryConfig.sampler_mode must be one of {SAMPLER_MODES}, got {self.sampler_mode!r}."
-            )
-        if self.initial_memory_std <= 0:
-            raise ValueError(f"RehearsalMemoryConfig.initial_memory_std must be > 0, got {self.initial_memory_std}.")
 
-    def validate_rehearsal_memory(self):
-        # Runs again inside `save_pretrained`, so a value assigned after construction is caught too.
-        self.check_values()
+    def validate_rates(self):
+        """Shares, temperatures and loss coefficients within their ranges."""
+        share = (lambda v: 0 < v <= 1, "lie in (0, 1]")
+        open_share = (lambda v: 0 < v < 1, "lie in (0, 1)")
+        probability = (lambda v: 0 <= v <= 1, "lie in [0, 1]")
+        positive = (lambda v: v > 0, "be > 0")
+        weight = (lambda v: v >= 0, "be >= 0")
+        rules = {
+            "rehearsal_mask_ratio": share, "rehearsal_replace_ratio": share, "expire_span_init_fraction": open_share,
+            "sampler_uniform_floor": probability, "sampler_temperature": positive, "infonce_temperature": positive,
+            "key_value_inverse_temperature": positive, "initial_memory_std": positive,
+            "expire_span_loss_coef": weight, "key_value_margin": weight,
+        }  # fmt: skip
+        for name, (allowed, text) in rules.items():
+            if not allowed(getattr(self, name)):
+                raise ValueError(f"RehearsalMemoryConfig.{name} must {text}, got {getattr(self, name)}.")
 
 
 __all__ = ["RehearsalMemoryConfig"]

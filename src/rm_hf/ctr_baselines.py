@@ -14,19 +14,21 @@ Both score `[target, read, target * read]` with an MLP, like the Rehearsal Memor
 """
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_rehearsal_memory import RehearsalMemoryConfig
-from .layers_rehearsal_memory import RehearsalMemoryAttention, RehearsalMemoryEmbedding, init_scaled_module
+from .layers_rehearsal_memory import RehearsalMemoryAttention, RehearsalMemoryBehaviorEmbedding, init_weights
 from .modeling_rehearsal_memory import (
+    RehearsalMemoryCheckpointMixin,
     RehearsalMemoryClickPredictionOutput,
     RehearsalMemoryForClickPrediction,
     click_scorer,
 )
+from .rehearsal import task_loss
 
 
-class ClickBaselinePreTrainedModel(PreTrainedModel):
+class ClickBaselinePreTrainedModel(RehearsalMemoryCheckpointMixin, PreTrainedModel):
     """Embeddings, scorer and forward shared by the baselines; subclasses define `read_history`."""
 
     config: RehearsalMemoryConfig
@@ -35,30 +37,11 @@ class ClickBaselinePreTrainedModel(PreTrainedModel):
 
     def __init__(self, config: RehearsalMemoryConfig):
         super().__init__(config)
-        if config.item_vocab_size is None or config.category_vocab_size is None:
-            raise ValueError("Click prediction needs RehearsalMemoryConfig.item_vocab_size and category_vocab_size.")
-        dim = config.item_embedding_dim
-        self.item_embeddings = RehearsalMemoryEmbedding(config.item_vocab_size, dim, padding_idx=0)
-        self.category_embeddings = RehearsalMemoryEmbedding(config.category_vocab_size, dim, padding_idx=0)
-        self.behavior_embeddings = RehearsalMemoryEmbedding(config.behavior_vocab_size, 2 * dim, padding_idx=0)
-        self.scorer = click_scorer(6 * dim, config.memory_dim)
+        self.embeddings = RehearsalMemoryBehaviorEmbedding(config)  # the Rehearsal Memory head's featurisation
+        self.scorer = click_scorer(6 * config.item_embedding_dim, config.memory_dim)
 
-    @torch.no_grad()
     def _init_weights(self, module):
-        # the Rehearsal Memory head's scales, so every model starts alike
-        if not init_scaled_module(module):
-            super()._init_weights(module)
-
-    # the Rehearsal Memory head's featurisation and id checks, so every model sees the same inputs
-    embed_behaviors = RehearsalMemoryForClickPrediction.embed_behaviors
-    check_ids = staticmethod(RehearsalMemoryForClickPrediction.check_ids)
-
-    def embed_targets(self, items, categories=None) -> torch.Tensor:
-        """(B, C) candidate ids -> (B, C, 2 * item_embedding_dim)."""
-        categories = categories if categories is not None else torch.zeros_like(items)
-        self.check_ids(items, self.config.item_vocab_size, "target_item")
-        self.check_ids(categories, self.config.category_vocab_size, "target_category")
-        return torch.cat([self.item_embeddings(items), self.category_embeddings(categories)], dim=-1)
+        init_weights(self, module)  # the Rehearsal Memory head's scales, so every model starts alike
 
     def read_history(self, history: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """history (B, T, 2d), mask (B, T) bool, targets (B, C, 2d) -> what each target reads: (B, C, 2d)."""
@@ -74,12 +57,13 @@ class ClickBaselinePreTrainedModel(PreTrainedModel):
         candidate_categories=None,
     ) -> torch.Tensor:
         """Click logits (B, C) of C candidates per user, reading each user's raw history once."""
-        history = self.embed_behaviors(history_items, history_categories, history_behaviors)  # (B, T, 2d)
+        history = self.embeddings.history(history_items, history_categories, history_behaviors)  # (B, T, 2d)
         mask = torch.ones_like(history_items, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        targets = self.embed_targets(candidate_items, candidate_categories)  # (B, C, 2d)
+        targets = self.embeddings.items(candidate_items, candidate_categories)  # (B, C, 2d)
         read = self.read_history(history, mask, targets)
         return self.scorer(torch.cat([targets, read, targets * read], dim=-1)).squeeze(-1)
 
+    @can_return_tuple
     def forward(
         self,
         history_items: torch.LongTensor | None = None,
@@ -89,8 +73,7 @@ class ClickBaselinePreTrainedModel(PreTrainedModel):
         target_item: torch.LongTensor | None = None,
         target_category: torch.LongTensor | None = None,
         labels: torch.FloatTensor | None = None,
-        return_dict: bool | None = None,
-    ) -> RehearsalMemoryClickPredictionOutput | tuple:
+    ) -> RehearsalMemoryClickPredictionOutput:
         r"""Arguments as for [`RehearsalMemoryForClickPrediction`]: (B, T) histories, (B,) targets and labels."""
         RehearsalMemoryForClickPrediction.check_click_inputs(
             history_items,
@@ -109,10 +92,8 @@ class ClickBaselinePreTrainedModel(PreTrainedModel):
             target_item[:, None],
             None if target_category is None else target_category[:, None],
         ).squeeze(1)  # (B,)
-        loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype)) if labels is not None else None
-        output = RehearsalMemoryClickPredictionOutput(loss=loss, logits=logits)
-        use_dict = return_dict if return_dict is not None else self.config.return_dict
-        return output if use_dict else output.to_tuple()
+        loss = task_loss(logits, labels) if labels is not None else None
+        return RehearsalMemoryClickPredictionOutput(loss=loss, logits=logits)
 
 
 class MeanPoolClickModel(ClickBaselinePreTrainedModel):

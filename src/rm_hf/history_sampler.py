@@ -3,10 +3,10 @@
 Modes (RehearsalMemoryConfig.sampler_mode):
 - `uniform`: fragment starts uniform over valid starts (the ablation baseline);
 - `external`: per-item importance weights given with the data (e.g. bAbI supporting facts);
-- `teacher`: a one-stage form of the paper's "what to rehearse" teacher. A full-access teacher attends
-  from the query to every candidate fragment's summary and is trained by the head's task loss; a
-  query-agnostic scorer learns to match the teacher's distribution (KL) and is what fragments are drawn
-  from, since at write time no query exists yet.
+- `teacher`: a one-stage form of the paper's "what to rehearse" teacher. A full-access teacher
+  (`RehearsalMemoryTeacher`) attends from the query to every candidate fragment's summary and is trained by
+  the task loss; a query-agnostic scorer learns to match the teacher's distribution (KL) and is what
+  fragments are drawn from, since at write time no query exists yet.
 Starts are drawn without replacement by Gumbel top-k over a distribution mixed with a uniform floor, so
 every valid fragment keeps some chance of being rehearsed. Inputs are right-padded.
 """
@@ -44,7 +44,40 @@ def draw_fragment_starts(log_probs: torch.Tensor, starts_ok: torch.Tensor, num_f
     return starts
 
 
+def fragment_summaries(item_features: torch.Tensor, attention_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Mean encoder feature of the fragment starting at each item: (B, T, E) -> (B, T, E)."""
+    features = item_features * attention_mask.unsqueeze(-1)
+    counts = window_sums(attention_mask.float(), length).clamp_min(1)  # (B, T)
+    return window_sums(features, length) / counts.unsqueeze(-1)
+
+
+class RehearsalMemoryTeacher(nn.Module):
+    """The full-access teacher of `sampler_mode="teacher"`: it sees every fragment and the task's query, attends from
+    the query to the fragments' summaries and answers the task from what it attended to, trained by the task loss.
+    Its attention says which fragments matter. Training only, and it shapes nothing the task model uses: the
+    summaries and the query reach it detached."""
+
+    def __init__(self, config, num_outputs: int):
+        super().__init__()
+        hidden = config.encoder_config.hidden_size
+        self.query_projection = nn.Linear(config.memory_dim, hidden)
+        self.head = nn.Linear(hidden + config.memory_dim, num_outputs)
+
+    def forward(self, summaries, starts_ok, query):
+        # summaries (B, T, E) detached, starts_ok (B, T), query (B, D) detached
+        # -> attention over fragment starts (B, T) and task logits (B, num_outputs)
+        q = self.query_projection(query)  # (B, E)
+        scores = torch.einsum("bte,be->bt", summaries, q) / q.shape[-1] ** 0.5
+        attention = scores.masked_fill(~starts_ok, float("-inf")).softmax(dim=1)
+        readout = torch.einsum("bt,bte->be", attention, summaries)  # (B, E)
+        return attention, self.head(torch.cat([readout, query], dim=-1))
+
+
 class RehearsalMemoryHistorySampler(nn.Module):
+    """Draws the fragment starts to rehearse from a distribution over valid starts: uniform, the data's importance
+    weights (`external`), or a query-agnostic scorer that learns to match the teacher's attention (`teacher`): at
+    write time no query exists yet, so the scorer, not the teacher, is what fragments are drawn from."""
+
     def __init__(self, config):
         super().__init__()
         self.mode = config.sampler_mode
@@ -54,59 +87,43 @@ class RehearsalMemoryHistorySampler(nn.Module):
         self.uniform_floor = config.sampler_uniform_floor
         if self.mode == "teacher":
             hidden = config.encoder_config.hidden_size
-            self.teacher_query = nn.Linear(config.memory_dim, hidden)
             self.scorer = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
-    def forward(self, attention_mask, item_features=None, fragment_weights=None, query=None):
-        """Return fragment starts (B, J), the sampler loss (or None) and the teacher's readout (or None).
+    def forward(self, attention_mask, fragment_weights=None, summaries=None, teacher_attention=None):
+        """Fragment starts (B, J) and the scorer's loss (KL to the teacher's attention; None for other modes).
 
-        item_features (B, T, E): encoder features, needed by `teacher`; fragment_weights (B, T): needed by
-        `external`; query (B, D): the task's query, needed by `teacher`.
+        fragment_weights (B, T): per-item importance, for `external`; summaries (B, T, E) and teacher_attention
+        (B, T): the fragments' summaries and the teacher's attention over them, for `teacher`.
         """
         starts_ok = valid_starts(attention_mask, self.fragment_length)  # (B, T)
-        uniform = torch.zeros(starts_ok.shape, device=starts_ok.device)
-        sampler_loss = teacher_readout = None
+        sampler_loss = None
         if self.mode == "uniform":
-            scores = uniform
+            scores = torch.zeros(starts_ok.shape, device=starts_ok.device)
         elif self.mode == "external":
-            if fragment_weights is None:
-                raise ValueError(
-                    "sampler_mode='external' needs `fragment_weights` (per-item importance) in the batch."
-                )
-            if fragment_weights.shape != attention_mask.shape:
-                raise ValueError(
-                    f"`fragment_weights` shape {tuple(fragment_weights.shape)} does not match the input's "
-                    f"(batch, length) = {tuple(attention_mask.shape)}."
-                )
-            if not (torch.isfinite(fragment_weights) & (fragment_weights >= 0)).all():
-                raise ValueError("`fragment_weights` must be finite and non-negative.")
-            weight = window_sums(fragment_weights.float() * attention_mask, self.fragment_length)  # (B, T)
-            scores = torch.log(weight + 1e-6)
+            scores = self.external_scores(fragment_weights, attention_mask)
         else:
-            if query is None:
-                raise ValueError("sampler_mode='teacher' needs a task query (the head passes it).")
-            scores, sampler_loss, teacher_readout = self.teacher(item_features, attention_mask, starts_ok, query)
+            scorer_logits = self.scorer(summaries).squeeze(-1).masked_fill(~starts_ok, float("-inf"))  # (B, T)
+            log_scorer = scorer_logits.log_softmax(dim=1).masked_fill(~starts_ok, 0.0)
+            target = teacher_attention.detach()
+            sampler_loss = (target * (torch.log(target.clamp_min(1e-12)) - log_scorer)).sum(dim=1).mean()
+            scores = scorer_logits.detach()
         log_probs = self.mix_with_floor(scores / self.temperature, starts_ok)
-        starts = draw_fragment_starts(log_probs, starts_ok, self.num_fragments)
-        return starts, sampler_loss, teacher_readout
+        return draw_fragment_starts(log_probs, starts_ok, self.num_fragments), sampler_loss
+
+    def external_scores(self, fragment_weights, attention_mask):
+        if fragment_weights is None:
+            raise ValueError("sampler_mode='external' needs `fragment_weights` (per-item importance) in the batch.")
+        if fragment_weights.shape != attention_mask.shape:
+            raise ValueError(
+                f"`fragment_weights` shape {tuple(fragment_weights.shape)} does not match the input's "
+                f"(batch, length) = {tuple(attention_mask.shape)}."
+            )
+        if not (torch.isfinite(fragment_weights) & (fragment_weights >= 0)).all():
+            raise ValueError("`fragment_weights` must be finite and non-negative.")
+        weight = window_sums(fragment_weights.float() * attention_mask, self.fragment_length)  # (B, T)
+        return torch.log(weight + 1e-6)
 
     def mix_with_floor(self, scores, starts_ok):
         probs = scores.masked_fill(~starts_ok, float("-inf")).softmax(dim=1)
         uniform = starts_ok.float() / starts_ok.sum(dim=1, keepdim=True)
         return torch.log((1 - self.uniform_floor) * probs + self.uniform_floor * uniform + 1e-12)
-
-    def teacher(self, item_features, attention_mask, starts_ok, query):
-        # The teacher sees everything but must not shape the memory: features are detached.
-        features = item_features.detach() * attention_mask.unsqueeze(-1)  # (B, T, E)
-        counts = window_sums(attention_mask.float(), self.fragment_length).clamp_min(1)  # (B, T)
-        summaries = window_sums(features, self.fragment_length) / counts.unsqueeze(-1)  # (B, T, E)
-        q = self.teacher_query(query)  # (B, E)
-        teacher_logits = torch.einsum("bte,be->bt", summaries, q) / q.shape[-1] ** 0.5
-        teacher_logits = teacher_logits.masked_fill(~starts_ok, float("-inf"))
-        teacher_probs = teacher_logits.softmax(dim=1)  # (B, T)
-        readout = torch.einsum("bt,bte->be", teacher_probs, summaries)  # (B, E)
-        scorer_logits = self.scorer(summaries).squeeze(-1).masked_fill(~starts_ok, float("-inf"))  # (B, T)
-        log_scorer = scorer_logits.log_softmax(dim=1).masked_fill(~starts_ok, 0.0)
-        target = teacher_probs.detach()
-        kl = (target * (torch.log(target.clamp_min(1e-12)) - log_scorer)).sum(dim=1).mean()
-        return scorer_logits.detach(), kl, readout

@@ -1,5 +1,6 @@
 """Building blocks shared by the memory types, the task heads and the click baselines: scaled projections and
-embeddings, multi-head attention over a weighted set of memory entries, and an id range check.
+embeddings, the behaviour embedding of click prediction, multi-head attention over a weighted set of memory
+entries, an id range check, and the one weight-initialisation rule.
 
 This file is copied next to saved checkpoints for `trust_remote_code=True`: it imports only torch and transformers.
 """
@@ -9,6 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PreTrainedModel
 from transformers import initialization as init
 
 
@@ -26,37 +28,77 @@ def check_id_range(ids: torch.Tensor, vocab_size: int, name: str, vocabulary: st
 
 class RehearsalMemoryProjection(nn.Linear):
     """A linear layer outside the encoder (attention projections, feature and target projections, click scorer),
-    initialised with fan-in scaling by `init_scaled_module` so it keeps its inputs' scale."""
+    initialised with fan-in scaling so it keeps its inputs' scale."""
 
-
-class RehearsalMemoryEmbedding(nn.Embedding):
-    """An item, category or behaviour embedding of the click head, initialised at unit scale by
-    `init_scaled_module`, like a normalised input (id 0, padding, stays zero)."""
-
-
-@torch.no_grad()
-def init_scaled_module(module: nn.Module) -> bool:
-    """Initialise a module whose scale is set by its role, not by `config.initializer_range`; False for others.
-
-    Shared by the Rehearsal Memory models and the click baselines, so both start from the same scales.
-    """
-    if isinstance(module, RehearsalMemoryProjection):
+    def init_weights_from_config(self, config):
         # At the 0.02 default, slot queries barely differ, every slot reads the average item and the slots
         # take long to specialise (bAbI qa1, 400 steps: loss 1.09 with fan-in scaling and gradient clipping,
         # 1.52 with neither; not a clean ablation). For click prediction, 0.02 on the scorer and projections
         # and on the embeddings left behaviour features 1,000 times smaller than the encoder's position
         # embeddings: test AUC 0.55 after 400 steps of the click test task, 0.80-0.96 (four seeds) with
         # these scales.
-        init.normal_(module.weight, std=module.in_features**-0.5)
-        init.zeros_(module.bias)
-    elif isinstance(module, RehearsalMemoryEmbedding):
-        init.normal_(module.weight, std=1.0)
+        init.normal_(self.weight, std=self.in_features**-0.5)
+        init.zeros_(self.bias)
+
+
+class RehearsalMemoryEmbedding(nn.Embedding):
+    """An item, category or behaviour embedding, initialised at unit scale like a normalised input (id 0, padding,
+    stays zero)."""
+
+    def init_weights_from_config(self, config):
+        init.normal_(self.weight, std=1.0)
         # the slice loses the loaded-weight flag, so check it here (as PreTrainedModel._init_weights does)
-        if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
-            init.zeros_(module.weight[module.padding_idx])
+        if self.padding_idx is not None and not getattr(self.weight, "_is_hf_initialized", False):
+            init.zeros_(self.weight[self.padding_idx])
+
+
+@torch.no_grad()
+def init_weights(model, module: nn.Module) -> None:
+    """The one initialisation rule of every model in this package (`_init_weights`): a module that sets its own
+    start values defines `init_weights_from_config(config)`; any other gets transformers' defaults.
+
+    `from_pretrained` builds on the meta device, so whatever a checkpoint lacks is set here, never in __init__;
+    `transformers.initialization` leaves loaded weights alone.
+    """
+    if hasattr(module, "init_weights_from_config"):
+        module.init_weights_from_config(model.config)
     else:
-        return False
-    return True
+        PreTrainedModel._init_weights(model, module)
+
+
+UNKNOWN_IDS = "map unknown ids to 0 with the data's vocabulary"
+
+
+class RehearsalMemoryBehaviorEmbedding(nn.Module):
+    """Behaviours and candidates of click prediction as features: [item embedding ; category embedding], plus a
+    behaviour-type embedding for history items. Shared by the click head and its baselines, so every model sees
+    the same inputs; ids are checked against their vocabularies first."""
+
+    def __init__(self, config):
+        super().__init__()
+        if config.item_vocab_size is None or config.category_vocab_size is None:
+            raise ValueError("Click prediction needs RehearsalMemoryConfig.item_vocab_size and category_vocab_size.")
+        dim = config.item_embedding_dim
+        self.item_embeddings = RehearsalMemoryEmbedding(config.item_vocab_size, dim, padding_idx=0)
+        self.category_embeddings = RehearsalMemoryEmbedding(config.category_vocab_size, dim, padding_idx=0)
+        self.behavior_embeddings = RehearsalMemoryEmbedding(config.behavior_vocab_size, 2 * dim, padding_idx=0)
+
+    def items(self, items, categories=None, names=("target_item", "target_category")) -> torch.Tensor:
+        """(...) item ids and their categories (0 when omitted) -> (..., 2 * item_embedding_dim)."""
+        categories = categories if categories is not None else torch.zeros_like(items)
+        check_id_range(items, self.item_embeddings.num_embeddings, names[0], UNKNOWN_IDS)
+        check_id_range(categories, self.category_embeddings.num_embeddings, names[1], UNKNOWN_IDS)
+        return torch.cat([self.item_embeddings(items), self.category_embeddings(categories)], dim=-1)
+
+    def history(self, history_items, history_categories=None, history_behaviors=None) -> torch.Tensor:
+        """(B, T) behaviour ids -> (B, T, 2 * item_embedding_dim) features."""
+        features = self.items(history_items, history_categories, names=("history_items", "history_categories"))
+        if history_behaviors is not None:
+            check_id_range(
+                history_behaviors, self.behavior_embeddings.num_embeddings, "history_behaviors", UNKNOWN_IDS
+            )
+            features = features + self.behavior_embeddings(history_behaviors)
+        return features
 
 
 def attention_mask_from_weights(key_weights: torch.Tensor, dtype: torch.dtype):

@@ -20,7 +20,7 @@ from torch import nn
 from transformers import initialization as init
 
 from .layers_rehearsal_memory import RehearsalMemoryProjection
-from .memory_interface import RehearsalMemoryAgeEncoding, RehearsalMemoryBaseMemory, item_positions, keep_entries
+from .memory_interface import RehearsalMemoryAgeEncoding, RehearsalMemoryBank, item_positions, keep_entries
 
 
 class RehearsalMemorySpanPredictor(nn.Linear):
@@ -33,7 +33,7 @@ class RehearsalMemorySpanPredictor(nn.Linear):
         init.constant_(self.bias, math.log(fraction / (1 - fraction)))
 
 
-class RehearsalMemoryExpireSpanMemory(RehearsalMemoryBaseMemory):
+class RehearsalMemoryExpireSpan(RehearsalMemoryBank):
     """State: `entries` (B, C, D), `position` (B, C) time of each item, `span` (B, C), `valid` (B, C) bool and
     `clock` (B,) the time of the next item."""
 

@@ -57,7 +57,7 @@ def detach_memory(state: MemoryState) -> MemoryState:
     return {name: tensor.detach() for name, tensor in state.items()}
 
 
-class RehearsalMemoryBaseMemory(nn.Module):
+class RehearsalMemoryBank(nn.Module):
     """What the memory machine needs from a memory type. Subclasses set `takes_values` when `write` needs one
     discrete value per item (the key-value memory), and document their state."""
 

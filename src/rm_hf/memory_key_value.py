@@ -1,5 +1,5 @@
 """Lifelong key-value memory (Kaiser, Nachum, Roy and Bengio, "Learning to Remember Rare Events", ICLR 2017),
-`memory_type="kv"`.
+`memory_type="key_value"`.
 
 Each sequence has N = `memory_capacity` entries of a unit-length key, a discrete value and an age. Every real item
 is written in turn: its key is q = normalize(W h); the nearest key (cosine) is found; if its value equals the
@@ -9,8 +9,8 @@ max(0, q.k_neg - q.k_pos + margin) between the nearest key with the item's value
 
 Values are ids the task provides: token ids for token inputs, each sentence's last word with
 `story_items="sentences"` (the place or object of a bAbI fact), item ids for click histories. A reader sees each
-entry as embedding(value) + projection(key); a query retrieves its `kv_top_k` nearest keys and weights them by
-softmax(kv_inverse_temperature * cosine), so the heads stay differentiable (the embedding read-out is our
+entry as embedding(value) + projection(key); a query retrieves its `key_value_top_k` nearest keys and weights them by
+softmax(key_value_inverse_temperature * cosine), so the heads stay differentiable (the embedding read-out is our
 deviation from the paper's hard read). The search is exact over the N entries; the paper's top-k pool only
 matters for speed at its memory sizes. Ages break ties by entry index, not by random noise, so writing is
 deterministic and streaming equals one pass.
@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers_rehearsal_memory import RehearsalMemoryProjection
-from .memory_interface import RehearsalMemoryBaseMemory
+from .memory_interface import RehearsalMemoryBank
 
 
-class RehearsalMemoryKeyValueMemory(RehearsalMemoryBaseMemory):
+class RehearsalMemoryKeyValue(RehearsalMemoryBank):
     """State: `keys` (B, N, D) unit vectors, `values` (B, N) ids (-1 = empty) and `age` (B, N)."""
 
     takes_values = True
@@ -32,8 +32,8 @@ class RehearsalMemoryKeyValueMemory(RehearsalMemoryBaseMemory):
     def __init__(self, config):
         super().__init__()
         self.capacity, self.dim = config.memory_capacity, config.memory_dim
-        self.top_k, self.margin = config.kv_top_k, config.kv_margin
-        self.inverse_temperature = config.kv_inverse_temperature
+        self.top_k, self.margin = config.key_value_top_k, config.key_value_margin
+        self.inverse_temperature = config.key_value_inverse_temperature
         self.value_vocab_size = config.item_vocab_size or config.encoder_config.vocab_size
         self.key_projection = RehearsalMemoryProjection(config.encoder_config.hidden_size, config.memory_dim)
         self.query_projection = RehearsalMemoryProjection(config.memory_dim, config.memory_dim)

@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from .layers_rehearsal_memory import RehearsalMemoryProjection
-from .memory_interface import RehearsalMemoryAgeEncoding, RehearsalMemoryBaseMemory, item_positions, keep_entries
+from .memory_interface import RehearsalMemoryAgeEncoding, RehearsalMemoryBank, item_positions, keep_entries
 
 
-class RehearsalMemoryLookAheadMemory(RehearsalMemoryBaseMemory):
+class RehearsalMemoryLaMemo(RehearsalMemoryBank):
     """State: `inputs` (B, M, D) item inputs, `context` (B, M, D) cached attention results (heads side by side),
     `log_norm` (B, M, H) float32 log-normalisers, `position` (B, M), `valid` (B, M) bool, `clock` (B,)."""
 

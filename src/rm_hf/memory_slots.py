@@ -1,4 +1,4 @@
-"""The Rehearsal Memory slot memory (`memory_type="rehearsal"`): K learned slots updated by attention and a GRU.
+"""The Rehearsal Memory slot memory (`memory_type="slots"`): K learned slots updated by attention and a GRU.
 
 Each write step, every slot reads the segment's items with multi-head attention and is updated by one GRU cell
 shared by all slots. The initial memory M_0 is a learned, slot-distinct parameter: otherwise every slot would
@@ -11,7 +11,16 @@ from torch import nn
 from transformers import initialization as init
 
 from .layers_rehearsal_memory import RehearsalMemoryAttention
-from .memory_interface import RehearsalMemoryBaseMemory, describe
+from .memory_interface import RehearsalMemoryBank, describe
+
+
+class RehearsalMemoryGRUCell(nn.GRUCell):
+    """The slot update, initialised as PyTorch initialises a GRU (transformers' default would not)."""
+
+    def init_weights_from_config(self, config):
+        bound = self.hidden_size**-0.5
+        for weight in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
+            init.uniform_(weight, -bound, bound)
 
 
 class RehearsalMemoryWriter(nn.Module):
@@ -22,7 +31,7 @@ class RehearsalMemoryWriter(nn.Module):
         self.attention = RehearsalMemoryAttention(
             config.memory_dim, config.encoder_config.hidden_size, config.num_memory_heads
         )
-        self.gru = nn.GRUCell(config.memory_dim, config.memory_dim)
+        self.gru = RehearsalMemoryGRUCell(config.memory_dim, config.memory_dim)
 
     def forward(self, memory: torch.Tensor, items: torch.Tensor, item_mask: torch.Tensor) -> torch.Tensor:
         # memory (B, K, D), items (B, S, E), item_mask (B, S); every row has at least one real item
@@ -32,7 +41,7 @@ class RehearsalMemoryWriter(nn.Module):
         return updated.view(batch, slots, dim)
 
 
-class RehearsalMemorySlotMemory(RehearsalMemoryBaseMemory):
+class RehearsalMemorySlots(RehearsalMemoryBank):
     def __init__(self, config):
         super().__init__()
         self.num_slots, self.dim = config.num_memory_slots, config.memory_dim
@@ -40,7 +49,6 @@ class RehearsalMemorySlotMemory(RehearsalMemoryBaseMemory):
         self.writer = RehearsalMemoryWriter(config)
 
     def init_weights_from_config(self, config):
-        # called by the model's `_init_weights`; `init` leaves loaded weights alone
         init.normal_(self.initial_memory, std=config.initial_memory_std)
 
     def init_state(self, batch_size: int) -> torch.Tensor:

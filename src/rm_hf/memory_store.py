@@ -35,6 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .file_utils import atomic_path, remove_stale_temporaries
+from .layers_rehearsal_memory import UNKNOWN_IDS, check_id_range
 from .modeling_rehearsal_memory import RehearsalMemoryForClickPrediction
 
 logger = logging.getLogger(__name__)
@@ -51,10 +52,10 @@ class UserMemoryStore:
     """
 
     def __init__(self, model: RehearsalMemoryForClickPrediction):
-        if model.config.memory_type != "rehearsal":
+        if model.config.memory_type != "slots":
             # the saved layout is one (K, D) slot tensor per user; the other memory types keep several tensors
             raise ValueError(
-                f"UserMemoryStore keeps slot memories (memory_type='rehearsal'); this model has "
+                f"UserMemoryStore keeps slot memories (memory_type='slots'); this model has "
                 f"memory_type={model.config.memory_type!r}."
             )
         self.model = model.eval()
@@ -220,8 +221,7 @@ class UserMemoryStore:
 
     def _write(self, memory: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         # memory (K, D), rows (N, 3) -> (K, D); N a multiple of segment_length except for the pending tail
-        features = self.model.embed_behaviors(rows[:, 0][None], rows[:, 1][None], rows[:, 2][None])  # (1, N, 2d)
-        return self.model.rehearsal_memory.write(memory[None], input_features=features)[0]
+        return self.model.write(memory[None], rows[:, 0][None], rows[:, 1][None], rows[:, 2][None])[0]
 
     def _behavior_rows(self, items, categories, behaviors) -> torch.Tensor:
         """Validated (N, 3) item / category / behaviour ids; ids enter the pending buffer unwritten, so they
@@ -257,7 +257,7 @@ class UserMemoryStore:
             if not bool(exact.all()):
                 raise ValueError(f"`{name}` must hold integer ids, got {ids[~exact][0].item()}.")
         ids = ids.to(self.device, torch.long)  # uint64 ids past 2**63 wrap negative and fail the range check
-        self.model.check_ids(ids, vocab_size, name)
+        check_id_range(ids, vocab_size, name, UNKNOWN_IDS)
         return ids
 
 

@@ -1,7 +1,7 @@
 """Model cards for trained checkpoints: our own template, filled with the results of the run that made them.
 
 `push_to_hub` overwrites README.md with a generic card, so publish the folder with
-`HfApi().upload_folder(...)` after `run_qa.py` has written this card into it (hf-conventions §5).
+`HfApi().upload_folder(...)` after `run_qa.py` has written this card into it.
 """
 
 from pathlib import Path
@@ -41,8 +41,8 @@ tokenizer = AutoTokenizer.from_pretrained("{{ model_id }}")
 
 Encode a story as its sentences' tokens, each followed by `[SEP]`, and a question as `[CLS] question [SEP]`
 (`rm_hf.qa_data.encode_qa_example`, batched by `QACollator({% if sentence_items %}sentence_items=True{% endif %})`);
-{% if sentence_items %}`model.rehearsal_memory(input_features=model.embed_sentences(input_ids)).memory`{% else %}`model.rehearsal_memory(input_ids).memory`{% endif %}
-is the story's memory and `model.answer(memory, question_input_ids)` answers any number of questions about it.
+`memory = model.write(None, input_ids, attention_mask)` writes the story into memory (call it again with the memory to
+stream a longer story in chunks) and `model.answer(memory, question_input_ids)` answers any number of questions about it.
 
 ## Training
 
@@ -89,7 +89,7 @@ nothing about natural text.
 
 # how the card names each memory type: its name, its size and how a segment is written
 MEMORY_DESCRIPTIONS = {
-    "rehearsal": lambda config: {
+    "slots": lambda config: {
         "memory_name": "a Rehearsal Memory slot memory",
         "memory_size": f"{config.num_memory_slots} memory slots",
         "memory_write": "slot-to-item attention and a shared GRU cell",
@@ -104,7 +104,7 @@ MEMORY_DESCRIPTIONS = {
         "memory_size": f"the last {config.memory_capacity} item states",
         "memory_write": "refreshing the kept states with look-ahead attention to the new items",
     },
-    "kv": lambda config: {
+    "key_value": lambda config: {
         "memory_name": "a lifelong key-value memory (Kaiser et al., 2017)",
         "memory_size": f"{config.memory_capacity} key-value entries",
         "memory_write": "the nearest-key update rule (merge on a value match, else replace the oldest entry)",

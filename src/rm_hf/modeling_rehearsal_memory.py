@@ -1,14 +1,16 @@
 """Rehearsal Memory models (Zhang et al., ICML 2021, arXiv 2106.01096).
 
-The memory machine G reads a long input once, segment by segment, into K memory slots and forgets the
-input; task heads answer from the slots alone, so query cost does not depend on the input length.
-Notable choices:
+The memory machine G (`RehearsalMemoryModel`) reads a long input once, segment by segment, into a fixed-size
+memory and forgets the input; task heads answer from the memory alone, so query cost does not depend on the
+input length. Each head owns its two halves, `write(memory, raw inputs)` and a reader (`answer` / `score`), and
+in training holds the rehearsal objective (`rehearsal.RehearsalMemoryObjective`): its `forward` is
+write -> read -> task loss -> objective. Notable choices:
 - a pluggable Hugging Face encoder backbone encodes each segment (token ids through its embeddings,
   continuous features through a linear projection into `inputs_embeds`);
-- the memory itself is pluggable (`config.memory_type`, see `memory_interface`): the Rehearsal Memory slots
-  (`memory_slots`, the default) or Expire-Span, LaMemo and the lifelong key-value memory, all read by the same
-  heads and rehearsal model;
-- `write(memory, segment)` and the whole-sequence `forward` share one code path, so streaming a sequence
+- the memory itself is pluggable (`config.memory_type`, the module `bank`; see `memory_interface`): the
+  Rehearsal Memory slots (`memory_slots`, the default) or Expire-Span, LaMemo and the lifelong key-value
+  memory, all read by the same heads and rehearsed by the same objective;
+- `write(memory, chunk)` and the whole-sequence `forward` share one code path, so streaming a sequence
   gives exactly the memory of one pass.
 
 This file is copied next to saved checkpoints for `trust_remote_code=True`: it imports only torch,
@@ -20,39 +22,57 @@ import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_utils import load_state_dict
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_rehearsal_memory import RehearsalMemoryConfig
-from .history_sampler import RehearsalMemoryHistorySampler
 from .layers_rehearsal_memory import (
     RehearsalMemoryAttention,
+    RehearsalMemoryBehaviorEmbedding,
     RehearsalMemoryEmbedding,
     RehearsalMemoryProjection,
     check_id_range,
-    init_scaled_module,
+    init_weights,
 )
-from .memory_expire_span import RehearsalMemoryExpireSpanMemory
-from .memory_interface import reorder_memory, replace_rows
-from .memory_key_value import RehearsalMemoryKeyValueMemory
-from .memory_lamemo import RehearsalMemoryLookAheadMemory
-from .memory_slots import RehearsalMemorySlotMemory
-from .rehearsal import RehearsalMemoryRehearser
-
-# Checkpoints saved before memory types existed kept the slot memory's weights at the top of the base model.
-LEGACY_WEIGHT_NAMES = re.compile(r"^((?:rehearsal_memory\.)?)(initial_memory$|writer\.)")
+from .memory_expire_span import RehearsalMemoryExpireSpan
+from .memory_interface import detach_memory, reorder_memory, replace_rows
+from .memory_key_value import RehearsalMemoryKeyValue
+from .memory_lamemo import RehearsalMemoryLaMemo
+from .memory_slots import RehearsalMemorySlots
+from .rehearsal import RehearsalMemoryObjective, task_loss
 
 MEMORY_CLASSES = {
-    "rehearsal": RehearsalMemorySlotMemory,
-    "expire_span": RehearsalMemoryExpireSpanMemory,
-    "lamemo": RehearsalMemoryLookAheadMemory,
-    "kv": RehearsalMemoryKeyValueMemory,
+    "slots": RehearsalMemorySlots,
+    "expire_span": RehearsalMemoryExpireSpan,
+    "lamemo": RehearsalMemoryLaMemo,
+    "key_value": RehearsalMemoryKeyValue,
 }
+
+# Weight names of earlier checkpoints -> today's (None: no longer kept). First match wins.
+RENAMED_WEIGHTS = [
+    # before memory types (0.1): the slot memory's weights at the top of the base model
+    (re.compile(r"^((?:rehearsal_memory\.)?)(initial_memory$|writer\.)"), r"\1bank.\2"),
+    # before 0.2: the memory type module was `memory`, the rehearsal objective lived in the base model and the head
+    (re.compile(r"^((?:rehearsal_memory\.)?)memory\."), r"\1bank."),
+    (re.compile(r"^rehearsal_memory\.rehearser\."), "rehearsal.rehearser."),
+    (re.compile(r"^rehearsal_memory\.history_sampler\.teacher_query\."), "rehearsal.teacher.query_projection."),
+    (re.compile(r"^rehearsal_memory\.history_sampler\.scorer\."), "rehearsal.sampler.scorer."),
+    (re.compile(r"^teacher_head\."), "rehearsal.teacher.head."),
+    (re.compile(r"^(rehearser|history_sampler)\."), None),  # a base model's training-only modules
+    (re.compile(r"^(item|category|behavior)_embeddings\."), r"embeddings.\1_embeddings."),  # click models
+]
+
+
+def renamed_weight(name: str) -> str | None:
+    for pattern, replacement in RENAMED_WEIGHTS:
+        if pattern.match(name):
+            return None if replacement is None else pattern.sub(replacement, name)
+    return name
 
 
 def damaged_weights_file(checkpoint, subfolder: str = "") -> str | None:
@@ -71,9 +91,9 @@ def damaged_weights_file(checkpoint, subfolder: str = "") -> str | None:
     return None
 
 
-def legacy_state_dict(checkpoint, subfolder: str = "") -> dict[str, torch.Tensor] | None:
-    """The weights of a local single-file checkpoint saved before memory types existed, renamed to today's names
-    (`initial_memory` -> `memory.initial_memory`, `writer.*` -> `memory.writer.*`); None for any other checkpoint."""
+def renamed_state_dict(checkpoint, subfolder: str = "") -> dict[str, torch.Tensor] | None:
+    """The weights of a local single-file checkpoint saved with earlier weight names, under today's names
+    (`RENAMED_WEIGHTS`); None for any other checkpoint."""
     path = os.path.join(checkpoint, subfolder, "model.safetensors") if checkpoint is not None else None
     if path is None or not os.path.isfile(path):
         return None
@@ -81,9 +101,35 @@ def legacy_state_dict(checkpoint, subfolder: str = "") -> dict[str, torch.Tensor
         names = load_state_dict(path, map_location="meta").keys()  # reads the header only
     except Exception:  # noqa: BLE001 - a damaged file is reported by from_pretrained
         return None
-    if not any(LEGACY_WEIGHT_NAMES.match(name) for name in names):
+    if all(renamed_weight(name) == name for name in names):
         return None
-    return {LEGACY_WEIGHT_NAMES.sub(r"\1memory.\2", name): w for name, w in load_state_dict(path).items()}
+    renamed = ((renamed_weight(name), weight) for name, weight in load_state_dict(path).items())
+    return {name: weight for name, weight in renamed if name is not None}
+
+
+class RehearsalMemoryCheckpointMixin:
+    """`from_pretrained` that also loads checkpoints saved under earlier weight names, and names a damaged weights
+    file (transformers reports "Error while deserializing header" without saying which file)."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        subfolder = kwargs.get("subfolder", "")
+        renamed = renamed_state_dict(pretrained_model_name_or_path, subfolder)
+        if renamed is not None and "state_dict" not in kwargs:
+            config = kwargs.pop("config", None) or cls.config_class.from_pretrained(
+                pretrained_model_name_or_path, subfolder=subfolder
+            )
+            kwargs.pop("subfolder", None)
+            return super().from_pretrained(None, *args, config=config, state_dict=renamed, **kwargs)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as error:
+            damaged = damaged_weights_file(pretrained_model_name_or_path, subfolder)
+            if damaged is None:
+                raise
+            raise ValueError(
+                f"{damaged}: cannot read the weights, the file is truncated or corrupt ({error})."
+            ) from error
 
 
 class RehearsalMemorySentenceEncoder(nn.Module):
@@ -101,6 +147,9 @@ class RehearsalMemorySentenceEncoder(nn.Module):
             config.encoder_config.vocab_size, config.input_feature_dim, padding_idx=padding
         )
         self.position_weights = nn.Parameter(torch.empty(config.max_sentence_tokens, config.input_feature_dim))
+
+    def init_weights_from_config(self, config):
+        init.ones_(self.position_weights)  # start as a bag of words
 
     def forward(self, sentence_ids: torch.Tensor, name: str) -> torch.Tensor:
         # sentence_ids (..., W) padded with the pad id -> (..., D)
@@ -136,16 +185,6 @@ class RehearsalMemoryReader(nn.Module):
 
 
 @dataclass
-class RehearsalOutput:
-    """Training-time rehearsal terms of one batch (see `RehearsalMemoryModel.rehearse`)."""
-
-    recollection_loss: torch.Tensor
-    familiarity_loss: torch.Tensor
-    sampler_loss: torch.Tensor | None = None
-    teacher_readout: torch.Tensor | None = None
-
-
-@dataclass
 class RehearsalMemoryModelOutput(ModelOutput):
     """
     Args:
@@ -169,7 +208,7 @@ class RehearsalMemoryModelOutput(ModelOutput):
     item_embeddings: torch.FloatTensor | None = None
 
 
-class RehearsalMemoryPreTrainedModel(PreTrainedModel):
+class RehearsalMemoryPreTrainedModel(RehearsalMemoryCheckpointMixin, PreTrainedModel):
     config: RehearsalMemoryConfig
     base_model_prefix = "rehearsal_memory"
     main_input_name = "input_ids"
@@ -187,58 +226,34 @@ class RehearsalMemoryPreTrainedModel(PreTrainedModel):
         if shipping_code and self._auto_class is None:
             custom_object_save(self, save_directory)  # copy the code the `auto_map` entry points to
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        legacy = legacy_state_dict(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
-        if legacy is not None and "state_dict" not in kwargs:
-            config = kwargs.pop("config", None) or cls.config_class.from_pretrained(
-                pretrained_model_name_or_path, subfolder=kwargs.get("subfolder", "")
-            )
-            kwargs.pop("subfolder", None)
-            return super().from_pretrained(None, *args, config=config, state_dict=legacy, **kwargs)
-        try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        except Exception as error:
-            # transformers reports a damaged weights file as "Error while deserializing header: ..." without
-            # saying which file; name it
-            damaged = damaged_weights_file(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
-            if damaged is None:
-                raise
-            raise ValueError(
-                f"{damaged}: cannot read the weights, the file is truncated or corrupt ({error})."
-            ) from error
-
-    def rehearsal_terms(self, outputs, query, teacher_loss, **inputs):
-        """(recollection, familiarity, sampler) losses of a training batch. `teacher_loss` maps the teacher
-        head's logits to its task loss (None without labels)."""
-        rehearsal = self.rehearsal_memory.rehearse(outputs, query=query, **inputs)
-        sampler_loss = rehearsal.sampler_loss
-        if rehearsal.teacher_readout is not None and teacher_loss is not None:
-            teacher_logits = self.teacher_head(torch.cat([rehearsal.teacher_readout, query.detach()], dim=-1))
-            sampler_loss = sampler_loss + teacher_loss(teacher_logits)
-        return rehearsal.recollection_loss, rehearsal.familiarity_loss, sampler_loss
-
-    @torch.no_grad()
     def _init_weights(self, module):
-        # `from_pretrained` builds on the meta device: whatever a checkpoint lacks is set here, never in __init__.
-        if init_scaled_module(module):
-            return
-        super()._init_weights(module)
-        if hasattr(module, "init_weights_from_config"):  # memory modules with start values of their own
-            module.init_weights_from_config(self.config)
-        elif isinstance(module, RehearsalMemoryRehearser):
-            init.normal_(module.mask_embedding, std=1.0)  # unit scale, like the normalised items
-            init.normal_(module.cls_embedding, std=1.0)
-        elif isinstance(module, RehearsalMemorySentenceEncoder):
-            init.ones_(module.position_weights)  # start as a bag of words
-        elif isinstance(module, nn.GRUCell):
-            bound = module.hidden_size**-0.5
-            for weight in (module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh):
-                init.uniform_(weight, -bound, bound)
+        init_weights(self, module)
+
+    @property
+    def rehearsing(self) -> bool:
+        """Whether `forward` runs the rehearsal objective: in training, for a head that holds one."""
+        return self.training and getattr(self, "rehearsal", None) is not None
+
+    def head_output(self, output_class, logits, labels, written, story, query, fragment_weights):
+        """A head's output: the task loss given labels and, in training, the rehearsal terms and the memory type's
+        own loss. `written` is the memory machine's output for `story`, `query` the head's query."""
+        rehearsal = (
+            self.rehearsal(self.rehearsal_memory, written, story, query, labels, fragment_weights)
+            if self.rehearsing
+            else None
+        )
+        return output_class(
+            loss=task_loss(logits, labels) if labels is not None else None,
+            logits=logits,
+            **(rehearsal.loss_terms() if rehearsal is not None else {}),
+            memory_loss=written.memory_loss if self.training else None,
+        )
 
 
 class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
-    """The memory machine G(X) -> M. `forward` reads a whole sequence; `init_memory` + `write` stream it."""
+    """The memory machine G(X) -> M, and nothing else: `forward` reads a whole sequence, `init_memory` + `write`
+    stream it. The memory type (`config.memory_type`) is the module `bank`; what a memory holds for a batch of
+    sequences (its state) is what `forward` and `write` return and take."""
 
     def __init__(self, config: RehearsalMemoryConfig, encoder: PreTrainedModel | None = None):
         super().__init__(config)
@@ -253,10 +268,7 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
             if config.input_feature_dim is not None
             else None
         )
-        self.memory = MEMORY_CLASSES[config.memory_type](config)
-        if config.use_rehearsal:  # training-only modules; inference never runs them
-            self.rehearser = RehearsalMemoryRehearser(config)
-            self.history_sampler = RehearsalMemoryHistorySampler(config)
+        self.bank = MEMORY_CLASSES[config.memory_type](config)
         self.post_init()
 
     @classmethod
@@ -278,13 +290,17 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
 
     def init_memory(self, batch_size: int):
         """The empty memory of `batch_size` sequences: the learned initial slots M_0 (batch_size, K, memory_dim)
-        for `memory_type="rehearsal"`, the memory type's empty state (a dict of tensors) for the others."""
-        return self.memory.init_state(batch_size)
+        for `memory_type="slots"`, the memory type's empty state (a dict of tensors) for the others."""
+        return self.bank.init_state(batch_size)
+
+    def check_memory(self, memory, batch_size: int) -> None:
+        """ValueError unless `memory` is this model's memory state for `batch_size` sequences."""
+        self.bank.check_state(memory, batch_size)
 
     def view_memory(self, memory, query=None):
         """What a reader attends to: entries (B, N, memory_dim) and their weights (None, (B, N) or, given a query
-        (B, C, D), (B, C, N)); see `RehearsalMemoryBaseMemory.view`."""
-        return self.memory.view(memory, query)
+        (B, C, D), (B, C, N)); see `RehearsalMemoryBank.view`."""
+        return self.bank.view(memory, query)
 
     @staticmethod
     def reorder_memory(memory, index: torch.Tensor):
@@ -299,9 +315,12 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
         return self.get_input_embeddings()(input_ids)
 
     def write(self, memory, input_ids=None, input_features=None, attention_mask=None, memory_values=None):
-        """Write a chunk of a sequence into `memory`, segment by segment, and return the new memory."""
-        return self._read_sequence(memory, input_ids, input_features, attention_mask, memory_values)[0]
+        """Write a chunk of a sequence into `memory` (None: the initial memory), segment by segment, and return the
+        new memory."""
+        written = self(input_ids, input_features, attention_mask, memory, memory_values, return_dict=True)
+        return written.memory
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -310,8 +329,7 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
         memory: torch.FloatTensor | dict | None = None,
         memory_values: torch.LongTensor | None = None,
         output_item_features: bool = False,
-        return_dict: bool | None = None,
-    ) -> RehearsalMemoryModelOutput | tuple:
+    ) -> RehearsalMemoryModelOutput:
         r"""
         input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
             Token ids of the input sequence. Give either these or `input_features`.
@@ -320,95 +338,69 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
         attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`):
             1 for real items, 0 for padding. Pad on the right: segments start at position 0.
         memory (`torch.FloatTensor` of shape `(batch_size, num_memory_slots, memory_dim)`, or a dict of tensors):
-            Memory to continue writing into (a memory type's state for the others than `rehearsal`); the initial
+            Memory to continue writing into (a memory type's state for the others than `slots`); the initial
             memory when omitted.
         memory_values (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
-            One id per item for `memory_type="kv"` (the values it stores); the token ids when omitted.
+            One id per item for `memory_type="key_value"` (the values it stores); the token ids when omitted.
         output_item_features (`bool`):
-            Also return per-item encoder features and input embeddings (training-time heads need them).
+            Also return per-item encoder features and input embeddings (the rehearsal objective needs them).
         """
-        memory, memory_loss, item_features, item_embeddings = self._read_sequence(
-            memory, input_ids, input_features, attention_mask, memory_values, keep_items=output_item_features
-        )
-        output = RehearsalMemoryModelOutput(
-            memory=memory, memory_loss=memory_loss, item_features=item_features, item_embeddings=item_embeddings
-        )
-        use_dict = return_dict if return_dict is not None else self.config.return_dict
-        return output if use_dict else output.to_tuple()
-
-    def rehearse(
-        self, outputs, input_ids=None, input_features=None, attention_mask=None, fragment_weights=None, query=None
-    ):
-        """Rehearsal losses for a batch just read with `output_item_features=True`.
-
-        fragment_weights (B, T): per-item importance for `sampler_mode="external"`; query (B, memory_dim):
-        the task query, for `sampler_mode="teacher"`.
-        """
-        targets = input_features if input_features is not None else input_ids
-        if attention_mask is None:
-            attention_mask = torch.ones(targets.shape[:2], dtype=torch.long, device=targets.device)
-        starts, sampler_loss, teacher_readout = self.history_sampler(
-            attention_mask, outputs.item_features, fragment_weights, query
-        )
-        token_table = None if input_features is not None else self.get_input_embeddings().weight
-        entries, weights = self.memory.view(outputs.memory)
-        losses = self.rehearser(
-            entries, weights, outputs.item_embeddings, targets, attention_mask, starts, token_table
-        )
-        return RehearsalOutput(losses.recollection, losses.familiarity, sampler_loss, teacher_readout)
-
-    def _read_sequence(self, memory, input_ids, input_features, attention_mask, memory_values, keep_items=False):
         inputs = self._check_inputs(memory, input_ids, input_features, attention_mask)
         batch_size, length = inputs.shape[:2]
         if attention_mask is None:
             attention_mask = torch.ones(batch_size, length, dtype=torch.long, device=inputs.device)
-        if self.memory.takes_values:
+        if self.bank.takes_values:
             memory_values = self._check_values(memory_values, input_ids, inputs.shape[:2])
         if memory is None:
             memory = self.init_memory(batch_size)
-        segment = self.config.segment_length
-        features, embeddings, loss_sum = [], [], None
-        for start in range(0, length, segment):
-            chunk = inputs[:, start : start + segment]
-            chunk_mask = attention_mask[:, start : start + segment].bool()
-            chunk_values = None if memory_values is None else memory_values[:, start : start + segment]
-            memory, chunk_loss, chunk_features, chunk_embeddings = self._write_segment(
-                memory, chunk, chunk_mask, chunk_values, is_features=input_features is not None, keep_items=keep_items
+        segment, truncate = self.config.segment_length, self.config.backprop_segments
+        loss_sum, features, embeddings = None, [], []
+        for index, start in enumerate(range(0, length, segment)):
+            if truncate and index and index % truncate == 0:
+                memory = detach_memory(memory)  # earlier segments get no gradient from here on
+            chunk = slice(start, start + segment)
+            values = None if memory_values is None else memory_values[:, chunk]
+            memory, chunk_loss, written = self._write_segment(
+                memory, inputs[:, chunk], attention_mask[:, chunk].bool(), values, input_features is not None
             )
             if chunk_loss is not None:
                 loss_sum = chunk_loss if loss_sum is None else loss_sum + chunk_loss
-            if keep_items:
-                features.append(chunk_features)
-                embeddings.append(chunk_embeddings)
-        # the memory type's loss per written item
-        memory_loss = None if loss_sum is None else loss_sum / attention_mask.sum().clamp_min(1)
-        if not keep_items:
-            return memory, memory_loss, None, None
-        return memory, memory_loss, torch.cat(features, dim=1), torch.cat(embeddings, dim=1)
+            if output_item_features:
+                features.append(self._scatter_rows(written, inputs[:, chunk], 0))
+                embeddings.append(self._scatter_rows(written, inputs[:, chunk], 1))
+        return RehearsalMemoryModelOutput(
+            # the memory type's loss per written item
+            memory_loss=None if loss_sum is None else loss_sum / attention_mask.sum().clamp_min(1),
+            memory=memory,
+            item_features=torch.cat(features, dim=1) if output_item_features else None,
+            item_embeddings=torch.cat(embeddings, dim=1) if output_item_features else None,
+        )
 
-    def _write_segment(self, memory, chunk, chunk_mask, chunk_values, is_features, keep_items):
-        # chunk (B, S) ids or (B, S, F) features, chunk_mask (B, S) bool, chunk_values (B, S) ids or None
+    def _write_segment(self, memory, chunk, chunk_mask, chunk_values, is_features):
+        """Write one segment: chunk (B, S) ids or (B, S, F) features, chunk_mask (B, S) bool, chunk_values (B, S) ids
+        or None -> (new memory, the memory type's loss sum or None, (active rows (A,), their masked item features
+        and input embeddings (A, S, E)) or None when no row has a real item)."""
         # Only rows with at least one real item are encoded; the others keep their memory unchanged and
         # never see an all-masked softmax (whose NaNs would poison the gradients).
         active = chunk_mask.any(dim=1).nonzero(as_tuple=True)[0]  # (A,)
         if active.numel() == 0:
-            if not keep_items:
-                return memory, None, None, None
-            hidden = self.config.encoder_config.hidden_size
-            empty = torch.zeros(chunk.shape[0], chunk.shape[1], hidden, device=chunk.device, dtype=self.dtype)
-            return memory, None, empty, empty
+            return memory, None, None
         embeds = self.embed_items(**{"input_features" if is_features else "input_ids": chunk[active]})  # (A, S, E)
         mask = chunk_mask[active]
         items = self.encoder(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state  # (A, S, E)
         values = None if chunk_values is None else chunk_values[active]
-        new_rows, loss_sum = self.memory.write(reorder_memory(memory, active), items, mask, values)
-        memory = replace_rows(memory, active, new_rows)
-        if not keep_items:
-            return memory, loss_sum, None, None
-        # scatter the active rows' items back into a full-batch tensor; padded items and rows are zero
-        keep = mask.unsqueeze(-1).to(items.dtype)
-        full = items.new_zeros(chunk.shape[0], chunk.shape[1], items.shape[-1])
-        return memory, loss_sum, full.index_copy(0, active, items * keep), full.index_copy(0, active, embeds * keep)
+        new_rows, loss_sum = self.bank.write(reorder_memory(memory, active), items, mask, values)
+        keep = mask.unsqueeze(-1).to(items.dtype)  # padded items read as zero
+        return replace_rows(memory, active, new_rows), loss_sum, (active, items * keep, embeds * keep)
+
+    def _scatter_rows(self, written, chunk, which: int) -> torch.Tensor:
+        # the active rows' item features (which=0) or embeddings (1) in a full-batch (B, S, E) tensor, zero elsewhere
+        full = torch.zeros(*chunk.shape[:2], self.config.encoder_config.hidden_size, device=chunk.device,
+                           dtype=self.dtype)  # fmt: skip
+        if written is None:
+            return full
+        active, *values = written
+        return full.index_copy(0, active, values[which].to(full.dtype))
 
     def _check_values(self, memory_values, input_ids, shape) -> torch.Tensor:
         """The ids a key-value memory stores, one per item; the token ids by default."""
@@ -424,7 +416,7 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
                 f"`memory_values` must be integer ids of shape (batch, length) = {tuple(shape)}, "
                 f"got {memory_values.dtype} of shape {tuple(memory_values.shape)}."
             )
-        check_id_range(memory_values, self.memory.value_vocab_size, "memory_values", "the key-value memory's values")
+        check_id_range(memory_values, self.bank.value_vocab_size, "memory_values", "the key-value memory's values")
         return memory_values
 
     def _check_inputs(self, memory, input_ids, input_features, attention_mask) -> torch.Tensor:
@@ -460,7 +452,7 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
                 f"(batch, length) = {tuple(inputs.shape[:2])}."
             )
         if memory is not None:
-            self.memory.check_state(memory, inputs.shape[0])
+            self.check_memory(memory, inputs.shape[0])
         return inputs
 
 
@@ -485,9 +477,10 @@ class RehearsalMemoryQuestionAnsweringOutput(ModelOutput):
 
 
 class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
-    """Answers questions about a story from its memory alone: the story is written into memory, the question
-    is encoded by the same backbone and mean-pooled, a few hops of attention read the slots, and a classifier
-    scores the answer vocabulary (`config.id2label`)."""
+    """Answers questions about a story from its memory alone: `write` turns the story into items (tokens, or one
+    item per sentence) and writes them into memory; `answer` encodes a question with the same backbone (or the
+    sentence encoder), reads the memory with a few hops of attention and scores the answer vocabulary
+    (`config.id2label`). `forward` is write -> answer -> task loss (-> the rehearsal objective in training)."""
 
     def __init__(self, config: RehearsalMemoryConfig):
         super().__init__(config)
@@ -498,9 +491,7 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
         self.question_projection = nn.Linear(question_width, config.memory_dim)
         self.reader = RehearsalMemoryReader(config)
         self.classifier = nn.Linear(config.memory_dim, config.num_labels)
-        if config.use_rehearsal and config.sampler_mode == "teacher":
-            # the full-access teacher answers from its attended fragments; trained by the task loss
-            self.teacher_head = nn.Linear(config.encoder_config.hidden_size + config.memory_dim, config.num_labels)
+        self.rehearsal = RehearsalMemoryObjective(config, config.num_labels) if config.use_rehearsal else None
         self.post_init()
 
     def encode_question(self, question_input_ids, question_attention_mask=None) -> torch.Tensor:
@@ -539,27 +530,13 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
             )
 
     def embed_sentences(self, sentence_ids: torch.Tensor) -> torch.Tensor:
-        """With `story_items="sentences"`: (B, N, W) story sentences, each padded to W tokens, -> (B, N, D) items,
-        to stream with `rehearsal_memory.write(memory, input_features=...)`."""
+        """With `story_items="sentences"`: (B, N, W) story sentences, each padded to W tokens, -> (B, N, D) items."""
         if sentence_ids.dim() != 3:
             raise ValueError(
                 "With story_items='sentences', `input_ids` must have shape (batch, sentences, sentence_length), "
                 f"got {tuple(sentence_ids.shape)}."
             )
         return self.sentence_encoder(sentence_ids, "input_ids")
-
-    def answer(self, memory, question_input_ids, question_attention_mask=None) -> torch.Tensor:
-        """Answer logits (B, num_labels) for questions against stored memories, without the story. Several
-        questions about one story: repeat its memory, `rehearsal_memory.reorder_memory(memory, index)` with
-        `index = torch.zeros(num_questions, dtype=torch.long)` (or `memory.expand(num_questions, -1, -1)` for the
-        slot memory)."""
-        self.rehearsal_memory.memory.check_state(memory, question_input_ids.shape[0])  # one memory per question
-        return self.read(memory, self.encode_question(question_input_ids, question_attention_mask))
-
-    def read(self, memory, query: torch.Tensor) -> torch.Tensor:
-        # query (B, D) -> answer logits (B, num_labels)
-        entries, weights = self.rehearsal_memory.view_memory(memory, query)
-        return self.classifier(self.reader(query, entries, weights))
 
     def sentence_values(self, sentence_ids: torch.Tensor) -> torch.Tensor:
         """The id a key-value memory stores for each sentence (B, N, W) -> (B, N): its last word, which in a bAbI
@@ -568,6 +545,37 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
         last = ((sentence_ids != pad).sum(-1, keepdim=True) - 1).clamp_min(0)
         return sentence_ids.gather(-1, last).squeeze(-1)
 
+    def story_to_items(self, input_ids=None, attention_mask=None, input_features=None) -> dict:
+        """A story as the memory machine's inputs: token ids, or with `story_items="sentences"` (B, N, W) sentences
+        as one feature item each (and each sentence's value for `memory_type="key_value"`)."""
+        story = {"input_ids": input_ids, "input_features": input_features, "attention_mask": attention_mask}
+        if self.sentence_encoder is not None and input_ids is not None:
+            if attention_mask is None and input_ids.dim() == 3:  # a sentence is real if it has a real token
+                story["attention_mask"] = (input_ids != self.sentence_encoder.word_embeddings.padding_idx).any(-1)
+            story |= {"input_ids": None, "input_features": self.embed_sentences(input_ids)}
+            if self.rehearsal_memory.bank.takes_values:
+                story["memory_values"] = self.sentence_values(input_ids)
+        return story
+
+    def write(self, memory=None, input_ids=None, attention_mask=None, input_features=None):
+        """Write (a chunk of) stories into `memory` (None: the initial memory) and return the new memory; the
+        inputs are those of `forward`. Streaming a story in chunks gives the memory of writing it at once."""
+        return self.rehearsal_memory.write(memory, **self.story_to_items(input_ids, attention_mask, input_features))
+
+    def answer(self, memory, question_input_ids, question_attention_mask=None) -> torch.Tensor:
+        """Answer logits (B, num_labels) for questions against stored memories, without the story. Several
+        questions about one story: repeat its memory, `rehearsal_memory.reorder_memory(memory, index)` with
+        `index = torch.zeros(num_questions, dtype=torch.long)` (or `memory.expand(num_questions, -1, -1)` for the
+        slot memory)."""
+        self.rehearsal_memory.check_memory(memory, question_input_ids.shape[0])  # one memory per question
+        return self.read(memory, self.encode_question(question_input_ids, question_attention_mask))
+
+    def read(self, memory, query: torch.Tensor) -> torch.Tensor:
+        # query (B, D) -> answer logits (B, num_labels)
+        entries, weights = self.rehearsal_memory.view_memory(memory, query)
+        return self.classifier(self.reader(query, entries, weights))
+
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -578,8 +586,7 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
         input_features: torch.FloatTensor | None = None,
         memory: torch.FloatTensor | None = None,
         fragment_weights: torch.FloatTensor | None = None,
-        return_dict: bool | None = None,
-    ) -> RehearsalMemoryQuestionAnsweringOutput | tuple:
+    ) -> RehearsalMemoryQuestionAnsweringOutput:
         r"""
         input_ids / input_features, attention_mask: the story, as for [`RehearsalMemoryModel`]; with
             `story_items="sentences"`, `input_ids` is `(batch_size, sentences, sentence_length)` and
@@ -589,9 +596,18 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
         memory: memory to continue writing the story into (streaming); the initial memory when omitted.
         fragment_weights (`(batch_size, sequence_length)`): per-item importance for `sampler_mode="external"`.
         """
+        self._check_batch(input_ids if input_ids is not None else input_features, question_input_ids, labels)
+        story = self.story_to_items(input_ids, attention_mask, input_features)
+        written = self.rehearsal_memory(**story, memory=memory, output_item_features=self.rehearsing, return_dict=True)
+        query = self.encode_question(question_input_ids, question_attention_mask)  # (B, D)
+        logits = self.read(written.memory, query)
+        return self.head_output(
+            RehearsalMemoryQuestionAnsweringOutput, logits, labels, written, story, query, fragment_weights
+        )
+
+    def _check_batch(self, story, question_input_ids, labels) -> None:
         if question_input_ids is None:
             raise ValueError("`question_input_ids` is required: the question to answer from memory.")
-        story = input_ids if input_ids is not None else input_features
         if story is not None and story.shape[0] != question_input_ids.shape[0]:
             raise ValueError(
                 f"The story batch ({story.shape[0]}) and the question batch ({question_input_ids.shape[0]}) differ in size."
@@ -603,49 +619,6 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
                     f"got {labels.dtype} of shape {tuple(labels.shape)}."
                 )
             check_id_range(labels, self.config.num_labels, "labels", "config.id2label")
-        memory_values = None
-        if self.sentence_encoder is not None and input_ids is not None:
-            if attention_mask is None and input_ids.dim() == 3:  # a sentence is real if it has a real token
-                attention_mask = (input_ids != self.sentence_encoder.word_embeddings.padding_idx).any(-1).long()
-            features = self.embed_sentences(input_ids)
-            if self.rehearsal_memory.memory.takes_values:
-                memory_values = self.sentence_values(input_ids)
-            input_ids, input_features = None, features
-        rehearsing = self.training and self.config.use_rehearsal
-        outputs = self.rehearsal_memory(
-            input_ids,
-            input_features,
-            attention_mask,
-            memory=memory,
-            memory_values=memory_values,
-            output_item_features=rehearsing,
-        )
-        query = self.encode_question(question_input_ids, question_attention_mask)  # (B, D)
-        logits = self.read(outputs.memory, query)
-        loss = F.cross_entropy(logits, labels) if labels is not None else None
-
-        recollection_loss = familiarity_loss = sampler_loss = None
-        if rehearsing:
-            recollection_loss, familiarity_loss, sampler_loss = self.rehearsal_terms(
-                outputs,
-                query,
-                None if labels is None else (lambda teacher_logits: F.cross_entropy(teacher_logits, labels)),
-                input_ids=input_ids,
-                input_features=input_features,
-                attention_mask=attention_mask,
-                fragment_weights=fragment_weights,
-            )
-
-        output = RehearsalMemoryQuestionAnsweringOutput(
-            loss=loss,
-            logits=logits,
-            recollection_loss=recollection_loss,
-            familiarity_loss=familiarity_loss,
-            sampler_loss=sampler_loss,
-            memory_loss=outputs.memory_loss if self.training else None,
-        )
-        use_dict = return_dict if return_dict is not None else self.config.return_dict
-        return output if use_dict else output.to_tuple()
 
 
 @dataclass
@@ -676,50 +649,45 @@ def click_scorer(in_features: int, hidden: int) -> nn.Sequential:
 
 
 class RehearsalMemoryForClickPrediction(RehearsalMemoryPreTrainedModel):
-    """Click prediction from a user's behaviour memory: behaviours ([item ; category] embeddings plus a
-    behaviour-type embedding) are written into memory as features; the target item reads the memory by
-    attention; an MLP over [target, read, target * read] gives one logit. A user's memory can be kept and
-    updated as behaviours arrive (see `rm_hf.memory_store`), so a request costs O(K), not O(history)."""
+    """Click prediction from a user's behaviour memory: `write` embeds behaviours ([item ; category] embeddings
+    plus a behaviour-type embedding) and writes them into memory as features; `score` lets each candidate item
+    read the memory by attention, and an MLP over [target, read, target * read] gives one logit. `forward` is
+    write -> score -> task loss (-> the rehearsal objective in training). A user's memory can be kept and updated
+    as behaviours arrive (see `rm_hf.memory_store`), so a request costs O(K), not O(history)."""
 
     def __init__(self, config: RehearsalMemoryConfig):
         super().__init__(config)
-        if config.item_vocab_size is None or config.category_vocab_size is None:
-            raise ValueError("Click prediction needs RehearsalMemoryConfig.item_vocab_size and category_vocab_size.")
         if config.input_feature_dim != 2 * config.item_embedding_dim:
             raise ValueError(
                 f"RehearsalMemoryConfig.input_feature_dim ({config.input_feature_dim}) must be "
                 f"2 * item_embedding_dim ({2 * config.item_embedding_dim}) for click prediction."
             )
-        dim = config.item_embedding_dim
-        self.item_embeddings = RehearsalMemoryEmbedding(config.item_vocab_size, dim, padding_idx=0)
-        self.category_embeddings = RehearsalMemoryEmbedding(config.category_vocab_size, dim, padding_idx=0)
-        self.behavior_embeddings = RehearsalMemoryEmbedding(config.behavior_vocab_size, 2 * dim, padding_idx=0)
+        self.embeddings = RehearsalMemoryBehaviorEmbedding(config)
         self.rehearsal_memory = RehearsalMemoryModel(config)
-        self.target_projection = RehearsalMemoryProjection(2 * dim, config.memory_dim)
+        self.target_projection = RehearsalMemoryProjection(2 * config.item_embedding_dim, config.memory_dim)
         self.reader = RehearsalMemoryReader(config)
         self.scorer = click_scorer(3 * config.memory_dim, config.memory_dim)
-        if config.use_rehearsal and config.sampler_mode == "teacher":
-            self.teacher_head = nn.Linear(config.encoder_config.hidden_size + config.memory_dim, 1)
+        self.rehearsal = RehearsalMemoryObjective(config, num_outputs=1) if config.use_rehearsal else None
         self.post_init()
 
-    def embed_behaviors(self, history_items, history_categories=None, history_behaviors=None) -> torch.Tensor:
-        """(B, T) ids -> (B, T, 2 * item_embedding_dim) features for the memory machine."""
-        self.check_ids(history_items, self.config.item_vocab_size, "history_items")
-        categories = history_categories if history_categories is not None else torch.zeros_like(history_items)
-        self.check_ids(categories, self.config.category_vocab_size, "history_categories")
-        features = torch.cat([self.item_embeddings(history_items), self.category_embeddings(categories)], dim=-1)
-        if history_behaviors is not None:
-            self.check_ids(history_behaviors, self.config.behavior_vocab_size, "history_behaviors")
-            features = features + self.behavior_embeddings(history_behaviors)
-        return features
+    def history_to_items(self, history_items, history_categories=None, history_behaviors=None, attention_mask=None):
+        """A behaviour history as the memory machine's inputs (item ids as the values of a key-value memory)."""
+        return {
+            "input_features": self.embeddings.history(history_items, history_categories, history_behaviors),
+            "attention_mask": attention_mask,
+            "memory_values": history_items if self.rehearsal_memory.bank.takes_values else None,
+        }
+
+    def write(self, memory=None, history_items=None, history_categories=None, history_behaviors=None,
+              attention_mask=None):  # fmt: skip
+        """Write (B, T) new behaviours, oldest first, into users' memories (None: the initial memory) and return
+        the new memories. Streaming a history in chunks gives the memory of writing it at once."""
+        story = self.history_to_items(history_items, history_categories, history_behaviors, attention_mask)
+        return self.rehearsal_memory.write(memory, **story)
 
     def encode_target(self, target_item, target_category=None) -> torch.Tensor:
         """(B,) or (B, C) target ids -> (B, memory_dim) or (B, C, memory_dim) queries."""
-        categories = target_category if target_category is not None else torch.zeros_like(target_item)
-        self.check_ids(target_item, self.config.item_vocab_size, "target_item")
-        self.check_ids(categories, self.config.category_vocab_size, "target_category")
-        target = torch.cat([self.item_embeddings(target_item), self.category_embeddings(categories)], dim=-1)
-        return self.target_projection(target)
+        return self.target_projection(self.embeddings.items(target_item, target_category))
 
     def score(self, memory, target_item, target_category=None) -> torch.Tensor:
         """Click logits of targets against stored memories, without the history: (B,) for one target per memory,
@@ -729,10 +697,10 @@ class RehearsalMemoryForClickPrediction(RehearsalMemoryPreTrainedModel):
             raise ValueError(
                 f"`target_item` must have shape (batch,) or (batch, candidates), got {tuple(target_item.shape)}."
             )
-        self.rehearsal_memory.memory.check_state(memory, target_item.shape[0])  # one memory per row of targets
-        return self.score_query(self.encode_target(target_item, target_category), memory)
+        self.rehearsal_memory.check_memory(memory, target_item.shape[0])  # one memory per row of targets
+        return self.read(memory, self.encode_target(target_item, target_category))
 
-    def score_query(self, query, memory):
+    def read(self, memory, query):
         # query (B, D) or (B, C, D) -> logits (B,) or (B, C)
         entries, weights = self.rehearsal_memory.view_memory(memory, query)
         read = self.reader(query, entries, weights)
@@ -760,10 +728,7 @@ class RehearsalMemoryForClickPrediction(RehearsalMemoryPreTrainedModel):
         if labels is not None and not ((labels == 0) | (labels == 1)).all():
             raise ValueError("`labels` must be 0 (no click) or 1 (click).")
 
-    @staticmethod
-    def check_ids(ids, vocab_size, name):
-        check_id_range(ids, vocab_size, name, "map unknown ids to 0 with the data's vocabulary")
-
+    @can_return_tuple
     def forward(
         self,
         history_items: torch.LongTensor | None = None,
@@ -775,8 +740,7 @@ class RehearsalMemoryForClickPrediction(RehearsalMemoryPreTrainedModel):
         labels: torch.FloatTensor | None = None,
         memory: torch.FloatTensor | None = None,
         fragment_weights: torch.FloatTensor | None = None,
-        return_dict: bool | None = None,
-    ) -> RehearsalMemoryClickPredictionOutput | tuple:
+    ) -> RehearsalMemoryClickPredictionOutput:
         r"""
         history_items, history_categories, history_behaviors (`(batch_size, history_length)`): the user's
             behaviours, oldest first, right-padded with 0.
@@ -794,46 +758,13 @@ class RehearsalMemoryForClickPrediction(RehearsalMemoryPreTrainedModel):
             attention_mask=attention_mask,
             target_category=target_category,
         )
-        features = self.embed_behaviors(history_items, history_categories, history_behaviors)  # (B, T, 2d)
-        rehearsing = self.training and self.config.use_rehearsal
-        outputs = self.rehearsal_memory(
-            input_features=features,
-            attention_mask=attention_mask,
-            memory=memory,
-            memory_values=history_items if self.rehearsal_memory.memory.takes_values else None,
-            output_item_features=rehearsing,
-        )
+        story = self.history_to_items(history_items, history_categories, history_behaviors, attention_mask)
+        written = self.rehearsal_memory(**story, memory=memory, output_item_features=self.rehearsing, return_dict=True)
         query = self.encode_target(target_item, target_category)
-        logits = self.score_query(query, outputs.memory)
-        loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype)) if labels is not None else None
-
-        recollection_loss = familiarity_loss = sampler_loss = None
-        if rehearsing:
-            recollection_loss, familiarity_loss, sampler_loss = self.rehearsal_terms(
-                outputs,
-                query,
-                None
-                if labels is None
-                else (
-                    lambda teacher_logits: F.binary_cross_entropy_with_logits(
-                        teacher_logits.squeeze(-1), labels.to(logits.dtype)
-                    )
-                ),
-                input_features=features,
-                attention_mask=attention_mask,
-                fragment_weights=fragment_weights,
-            )
-
-        output = RehearsalMemoryClickPredictionOutput(
-            loss=loss,
-            logits=logits,
-            recollection_loss=recollection_loss,
-            familiarity_loss=familiarity_loss,
-            sampler_loss=sampler_loss,
-            memory_loss=outputs.memory_loss if self.training else None,
+        logits = self.read(written.memory, query)
+        return self.head_output(
+            RehearsalMemoryClickPredictionOutput, logits, labels, written, story, query, fragment_weights
         )
-        use_dict = return_dict if return_dict is not None else self.config.return_dict
-        return output if use_dict else output.to_tuple()
 
 
 __all__ = [

@@ -1,7 +1,13 @@
-"""Rehearsal model H(M, fragments): self-supervised tasks solved from the memory alone (training only).
+"""The rehearsal objective (training only): a history sampler S picks fragments of the input, and a rehearsal
+model H solves self-supervised tasks about them from the memory alone.
 
-A small bidirectional transformer reads `[CLS] + fragment items` and cross-attends to the memory of the
-fragment's own sequence (fragments are paired with memories by `repeat_interleave`; `repeat` would pair
+`RehearsalMemoryObjective` owns S, H and the teacher of `sampler_mode="teacher"`; a head holds one when
+`config.use_rehearsal` and calls it in training with what it has (the memory machine's output, the query, the
+labels); it returns every loss term in one `RehearsalMemoryObjectiveOutput`. `combine_losses` weights and adds
+a head's terms for any training loop (the Trainer and the benchmarks use it).
+
+The rehearsal model H reads `[CLS] + fragment items` with a small bidirectional transformer and
+cross-attends to the memory of the fragment's own sequence (fragments are paired with memories by `repeat_interleave`; `repeat` would pair
 them with other sequences' memories).
 - Recollection: a fraction of the fragment's items is replaced by a learned [MASK] vector and
   reconstructed: token ids by cross-entropy through the tied input embeddings, feature vectors by
@@ -19,12 +25,31 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
+
+from .history_sampler import (
+    RehearsalMemoryHistorySampler,
+    RehearsalMemoryTeacher,
+    fragment_summaries,
+    valid_starts,
+)
+
+# Loss weights (the Trainer's defaults): a public re-implementation's 1.0 and 0.5 for recollection and familiarity;
+# the paper's are unknown. The rehearsal terms may be ramped up; the memory type's own loss never is.
+LOSS_WEIGHTS = {"recollection_loss": 1.0, "familiarity_loss": 0.5, "sampler_loss": 1.0, "memory_loss": 1.0}
+REHEARSAL_TERMS = ("recollection_loss", "familiarity_loss", "sampler_loss")
 
 
-@dataclass
-class RehearsalLosses:
-    recollection: torch.Tensor
-    familiarity: torch.Tensor
+def combine_losses(outputs, weights: dict[str, float] = LOSS_WEIGHTS, rehearsal_ramp: float = 1.0) -> torch.Tensor:
+    """The training loss of a head's outputs: the task loss plus each extra term present, weighted (a missing
+    weight counts as its default). Terms at weight 0 are still added, so every parameter keeps a gradient (DDP
+    without unused parameters)."""
+    loss = outputs["loss"]
+    for name, default in LOSS_WEIGHTS.items():
+        term = outputs.get(name)
+        if term is not None:
+            loss = loss + weights.get(name, default) * (rehearsal_ramp if name in REHEARSAL_TERMS else 1.0) * term
+    return loss
 
 
 def gather_items(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -52,6 +77,8 @@ def visible_entries(weights: torch.Tensor) -> torch.Tensor:
 
 
 class RehearsalMemoryRehearser(nn.Module):
+    """H: recollection and familiarity on fragments, from the memory of the fragment's own sequence."""
+
     def __init__(self, config):
         super().__init__()
         hidden = config.rehearsal_hidden_size
@@ -77,10 +104,15 @@ class RehearsalMemoryRehearser(nn.Module):
         target_dim = config.input_feature_dim if config.input_feature_dim is not None else item_dim
         self.recollection_head = nn.Linear(hidden, target_dim)
 
+    def init_weights_from_config(self, config):
+        init.normal_(self.mask_embedding, std=1.0)  # unit scale, like the normalised items
+        init.normal_(self.cls_embedding, std=1.0)
+
     def forward(self, memory, memory_weights, item_embeddings, targets, attention_mask, starts, token_embeddings=None):
-        """memory (B, N, D) entries of a memory's `view` with their weights (None or (B, N)); item_embeddings (B, T, E) context-free inputs; targets (B, T) token ids or
-        (B, T, F) features; attention_mask (B, T); starts (B, J). `token_embeddings` (V, E): the tied
-        input embedding table, for token targets."""
+        """(recollection, familiarity) losses. memory (B, N, D): the entries of a memory's `view`, with their weights
+        (None or (B, N)); item_embeddings (B, T, E): context-free inputs; targets (B, T) token ids or (B, T, F)
+        features; attention_mask (B, T); starts (B, J). `token_embeddings` (V, E): the tied input embedding table,
+        for token targets."""
         batch, num_frags = starts.shape
         offsets = torch.arange(self.fragment_length, device=starts.device)
         positions = (starts.unsqueeze(-1) + offsets).clamp(max=attention_mask.shape[1] - 1)  # (B, J, R)
@@ -129,7 +161,7 @@ class RehearsalMemoryRehearser(nn.Module):
         else:
             # targets may be learned embeddings (click items): detached, so they are not pulled towards predictions
             recollection = self.info_nce(predictions, masked_targets.detach())
-        return RehearsalLosses(recollection=recollection, familiarity=familiarity)
+        return recollection, familiarity
 
     def donor_items(self, item_embeddings, attention_mask, positions):
         """Items from another sequence of the batch; from another part of the same sequence when the batch has one
@@ -155,3 +187,69 @@ class RehearsalMemoryRehearser(nn.Module):
         # every other masked item of the batch is a negative for this one
         logits = F.normalize(predictions, dim=-1) @ F.normalize(targets, dim=-1).t() / self.temperature
         return F.cross_entropy(logits, torch.arange(len(targets), device=logits.device))
+
+
+@dataclass
+class RehearsalMemoryObjectiveOutput:
+    """The rehearsal objective's terms for one batch. `sampler_loss` (the scorer's KL to the teacher plus the
+    teacher's task loss) exists with `sampler_mode="teacher"` only; `fragment_starts` (B, J) says what was
+    rehearsed."""
+
+    recollection_loss: torch.Tensor
+    familiarity_loss: torch.Tensor
+    sampler_loss: torch.Tensor | None
+    fragment_starts: torch.Tensor
+
+    def loss_terms(self) -> dict[str, torch.Tensor | None]:
+        """The terms under the names a head's output gives them."""
+        return {name: getattr(self, name) for name in REHEARSAL_TERMS}
+
+
+class RehearsalMemoryObjective(nn.Module):
+    """Sampler, teacher and rehearser in one module; a head builds it with its number of task outputs (answer
+    classes, or 1 for a click logit), so the teacher answers the same task."""
+
+    def __init__(self, config, num_outputs: int):
+        super().__init__()
+        self.sampler = RehearsalMemoryHistorySampler(config)
+        self.rehearser = RehearsalMemoryRehearser(config)
+        self.teacher = RehearsalMemoryTeacher(config, num_outputs) if config.sampler_mode == "teacher" else None
+
+    def forward(self, machine, written, story, query=None, labels=None, fragment_weights=None):
+        """Rehearse a batch that `machine` (the RehearsalMemoryModel) has just written with `output_item_features`.
+
+        written: its output; story: the inputs it wrote (`input_ids` or `input_features`, `attention_mask`);
+        query (B, D): the task query, and labels, for the teacher; fragment_weights (B, T): importance per item,
+        for `sampler_mode="external"`.
+        """
+        targets = story["input_features"] if story.get("input_features") is not None else story["input_ids"]
+        attention_mask = story.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = torch.ones(targets.shape[:2], dtype=torch.long, device=targets.device)
+        summaries = teacher_attention = teacher_loss = None
+        if self.teacher is not None:
+            if query is None:
+                raise ValueError("sampler_mode='teacher' needs the task query (the head passes it).")
+            length = self.sampler.fragment_length
+            summaries = fragment_summaries(written.item_features.detach(), attention_mask, length)  # (B, T, E)
+            starts_ok = valid_starts(attention_mask, length)
+            teacher_attention, teacher_logits = self.teacher(summaries, starts_ok, query.detach())
+            if labels is not None:
+                teacher_loss = task_loss(teacher_logits, labels)
+        starts, sampler_loss = self.sampler(attention_mask, fragment_weights, summaries, teacher_attention)
+        if teacher_loss is not None:
+            sampler_loss = sampler_loss + teacher_loss
+        token_table = machine.get_input_embeddings().weight if story.get("input_features") is None else None
+        entries, weights = machine.view_memory(written.memory)
+        recollection, familiarity = self.rehearser(
+            entries, weights, written.item_embeddings, targets, attention_mask, starts, token_table
+        )
+        return RehearsalMemoryObjectiveOutput(recollection, familiarity, sampler_loss, starts)
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over answer classes (B, C) with class ids, or the logistic loss of one logit (B,) / (B, 1)
+    with 0/1 labels: the heads' task losses, shared with the teacher."""
+    if logits.dim() == 2 and logits.shape[-1] > 1:
+        return F.cross_entropy(logits, labels)
+    return F.binary_cross_entropy_with_logits(logits.reshape(labels.shape), labels.to(logits.dtype))

@@ -1,4 +1,5 @@
-"""RehearsalMemoryTrainer: a `transformers.Trainer` that adds the rehearsal terms to the task loss.
+"""RehearsalMemoryTrainer: a `transformers.Trainer` that adds the rehearsal terms to the task loss
+(`rehearsal.combine_losses`):
 
 total = task + ramp * (w_rec * recollection + w_fam * familiarity + w_sampler * sampler) + w_memory * memory
 
@@ -6,7 +7,8 @@ where `memory` is the memory type's own loss (Expire-Span's span loss, the key-v
 
 Each term is logged on its own (`task_loss`, `recollection_loss`, ...), averaged over the logging window
 and over processes. The model returns a per-micro-batch mean, so the Trainer must divide by the
-gradient-accumulation steps itself (`loss_is_scaled_for_ga = False`; see hf-conventions §3.1). Runs on
+gradient-accumulation steps itself (`loss_is_scaled_for_ga = False`: with a `labels` column Trainer would otherwise
+assume a loss already normalised by the items in the batch and not divide). Runs on
 many GPUs unchanged through `accelerate launch` or `torchrun`.
 
 Resuming is Trainer's own mechanism (weights, optimizer, scheduler and every RNG state from `checkpoint-N`); the
@@ -34,18 +36,32 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from .file_utils import atomic_path
+from .rehearsal import LOSS_WEIGHTS, combine_losses
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
+WEIGHT_ARGUMENTS = {
+    "recollection_loss": "recollection_weight",
+    "familiarity_loss": "familiarity_weight",
+    "sampler_loss": "sampler_weight",
+    "memory_loss": "memory_loss_weight",
+}
 
 
 @dataclass
 class RehearsalTrainingArguments(TrainingArguments):
-    recollection_weight: float = field(default=1.0, metadata={"help": "Weight of the recollection loss."})
-    familiarity_weight: float = field(default=0.5, metadata={"help": "Weight of the familiarity loss."})
-    sampler_weight: float = field(default=1.0, metadata={"help": "Weight of the history sampler's loss."})
+    recollection_weight: float = field(
+        default=LOSS_WEIGHTS["recollection_loss"], metadata={"help": "Weight of the recollection loss."}
+    )
+    familiarity_weight: float = field(
+        default=LOSS_WEIGHTS["familiarity_loss"], metadata={"help": "Weight of the familiarity loss."}
+    )
+    sampler_weight: float = field(
+        default=LOSS_WEIGHTS["sampler_loss"], metadata={"help": "Weight of the history sampler's loss."}
+    )
     memory_loss_weight: float = field(
-        default=1.0, metadata={"help": "Weight of the memory type's own loss (expire_span, kv); not ramped."}
+        default=LOSS_WEIGHTS["memory_loss"],
+        metadata={"help": "Weight of the memory type's own loss (expire_span, key_value); not ramped."},
     )
     rehearsal_warmup_steps: int = field(
         default=0, metadata={"help": "Ramp the rehearsal weights linearly from 0 over this many optimizer steps."}
@@ -60,8 +76,7 @@ class RehearsalTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        names = ("recollection_weight", "familiarity_weight", "sampler_weight", "memory_loss_weight")
-        for name in (*names, "rehearsal_warmup_steps"):
+        for name in (*WEIGHT_ARGUMENTS.values(), "rehearsal_warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RehearsalTrainingArguments.{name} must be >= 0, got {getattr(self, name)}.")
 
@@ -86,28 +101,17 @@ class RehearsalMemoryTrainer(Trainer):
         logger.info("Resumed at step %d of %d: nothing left to train.", self.state.global_step, max_steps)
         return num_train_epochs, 0
 
-    def loss_weights(self) -> dict[str, float]:
-        args = self.args
-        warmup = getattr(args, "rehearsal_warmup_steps", 0)
-        ramp = min(1.0, self.state.global_step / warmup) if warmup else 1.0
-        return {
-            "recollection_loss": ramp * getattr(args, "recollection_weight", 1.0),
-            "familiarity_loss": ramp * getattr(args, "familiarity_weight", 0.5),
-            "sampler_loss": ramp * getattr(args, "sampler_weight", 1.0),
-            "memory_loss": getattr(args, "memory_loss_weight", 1.0),
-        }
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
-        loss = outputs["loss"]
+        # plain TrainingArguments train with the default weights
+        weights = {name: getattr(self.args, WEIGHT_ARGUMENTS[name], default) for name, default in LOSS_WEIGHTS.items()}
+        warmup = getattr(self.args, "rehearsal_warmup_steps", 0)
+        loss = combine_losses(outputs, weights, min(1.0, self.state.global_step / warmup) if warmup else 1.0)
         mode = "train" if model.training else "eval"
-        self.record(mode, "task_loss", loss)
-        for name, weight in self.loss_weights().items():
-            term = outputs.get(name)
-            if term is not None:
-                # added even at weight 0, so every parameter keeps a gradient (DDP without unused parameters)
-                loss = loss + weight * term
-                self.record(mode, name, term)
+        self.record(mode, "task_loss", outputs["loss"])
+        for name in weights:
+            if outputs.get(name) is not None:
+                self.record(mode, name, outputs[name])
         return (loss, outputs) if return_outputs else loss
 
     def record(self, mode, name, value):
