@@ -44,6 +44,7 @@ from .memory_interface import detach_memory, reorder_memory, replace_rows
 from .memory_key_value import RehearsalMemoryKeyValue
 from .memory_lamemo import RehearsalMemoryLaMemo
 from .memory_slots import RehearsalMemorySlots
+from .pipeline_rehearsal_memory import custom_pipeline_for
 from .rehearsal import RehearsalMemoryObjective, task_loss
 
 MEMORY_CLASSES = {
@@ -217,14 +218,24 @@ class RehearsalMemoryPreTrainedModel(RehearsalMemoryCheckpointMixin, PreTrainedM
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # Every checkpoint also loads as its base through `AutoModel`, installed or as remote code, heads
-        # without an Auto class of their own (click prediction) included.
+        # without an Auto class of their own (click prediction) included. A head's checkpoint also ships its
+        # pipeline (`pipeline_rehearsal_memory.py`, named in config.json's `custom_pipelines`), so
+        # `pipeline(task, model=path, trust_remote_code=True)` works without rm_hf; the click pipeline loads the
+        # head itself from `architectures`, since the head has no Auto class.
         shipping_code = RehearsalMemoryModel._auto_class is not None  # set by `import rm_hf`
+        shipped_pipeline = custom_pipeline_for(type(self).__name__) if shipping_code else None
         if shipping_code:
             entry = f"{__name__.rsplit('.', 1)[-1]}.RehearsalMemoryModel"
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": entry}
+            if shipped_pipeline is not None:
+                self.config.custom_pipelines = shipped_pipeline[1]
+            elif hasattr(self.config, "custom_pipelines"):  # a base model sharing its head's config
+                del self.config.custom_pipelines
         super().save_pretrained(save_directory, *args, **kwargs)
         if shipping_code and self._auto_class is None:
             custom_object_save(self, save_directory)  # copy the code the `auto_map` entry points to
+        if shipped_pipeline is not None:
+            custom_object_save(shipped_pipeline[0], save_directory)  # the pipeline file `custom_pipelines` names
 
     def _init_weights(self, module):
         init_weights(self, module)
@@ -254,6 +265,13 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
     """The memory machine G(X) -> M, and nothing else: `forward` reads a whole sequence, `init_memory` + `write`
     stream it. The memory type (`config.memory_type`) is the module `bank`; what a memory holds for a batch of
     sequences (its state) is what `forward` and `write` return and take."""
+
+    # Loaded from a head's checkpoint (AutoModel, and the click pipeline on its way to the head), the base leaves
+    # the head's own modules unused by design: no "unexpected weights" report for them. (The heads inherit the
+    # patterns; for a head these are its own weights, so only another head's or training-only modules go unreported.)
+    _keys_to_ignore_on_load_unexpected = [
+        r"^(embeddings|target_projection|sentence_encoder|question_projection|reader|classifier|scorer|rehearsal)\."
+    ]
 
     def __init__(self, config: RehearsalMemoryConfig, encoder: PreTrainedModel | None = None):
         super().__init__(config)
