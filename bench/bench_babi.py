@@ -62,6 +62,7 @@ def run_row(args, task: int, rehearsal: bool, memory_type: str) -> dict:
         "--warmup_steps", str(args.max_steps // 20), "--seed", str(args.seed), "--use_cpu", "true",
         "--report_to", "none", "--save_strategy", "no", "--logging_steps", str(max(1, args.max_steps // 10)),
         "--disable_tqdm", "true", "--memory_type", memory_type, "--memory_capacity", str(args.memory_capacity),
+        "--overwrite_output_dir",  # each row is trained afresh, over the checkpoint an earlier bench left
     ]  # fmt: skip
     if args.eval_questions:
         argv += ["--max_eval_samples", str(args.eval_questions)]

@@ -39,7 +39,8 @@ def main():
     training = dict(
         TRAINING, **({"num_train_stories": 64, "num_eval_stories": 32, "max_steps": 4} if args.quick else {})
     )
-    argv = ["--output_dir", args.output_dir] + [f"--{k}={v}" for k, v in training.items()]
+    # a demo run again starts afresh in its folder (run_qa.py refuses a non-empty one without this flag)
+    argv = ["--output_dir", args.output_dir, "--overwrite_output_dir"] + [f"--{k}={v}" for k, v in training.items()]
     train_qa(argv)
 
     print(f"\nReloading {args.output_dir} through AutoModelForQuestionAnswering and AutoTokenizer")

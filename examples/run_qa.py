@@ -1,34 +1,50 @@
 """Train and evaluate a Rehearsal Memory question-answering model on bAbI or on generated long stories.
 
-    # generated long stories (offline default)
+    # generated long stories (offline default); with neither --do_train nor --do_eval it trains, then evaluates
     python examples/run_qa.py --output_dir outputs/qa
     # real bAbI v1.2, tasks 1-3 (the 10k split has no task-3 training file: it falls back to en/)
     python examples/run_qa.py --babi_dir ../shared/data/babi --tasks 1,2,3 --output_dir outputs/babi
-    # many GPUs, or two CPU processes
-    accelerate launch examples/run_qa.py --babi_dir ... --output_dir ...
+    # evaluate a trained checkpoint (its tokenizer and answers), or train it further with --do_train
+    python examples/run_qa.py --model_name_or_path outputs/babi --do_eval --babi_dir ... --output_dir outputs/eval
+    # a pretrained encoder (and its tokenizer) as the backbone
+    python examples/run_qa.py --encoder_name_or_path path/to/all-MiniLM-L6-v2 --output_dir outputs/qa-minilm
+    # N CPU processes (torchrun or accelerate's torchrun launcher; `accelerate launch --cpu` starts one), or GPUs
     torchrun --nproc_per_node 2 examples/run_qa.py --use_cpu ...
+    accelerate launch --multi_gpu --num_processes 2 examples/run_qa.py --use_cpu ...
 
 Writes the model, the word-level tokenizer, the remote code, `all_results.json` (accuracy and error per
 question type, and the number of malformed bAbI lines skipped with `--skip_bad_lines`) and a model card
-(README.md) into `--output_dir`. With `--save_steps N`, a run that dies continues where its last checkpoint left
+(README.md) into `--output_dir`; `--push_to_hub` then publishes them (the card kept, checkpoints and pickles
+left out). With `--save_steps N`, a run that dies continues where its last checkpoint left
 off when started again with `--resume_from_checkpoint last`.
 """
 
+import dataclasses
 import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import transformers
 from datasets import Dataset, concatenate_datasets
-from transformers import HfArgumentParser, set_seed
+from transformers import AutoTokenizer, set_seed
 
 from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForQuestionAnswering
 from rm_hf.babi import MAX_LINE_BYTES, MAX_MEMBER_BYTES, answer_vocabulary, load_babi
 from rm_hf.configuration_rehearsal_memory import MEMORY_TYPE_ALIASES, MEMORY_TYPES
-from rm_hf.model_card import write_qa_model_card
+from rm_hf.model_card import babi_dataset, local_dataset, write_qa_model_card
 from rm_hf.qa_data import QACollator, encode_qa_dataset
+from rm_hf.run_record import RunRecorder, check_output_dir, run_arguments
+from rm_hf.script_utils import (
+    choose_stages,
+    load_pretrained_encoder,
+    parse_script_args,
+    refuse_fixed_flags,
+    train_metrics,
+    with_encoder_weights,
+)
 from rm_hf.story_generator import generate_stories
 from rm_hf.tokenization import build_word_tokenizer
 from rm_hf.trainer import (
@@ -41,36 +57,64 @@ from rm_hf.trainer import (
 logger = logging.getLogger(__name__)
 
 
+# the config fields a flag of the same name sets
+CONFIG_FIELDS = (
+    "memory_type", "memory_capacity", "num_memory_slots", "num_memory_heads", "segment_length", "num_reasoning_hops",
+    "story_items", "max_sentence_tokens", "use_rehearsal", "sampler_mode", "num_rehearsal_fragments",
+    "rehearsal_fragment_length",
+)  # fmt: skip
+ENCODER_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads")  # flags of the encoder config
+
+
 @dataclass
 class ModelArguments:
+    _argument_group_name = "Model"
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A checkpoint written by this script (or its Hub id) to evaluate (--do_eval) or train further "
+            "(--do_train): its model, tokenizer and answers are used, and the model flags below are refused where "
+            "they differ from it."
+        },
+    )
+    encoder_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A pretrained Hugging Face encoder (folder or Hub id; e.g. all-MiniLM-L6-v2) for the backbone of "
+            "a new model; its tokenizer replaces the word-level one, and it fixes --hidden_size, "
+            "--num_hidden_layers and --num_attention_heads."
+        },
+    )
     hidden_size: int = field(default=64, metadata={"help": "Encoder width (also the memory width)."})
     num_hidden_layers: int = field(default=2, metadata={"help": "Encoder layers."})
     num_attention_heads: int = field(default=4, metadata={"help": "Encoder attention heads."})
     num_memory_slots: int = field(default=16, metadata={"help": "K, the number of memory slots."})
-    memory_type: str = field(
+    memory_type: Literal[(*MEMORY_TYPES, *MEMORY_TYPE_ALIASES)] = field(
         default="slots",
         metadata={
             "help": "The memory the story is written into: slots (K learned slots, the method), expire_span, "
-            "lamemo or key_value ('rehearsal' and 'kv' are read as their earlier names).",
-            "choices": [*MEMORY_TYPES, *MEMORY_TYPE_ALIASES],
+            "lamemo or key_value ('rehearsal' and 'kv' are read as their earlier names)."
         },
     )
     memory_capacity: int = field(default=128, metadata={"help": "Entries kept by expire_span, lamemo and key_value."})
     num_memory_heads: int = field(default=4)
     segment_length: int = field(default=32, metadata={"help": "Tokens written into memory per step."})
     num_reasoning_hops: int = field(default=3)
-    story_items: str = field(
+    story_items: Literal["tokens", "sentences"] = field(
         default="tokens", metadata={"help": "tokens, or sentences: each sentence one item (learns bAbI far faster)."}
     )
     max_sentence_tokens: int = field(default=16, metadata={"help": "Longest sentence with --story_items sentences."})
     use_rehearsal: bool = field(default=True, metadata={"help": "Self-supervised rehearsal during training."})
-    sampler_mode: str = field(default="uniform", metadata={"help": "uniform, teacher or external (supporting facts)."})
+    sampler_mode: Literal["uniform", "teacher", "external"] = field(
+        default="uniform", metadata={"help": "uniform, teacher or external (supporting facts)."}
+    )
     num_rehearsal_fragments: int = field(default=4)
     rehearsal_fragment_length: int = field(default=8)
 
 
 @dataclass
 class DataArguments:
+    _argument_group_name = "Data"
     babi_dir: str | None = field(
         default=None, metadata={"help": "bAbI v1.2 folder or tasks_1-20_v1-2.tar.gz; generated stories when omitted."}
     )
@@ -81,7 +125,9 @@ class DataArguments:
     story_length: int = field(default=30, metadata={"help": "Sentences per generated story."})
     max_fact_distance: int | None = field(default=None, metadata={"help": "Furthest supporting fact (sentences)."})
     max_story_tokens: int | None = field(default=None, metadata={"help": "Keep only the most recent story tokens."})
-    max_eval_samples: int | None = field(default=None)
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate on the first N evaluation questions only."}
+    )
     skip_bad_lines: bool = field(
         default=False, metadata={"help": "Skip malformed bAbI lines (and the rest of their story) instead of failing."}
     )
@@ -114,16 +160,75 @@ def load_babi_tasks(data_args: DataArguments, split: str) -> tuple[Dataset, int]
     return concatenate_datasets(parts), skipped
 
 
-def load_raw_data(data_args: DataArguments, seed: int) -> tuple[Dataset, Dataset, str, int]:
-    """Training and evaluation rows, the data's name and the number of malformed lines skipped."""
+def load_raw_data(data_args: DataArguments, seed: int, train: bool = True) -> tuple[Dataset | None, Dataset, str, int]:
+    """Training rows (None unless `train`) and evaluation rows, the data's name and the number of malformed lines
+    skipped."""
     if data_args.babi_dir:
         name = f"bAbI {data_args.babi_subset} tasks {data_args.tasks}"
-        (train, skipped_train), (evaluation, skipped_eval) = (load_babi_tasks(data_args, s) for s in ("train", "test"))
-        return train, evaluation, name, skipped_train + skipped_eval
+        training, skipped_train = load_babi_tasks(data_args, "train") if train else (None, 0)
+        evaluation, skipped = load_babi_tasks(data_args, "test")
+        return training, evaluation, name, skipped_train + skipped
     generate = {"story_length": data_args.story_length, "max_fact_distance": data_args.max_fact_distance}
-    train = generate_stories(data_args.num_train_stories, seed=seed, **generate)
+    training = generate_stories(data_args.num_train_stories, seed=seed, **generate) if train else None
     evaluation = generate_stories(data_args.num_eval_stories, seed=seed + 1, **generate)
-    return train, evaluation, f"generated stories of {data_args.story_length} sentences", 0
+    return training, evaluation, f"generated stories of {data_args.story_length} sentences", 0
+
+
+def build_config(args: ModelArguments, vocab_size: int, pad_token_id: int, answers: list[str], encoder_config=None):
+    """A new model's config: the flags, the answer vocabulary and a BERT encoder of the flags' shape (or
+    `encoder_config`, a pretrained encoder's)."""
+    if encoder_config is None:
+        encoder_config = {
+            "model_type": "bert",
+            "vocab_size": vocab_size,
+            "hidden_size": args.hidden_size,
+            "num_hidden_layers": args.num_hidden_layers,
+            "num_attention_heads": args.num_attention_heads,
+            "intermediate_size": 4 * args.hidden_size,
+            "max_position_embeddings": max(64, args.segment_length),
+            "pad_token_id": pad_token_id,
+        }
+    return RehearsalMemoryConfig(
+        encoder_config=encoder_config,
+        id2label=dict(enumerate(answers)),
+        label2id={answer: i for i, answer in enumerate(answers)},
+        pad_token_id=pad_token_id,
+        **{name: getattr(args, name) for name in CONFIG_FIELDS},
+    )
+
+
+def load_model_source(args: ModelArguments, given: set[str]):
+    """Before any data is read: the config of `--model_name_or_path` or the pretrained `--encoder_name_or_path`
+    (one of them, or neither), refusing the model flags given that they fix (a checkpoint's shape and memory cannot
+    change: silently ignoring such a flag would evaluate or train something else than asked). For a new model, its
+    config is built once from the flags, so a bad combination fails here rather than after loading the data.
+    Returns (checkpoint config or None, pretrained encoder or None)."""
+    # one name per memory type (aliases read as their names), in the run record too
+    args.memory_type = MEMORY_TYPE_ALIASES.get(args.memory_type, args.memory_type)
+    flags = dataclasses.asdict(args)
+    if args.model_name_or_path:
+        if args.encoder_name_or_path:
+            raise ValueError(
+                "--model_name_or_path and --encoder_name_or_path exclude each other: a checkpoint has its encoder."
+            )
+        config = RehearsalMemoryConfig.from_pretrained(args.model_name_or_path)
+        head = RehearsalMemoryForQuestionAnswering.__name__
+        if config.architectures and head not in config.architectures:
+            raise ValueError(
+                f"--model_name_or_path {args.model_name_or_path} holds a {', '.join(config.architectures)}, not a "
+                f"{head}."
+            )
+        fixed = {name: getattr(config.encoder_config, name) for name in ENCODER_FIELDS}
+        fixed.update({name: getattr(config, name) for name in CONFIG_FIELDS})
+        refuse_fixed_flags(given, flags, fixed, f"the checkpoint {args.model_name_or_path}")
+        return config, None
+    encoder = None
+    if args.encoder_name_or_path:
+        encoder = load_pretrained_encoder(args.encoder_name_or_path)
+        fixed = {name: getattr(encoder.config, name, None) for name in ENCODER_FIELDS}
+        refuse_fixed_flags(given, flags, fixed, f"the encoder {args.encoder_name_or_path}")
+    build_config(args, 8, 0, ["answer"], encoder.config if encoder is not None else None)
+    return None, encoder
 
 
 def accuracy_by_type(predictions: np.ndarray, labels: np.ndarray, types: list[str]) -> dict[str, dict]:
@@ -141,97 +246,146 @@ def compute_metrics(prediction):
 
 @closes_process_group
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser((ModelArguments, DataArguments, RehearsalTrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    (model_args, data_args, training_args), given = parse_script_args(
+        (ModelArguments, DataArguments, RehearsalTrainingArguments), __doc__, argv
+    )
     # the collator needs columns the model does not take (supporting facts for the external sampler)
     training_args.remove_unused_columns = False
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if training_args.should_log:
         transformers.utils.logging.set_verbosity_info()
+    choose_stages(training_args, given, model_args.model_name_or_path)
+    checkpoint_config, encoder = load_model_source(model_args, given)
+    run = run_arguments(model_args, data_args, training_args)
+    if training_args.do_train:
+        check_output_dir(training_args, run)  # on every process, before any of them writes into it
     set_seed(training_args.seed)
 
     with training_args.main_process_first(desc="load and encode data"):
-        raw_train, raw_eval, dataset_name, skipped_lines = load_raw_data(data_args, training_args.seed)
+        # a new model's tokenizer and answers come from the training data: load it unless evaluating a checkpoint
+        raw_train, raw_eval, dataset_name, skipped_lines = load_raw_data(
+            data_args, training_args.seed, train=training_args.do_train or checkpoint_config is None
+        )
         if skipped_lines:
             logger.warning(f"Skipped {skipped_lines} malformed bAbI lines (--skip_bad_lines); see the warnings above.")
+        used = [raw for raw in (raw_train, raw_eval) if raw is not None]
+        if checkpoint_config is not None:
+            tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+            label2id = dict(checkpoint_config.label2id)
+            unknown = sorted(set(answer_vocabulary(used)) - label2id.keys())
+            if unknown:
+                raise ValueError(
+                    f"{len(unknown)} answers of the data are not among the {len(label2id)} answers of "
+                    f"{model_args.model_name_or_path} (e.g. {', '.join(map(repr, unknown[:5]))}): it cannot give them."
+                )
+        else:
+            if encoder is not None:
+                tokenizer = AutoTokenizer.from_pretrained(model_args.encoder_name_or_path)
+            else:
+                tokenizer = build_word_tokenizer(
+                    sentence for row in raw_train for sentence in (*row["story"], row["question"], row["answer"])
+                )
+            answers = answer_vocabulary(used)  # before --max_eval_samples, which must not change the model
+            label2id = {answer: i for i, answer in enumerate(answers)}
         if data_args.max_eval_samples:
             raw_eval = raw_eval.select(range(min(data_args.max_eval_samples, len(raw_eval))))
-        tokenizer = build_word_tokenizer(
-            sentence for row in raw_train for sentence in (*row["story"], row["question"], row["answer"])
+        train_dataset = (
+            encode_qa_dataset(raw_train, tokenizer, label2id, data_args.max_story_tokens)
+            if training_args.do_train
+            else None
         )
-        answers = answer_vocabulary([raw_train, raw_eval])
-        label2id = {answer: i for i, answer in enumerate(answers)}
-        train_dataset = encode_qa_dataset(raw_train, tokenizer, label2id, data_args.max_story_tokens)
         eval_dataset = encode_qa_dataset(raw_eval, tokenizer, label2id, data_args.max_story_tokens)
 
-    config = RehearsalMemoryConfig(
-        encoder_config={
-            "model_type": "bert",
-            "vocab_size": len(tokenizer),
-            "hidden_size": model_args.hidden_size,
-            "num_hidden_layers": model_args.num_hidden_layers,
-            "num_attention_heads": model_args.num_attention_heads,
-            "intermediate_size": 4 * model_args.hidden_size,
-            "max_position_embeddings": max(64, model_args.segment_length),
-            "pad_token_id": tokenizer.pad_token_id,
-        },
-        id2label=dict(enumerate(answers)),
-        label2id=label2id,
-        pad_token_id=tokenizer.pad_token_id,
-        **{
-            name: getattr(model_args, name)
-            for name in (
-                "memory_type",
-                "memory_capacity",
-                "num_memory_slots",
-                "num_memory_heads",
-                "segment_length",
-                "num_reasoning_hops",
-                "story_items",
-                "max_sentence_tokens",
-                "use_rehearsal",
-                "sampler_mode",
-                "num_rehearsal_fragments",
-                "rehearsal_fragment_length",
-            )
-        },
-    )
-    model = RehearsalMemoryForQuestionAnswering(config)
+    if checkpoint_config is not None:
+        model = RehearsalMemoryForQuestionAnswering.from_pretrained(model_args.model_name_or_path)
+    else:
+        config = build_config(
+            model_args, len(tokenizer), tokenizer.pad_token_id, answers, encoder.config if encoder else None
+        )
+        model = RehearsalMemoryForQuestionAnswering(config)
+        if encoder is not None:
+            with_encoder_weights(model, encoder)
     trainer = RehearsalMemoryTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=QACollator(
-            pad_token_id=tokenizer.pad_token_id, sentence_items=model_args.story_items == "sentences"
+            pad_token_id=tokenizer.pad_token_id, sentence_items=model.config.story_items == "sentences"
         ),
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
+        callbacks=[RunRecorder(run)] if training_args.do_train else None,
     )
-    train_result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args))
-    trainer.save_model()  # model, config, remote code and tokenizer
-    metrics = {**train_result.metrics, "skipped_bad_lines": skipped_lines}
+    metrics, results = {}, None
+    if training_args.do_train:
+        checkpoint = checkpoint_to_resume(training_args, run)
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model()  # model, config, remote code and tokenizer
+        metrics = {**train_result.metrics, "train_samples": len(train_dataset)}
+        metrics = train_metrics(training_args, metrics, checkpoint, trainer.state.global_step)
+        trainer.save_metrics("train", metrics)
 
-    prediction = trainer.predict(eval_dataset)
-    results = accuracy_by_type(
-        prediction.predictions.argmax(-1), prediction.label_ids, list(eval_dataset["question_type"])
-    )
-    metrics.update({f"eval_{name}_accuracy": row["accuracy"] for name, row in results.items()})
-    metrics.update({f"eval_{name}_error": 1 - row["accuracy"] for name, row in results.items()})
-    trainer.save_metrics("all", metrics, combined=False)
-    if trainer.is_world_process_zero():
+    if training_args.do_eval:
+        prediction = trainer.predict(eval_dataset, metric_key_prefix="eval")
+        results = accuracy_by_type(
+            prediction.predictions.argmax(-1), prediction.label_ids, list(eval_dataset["question_type"])
+        )
+        evaluation = {**prediction.metrics, "eval_samples": len(eval_dataset)}
+        evaluation.update({f"eval_{name}_accuracy": row["accuracy"] for name, row in results.items()})
+        evaluation.update({f"eval_{name}_error": 1 - row["accuracy"] for name, row in results.items()})
+        trainer.save_metrics("eval", evaluation)
+        metrics.update(evaluation)
+    trainer.save_metrics("data", {"skipped_bad_lines": skipped_lines})
+    metrics["skipped_bad_lines"] = skipped_lines
+    if results is not None and trainer.is_world_process_zero():
         print_table(results)
+    if training_args.do_train and trainer.is_world_process_zero():  # a card for the model this run trained
+        # a retried finished run without its train_results.json has no training time to report
+        runtime = f"{metrics['train_runtime']:.0f} s" if "train_runtime" in metrics else "an unrecorded time"
         training = (
             f"Trained with `examples/run_qa.py` on {len(train_dataset)} questions ({dataset_name}) for "
             f"{trainer.state.global_step} steps, batch size {training_args.per_device_train_batch_size} x "
             f"{training_args.world_size} processes, learning rate {training_args.learning_rate}, rehearsal weights "
             f"{training_args.recollection_weight} (recollection) / {training_args.familiarity_weight} (familiarity); "
-            f"{metrics['train_runtime']:.0f} s of training. Command: "
+            f"{runtime} of training. Command: "
             f"`python examples/run_qa.py {' '.join(sys.argv[1:] if argv is None else argv)}`"
         )
-        data = f"Evaluated on {len(eval_dataset)} questions of {dataset_name}."
-        write_qa_model_card(Path(training_args.output_dir) / "README.md", model, results, dataset_name, training, data)
+        write_card(training_args, data_args, trainer, results, training, raw_eval, len(train_dataset), dataset_name)
+    if training_args.do_train and training_args.push_to_hub:  # after the card, which the push keeps
+        trainer.push_to_hub(commit_message="End of training")
     return {"metrics": metrics, "results": results}
+
+
+def write_card(training_args, data_args, trainer, results, training, raw_eval, train_questions, dataset_name) -> None:
+    """The model card (README.md): true dataset metadata, one result per question type, and a usage snippet
+    about the shortest of the first evaluation stories."""
+    evaluated = len(raw_eval) if results is not None else "no (--do_eval not given)"
+    if data_args.babi_dir:
+        dataset = babi_dataset(data_args.babi_subset, data_args.tasks)
+        data = (
+            f"Trained on {train_questions} questions of the training split and evaluated on {evaluated} questions "
+            f"of the test split of {dataset.name} (Facebook's release, read from `--babi_dir`; on the Hub as "
+            f"`{dataset.hub_id}`)."
+        )
+    else:
+        dataset = local_dataset(dataset_name, "generated-stories")
+        data = (
+            f"Generated stories (`rm_hf.story_generator`: our own bAbI-style wording, not bAbI, and no Hub dataset): "
+            f"{train_questions} training questions (seed {training_args.seed}) and {evaluated} evaluation "
+            f"questions (seed {training_args.seed + 1}), one per story of {data_args.story_length} sentences."
+        )
+    example = min(raw_eval.select(range(min(200, len(raw_eval)))), key=lambda row: len(row["story"]))
+    write_qa_model_card(
+        Path(training_args.output_dir) / "README.md",
+        trainer.model,
+        results,
+        dataset,
+        training,
+        data,
+        model_id=trainer.hub_model_id or training_args.hub_model_id,
+        example=example,
+    )
 
 
 def print_table(results: dict[str, dict]) -> None:

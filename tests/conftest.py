@@ -9,7 +9,6 @@ import importlib.util
 import io
 import lzma
 import os
-import re
 import subprocess
 import sys
 import tarfile
@@ -54,19 +53,21 @@ def example_main(name: str):
     return module.main
 
 
-# Each rank runs the script as `__main__`, then reports whether the gloo process group outlived it. One left open
-# is torn down during interpreter finalisation, when gloo's worker threads may still hold tensors: now and then a
-# rank then aborts at exit ("terminate called without an active exception", SIGABRT) after a good run.
-RUN_THEN_REPORT = """import runpy, sys, torch.distributed
+# Each rank runs the script as `__main__`, then reports in a file of its own whether the gloo process group outlived
+# it (printed reports of two ranks can interleave mid-line in one pipe). One left open is torn down during
+# interpreter finalisation, when gloo's worker threads may still hold tensors: now and then a rank then aborted at
+# exit ("terminate called without an active exception", SIGABRT) after a good run.
+RUN_THEN_REPORT = """import os, pathlib, runpy, sys, torch.distributed
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
-print("process group open at exit:", torch.distributed.is_initialized(), flush=True)
+report = pathlib.Path(__file__).with_name(f"exit_report_rank{os.environ['RANK']}.txt")
+report.write_text(f"process group open at exit: {torch.distributed.is_initialized()}")
 """
 
 
 def torchrun(tmp_path: Path, script: Path, processes: int = 2) -> list[str]:
     """The command that runs `script` in `processes` torchrun processes (DDP over gloo on CPU), each reporting at
-    exit whether it closed its process group (check with `assert_process_groups_closed`)."""
+    exit whether it closed its process group (check with `assert_process_groups_closed(tmp_path)`)."""
     wrapper = tmp_path / "run_then_report.py"
     wrapper.write_text(RUN_THEN_REPORT)
     # --standalone: a free port of its own, never one a previous run still holds
@@ -74,9 +75,9 @@ def torchrun(tmp_path: Path, script: Path, processes: int = 2) -> list[str]:
             str(wrapper), str(script)]  # fmt: skip
 
 
-def assert_process_groups_closed(log: str, processes: int = 2) -> None:
-    reports = re.findall(r"process group open at exit: (\w+)", log)
-    assert reports == ["False"] * processes, (reports, log[-3000:])
+def assert_process_groups_closed(tmp_path: Path, processes: int = 2) -> None:
+    reports = [(tmp_path / f"exit_report_rank{rank}.txt").read_text() for rank in range(processes)]
+    assert reports == ["process group open at exit: False"] * processes, reports
 
 
 # ---------------------------------------------------------------------------------------------------------

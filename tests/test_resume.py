@@ -1,7 +1,9 @@
 """Interrupted training resumes exactly: examples/run_qa.py and run_ctr.py continue from a Trainer checkpoint with
 the same weights and logged losses as a run that never stopped (rehearsal's random draws included), a run killed
 mid-training continues from its newest complete checkpoint with `--resume_from_checkpoint last` (passing over one
-with a file missing or cut short), and a finished run started again trains no further."""
+with a file missing or cut short), and a finished run started again trains no further and keeps its training
+metrics. A run is its arguments (`rm_hf.run_record`): the scripts refuse an output folder holding another run (or
+anything else) unless `--overwrite_output_dir` is given, and `last` passes over the checkpoints of another run."""
 
 import json
 import logging
@@ -18,6 +20,8 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
+from rm_hf.run_record import RUN_ARGUMENTS_NAME, run_arguments
+from rm_hf.script_utils import train_metrics
 from rm_hf.trainer import RehearsalTrainingArguments, checkpoint_to_resume
 from tests.conftest import ROOT, example_main
 
@@ -111,14 +115,14 @@ def test_killed_run_continues_from_its_newest_complete_checkpoint(tmp_path):
             [sys.executable, "-c", SLOW_RUN, *command], cwd=ROOT, env=ENV, stdout=log, stderr=log
         )
         deadline = time.monotonic() + 300
-        while not (output / "checkpoint-2" / "trainer_state.json").exists():
+        while not (output / "checkpoint-2" / RUN_ARGUMENTS_NAME).exists():
             assert process.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
             assert time.monotonic() < deadline
             time.sleep(0.05)
         process.send_signal(signal.SIGKILL)
         assert process.wait() == -signal.SIGKILL
     assert not (output / "model.safetensors").exists()  # it died before the end of training
-    complete = max(int(path.parent.name.split("-")[1]) for path in output.glob("checkpoint-*/trainer_state.json"))
+    complete = max(int(path.parent.name.split("-")[1]) for path in output.glob(f"checkpoint-*/{RUN_ARGUMENTS_NAME}"))
     assert complete < 6
     # A later checkpoint that a crash cut short while saving: no trainer_state.json, half a weights file.
     (output / "checkpoint-5").mkdir()
@@ -162,6 +166,7 @@ def test_damaged_newest_checkpoint_is_passed_over(tmp_path, caplog, straight_qa_
     # or deleting it, a full disk or an unfinished copy leaves it; transformers writes every file in place).
     for step in (4, 8):
         shutil.copytree(straight_qa_run / f"checkpoint-{step}", tmp_path / f"checkpoint-{step}")
+    shutil.copy(straight_qa_run / RUN_ARGUMENTS_NAME, tmp_path)  # what the run wrote when it started
     damage(tmp_path / "checkpoint-8" / name, how)
     args = [*QA_RUN, "--max_steps", "12", "--save_steps", "4", "--resume_from_checkpoint", "last"]
     example_main("run_qa")(["--output_dir", str(tmp_path), *args])
@@ -182,11 +187,70 @@ def test_restarting_a_finished_run_trains_no_further(tmp_path):
     main = example_main("run_qa")
     main(command)
     (tmp_path / "model.safetensors").rename(tmp_path / "finished.safetensors")
+    finished = json.loads((tmp_path / "all_results.json").read_text())
     main(command)  # a retried job
 
     assert sorted(path.name for path in tmp_path.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
     assert_same_weights(tmp_path / "model.safetensors", tmp_path / "finished.safetensors")
-    assert "for 8 steps" in (tmp_path / "README.md").read_text()  # the model card, written again
+    # it reports the finished run's training, not a loss of 0 after ~0 s
+    retried = json.loads((tmp_path / "all_results.json").read_text())
+    training = ("train_loss", "train_runtime", "train_samples", "epoch")
+    assert finished["train_loss"] > 0 and {name: retried[name] for name in training} == {
+        name: finished[name] for name in training
+    }
+    card = (tmp_path / "README.md").read_text()  # the model card, written again
+    assert "for 8 steps" in card and f"{finished['train_runtime']:.0f} s of training" in card
+
+
+def test_a_retried_finished_run_reports_no_wrong_training_metrics(tmp_path):
+    checkpoint = fake_checkpoint(tmp_path / "checkpoint-8", 8)
+    args = RehearsalTrainingArguments(output_dir=str(tmp_path))
+    nothing_trained = {"train_loss": 0.0, "train_runtime": 0.01, "total_flos": 0.0, "epoch": 3.0}
+    # resumed from step 4 and trained to 8: Trainer's metrics stand
+    assert train_metrics(args, dict(nothing_trained), str(tmp_path / "checkpoint-4"), 8) == nothing_trained
+    fake_checkpoint(tmp_path / "checkpoint-4", 4)
+    assert train_metrics(args, dict(nothing_trained), str(tmp_path / "checkpoint-4"), 8) == nothing_trained
+    # resumed at step 8 of 8 after the run died before writing its metrics: none to keep, none reported wrong
+    assert train_metrics(args, dict(nothing_trained), str(checkpoint), 8) == {"epoch": 3.0}
+    (tmp_path / "train_results.json").write_text(json.dumps({"train_loss": 1.25, "train_runtime": 30.0}))
+    assert train_metrics(args, dict(nothing_trained), str(checkpoint), 8) == {
+        "train_loss": 1.25,
+        "train_runtime": 30.0,
+    }
+
+
+@pytest.mark.usefixtures("keep_transformers_verbosity")
+def test_an_output_dir_holding_another_run_is_refused_and_last_resumes_only_this_run(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="rm_hf.trainer")
+    main = example_main("run_qa")
+    first = [*QA_RUN, "--max_steps", "2", "--save_steps", "2", "--resume_from_checkpoint", "last"]
+    main(["--output_dir", str(tmp_path), *first])
+    assert json.loads((tmp_path / "checkpoint-2" / RUN_ARGUMENTS_NAME).read_text())["hidden_size"] == 32
+    # the same command without --resume_from_checkpoint would train it again over itself
+    with pytest.raises(ValueError, match="already holds this run. Pass --resume_from_checkpoint last to continue"):
+        main(["--output_dir", str(tmp_path), *first[:-2]])
+
+    # Another run (a wider model) into the same folder: refused. With --overwrite_output_dir it trains from scratch,
+    # and `last` passes over the first run's checkpoint (loading it was a size-mismatch crash).
+    other = [*first, "--hidden_size", "48", "--learning_rate", "1e-3"]
+    difference = "--hidden_size 32 there, 48 here; --learning_rate 5e-05 there, 0.001 here"
+    with pytest.raises(ValueError, match=f"holds another run \\({difference}\\)"):
+        main(["--output_dir", str(tmp_path), *other])
+    results = json.loads((tmp_path / "all_results.json").read_text())
+    (tmp_path / "all_results.json").write_text(json.dumps({**results, "eval_qa9_accuracy": 1.0}))
+    main(["--output_dir", str(tmp_path), *other, "--overwrite_output_dir"])
+    assert f"Passing over {tmp_path / 'checkpoint-2'}: it belongs to another run ({difference})." in caplog.text
+    assert "training starts from scratch" in caplog.text
+    assert json.loads((tmp_path / RUN_ARGUMENTS_NAME).read_text())["hidden_size"] == 48
+    assert json.loads((tmp_path / "checkpoint-2" / RUN_ARGUMENTS_NAME).read_text())["hidden_size"] == 48
+    assert "eval_qa9_accuracy" not in json.loads((tmp_path / "all_results.json").read_text())  # none of the old run's
+
+    # a folder holding anything else is refused before any data is read
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=f"--output_dir {folder} is not empty \\(notes.txt\\) and records no run"):
+        main(["--output_dir", str(folder), *QA_RUN, "--num_train_stories", "-1"])
 
 
 CHECKPOINT_FILES = ["trainer_state.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"]
@@ -229,6 +293,42 @@ def test_last_checkpoint_is_the_newest_complete_one(tmp_path, caplog, name, how)
         damage(tmp_path / f"checkpoint-{step}" / name, how)
     assert resolve(tmp_path) is None
     assert f"No complete checkpoint in {tmp_path}: training starts from scratch." in caplog.text
+
+
+def test_last_resumes_only_a_checkpoint_of_this_run(tmp_path, caplog):
+    run = {"hidden_size": 32, "learning_rate": 0.001, "seed": 3}
+    for step, recorded in ((4, run), (8, {**run, "hidden_size": 64, "seed": 4}), (12, None)):
+        folder = fake_checkpoint(tmp_path / f"checkpoint-{step}", step)
+        if recorded is not None:
+            (folder / RUN_ARGUMENTS_NAME).write_text(json.dumps(recorded))
+    args = RehearsalTrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint="last")
+    assert checkpoint_to_resume(args, run) == str(tmp_path / "checkpoint-4")
+    assert (
+        f"Passing over {tmp_path / 'checkpoint-12'}: it records no run arguments ({RUN_ARGUMENTS_NAME} is missing"
+        in caplog.text
+    )
+    other = "it belongs to another run (--hidden_size 64 there, 32 here; --seed 4 there, 3 here)"
+    assert f"Passing over {tmp_path / 'checkpoint-8'}: {other}." in caplog.text
+    assert checkpoint_to_resume(args) == str(tmp_path / "checkpoint-12")  # without a run to compare: files only
+    # named explicitly, a checkpoint of another run is used, with the same warning
+    args.resume_from_checkpoint = str(tmp_path / "checkpoint-8")
+    assert checkpoint_to_resume(args, run) == str(tmp_path / "checkpoint-8")
+    assert f"Resuming from {tmp_path / 'checkpoint-8'} although {other}." in caplog.text
+
+
+def test_run_arguments_leave_out_what_a_restart_may_change(tmp_path):
+    def arguments(**changes):
+        values = {"output_dir": str(tmp_path), "max_steps": 8, "logging_steps": 1, "save_steps": 4, **changes}
+        return run_arguments(RehearsalTrainingArguments(**values))
+
+    first = arguments()
+    restart = {"output_dir": str(tmp_path / "moved"), "max_steps": 16, "logging_steps": 5, "save_steps": 2,
+               "resume_from_checkpoint": "last", "per_device_eval_batch_size": 3, "dataloader_num_workers": 1,
+               "report_to": "none", "disable_tqdm": True, "overwrite_output_dir": True, "do_eval": True}  # fmt: skip
+    assert arguments(**restart) == first
+    assert arguments(learning_rate=1e-3) != first and arguments(seed=1) != first
+    assert arguments(per_device_train_batch_size=4) != first and arguments(recollection_weight=0.5) != first
+    assert json.loads(json.dumps(first)) == first  # what run_arguments.json holds
 
 
 def test_checkpoint_files_required_follow_the_run(tmp_path, caplog, monkeypatch):

@@ -1,6 +1,8 @@
 """examples/run_ctr.py end to end on a tiny synthetic task: metrics written, model and vocabulary reload; the
 Rehearsal Memory run uses two torchrun processes (DDP over gloo). Malformed lines of a behaviour CSV fail the
-run or are skipped and counted."""
+run or are skipped and counted. `--model_name_or_path` evaluates a checkpoint or trains it further (its
+behavior_vocab.json numbering the data's items, model flags it fixes refused), `--max_eval_samples` caps the
+evaluation, the metrics include log-loss, and `--encoder_name_or_path` builds `rm` around a pretrained encoder."""
 
 import json
 import os
@@ -8,13 +10,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import transformers
+from safetensors.torch import load_file
+from sklearn.metrics import log_loss
+from transformers import EvalPrediction
 
 from rm_hf import RehearsalMemoryForClickPrediction
 from rm_hf.ctr_baselines import TargetAttentionClickModel
 from rm_hf.ctr_data import BehaviorFormatError, BehaviorVocab, ClickCollator, generate_behavior_histories
 from tests.conftest import assert_process_groups_closed, example_main, torchrun
+from tests.test_run_qa import tiny_pretrained_encoder
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_ctr.py"
 DATA = {"num_users": 48, "history_length": 40, "num_items": 20, "num_categories": 8}
@@ -76,7 +84,7 @@ def test_run_ctr_trains_evaluates_and_saves(tmp_path, processes, model, model_cl
     assert 0.0 <= results["eval_auc"] <= 1.0 and 0.0 <= results["eval_accuracy"] <= 1.0
     assert "task_loss" in results
     if processes > 1:
-        assert_process_groups_closed(result.stdout, processes)
+        assert_process_groups_closed(tmp_path, processes)
 
     reloaded = model_class.from_pretrained(output_dir).eval()
     vocab = BehaviorVocab.load(output_dir)
@@ -105,3 +113,118 @@ def test_run_ctr_fails_on_a_malformed_line_or_skips_and_counts_it(tmp_path):
     main(["--output_dir", str(tmp_path / "lenient"), *args, "--skip_bad_lines"])
     results = json.loads((tmp_path / "lenient" / "all_results.json").read_text())
     assert results["skipped_bad_lines"] == 2 and results["train_loss"] > 0
+
+
+# Rehearsal Memory on DATA, in-process, a few seconds; the encoder's shape flags come apart (a pretrained encoder
+# fixes them).
+RM_RUN = [
+    "--data", "synthetic", *(f"--{name}={value}" for name, value in DATA.items()), "--model", "rm",
+    "--num_memory_slots", "4", "--segment_length", "8", "--item_embedding_dim", "8", "--num_attention_heads", "2",
+    "--per_device_train_batch_size", "8", "--max_steps", "2", "--save_strategy", "no", "--use_cpu",
+    "--report_to", "none", "--disable_tqdm", "true",
+]  # fmt: skip
+ENCODER_SHAPE = ["--hidden_size", "16", "--num_layers", "1"]
+
+
+def script_globals() -> dict:
+    return example_main("run_ctr").__wrapped__.__globals__
+
+
+@pytest.fixture(scope="module")
+def trained_ctr(tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("trained") / "ctr"
+    verbosity = transformers.logging.get_verbosity()
+    example_main("run_ctr")(["--output_dir", str(output), *RM_RUN, *ENCODER_SHAPE])
+    transformers.logging.set_verbosity(verbosity)
+    return output
+
+
+@pytest.mark.usefixtures("keep_transformers_verbosity")
+def test_run_ctr_evaluates_a_checkpoint_and_trains_it_further(tmp_path, trained_ctr):
+    main = example_main("run_ctr")
+    data = ["--data", "synthetic", *(f"--{name}={value}" for name, value in DATA.items())]
+    evaluation = ["--model_name_or_path", str(trained_ctr), "--do_eval", *data, "--use_cpu", "--report_to", "none"]
+    main(["--output_dir", str(tmp_path / "eval"), *evaluation])
+    trained = json.loads((trained_ctr / "all_results.json").read_text())
+    results = json.loads((tmp_path / "eval" / "all_results.json").read_text())
+    assert results["eval_samples"] == trained["eval_samples"] and "train_loss" not in results
+    for name in ("eval_auc", "eval_accuracy", "eval_log_loss"):  # the same model on the same users
+        assert results[name] == pytest.approx(trained[name], rel=1e-5), name
+
+    main(["--output_dir", str(tmp_path / "few"), *evaluation, "--max_eval_samples", "4"])
+    assert json.loads((tmp_path / "few" / "eval_results.json").read_text())["eval_samples"] == 4
+
+    with pytest.raises(ValueError, match=rf"--model target_attention \(the checkpoint {trained_ctr} has rm\)"):
+        main(["--output_dir", str(tmp_path / "no"), *evaluation, "--model", "target_attention"])
+
+    # at learning rate 0 the weights stay those the run started from: the checkpoint's
+    further = tmp_path / "further"
+    main(["--output_dir", str(further), "--model_name_or_path", str(trained_ctr), *RM_RUN, "--learning_rate", "0"])
+    saved, start = load_file(further / "model.safetensors"), load_file(trained_ctr / "model.safetensors")
+    assert saved.keys() == start.keys()
+    for name in start:
+        torch.testing.assert_close(saved[name], start[name], rtol=0, atol=0, msg=name)
+    assert BehaviorVocab.load(further) == BehaviorVocab.load(trained_ctr)
+
+
+def test_data_is_read_in_the_item_ids_of_the_checkpoint():
+    in_vocabulary = script_globals()["in_vocabulary"]
+    data, vocab = generate_behavior_histories(
+        num_users=6, history_length=6, num_items=6, num_categories=3, num_interests=1, seed=0
+    )
+    # a checkpoint that numbered the same raw items and categories the other way round
+    saved = BehaviorVocab(
+        items={raw: 7 - index for raw, index in vocab.items.items()},
+        categories={raw: 4 - index for raw, index in vocab.categories.items()},
+        item_categories=[0] * 7,
+    )
+    moved = in_vocabulary(data, vocab, saved, "checkpoint")
+    for split in ("train", "test"):
+        for before, after in zip(data[split], moved[split], strict=True):
+            assert after["history_items"] == [7 - item for item in before["history_items"]]
+            assert after["history_categories"] == [4 - category for category in before["history_categories"]]
+            assert (after["target_item"], after["target_category"]) == (
+                7 - before["target_item"],
+                4 - before["target_category"],
+            )
+            assert (after["history_behaviors"], after["label"]) == (before["history_behaviors"], before["label"])
+    assert in_vocabulary(data, vocab, vocab, "checkpoint") is data
+
+    del saved.items["6"]
+    with pytest.raises(
+        ValueError, match=r"1 items of the data are not in checkpoint/behavior_vocab.json \(e.g. '6'\)"
+    ):
+        in_vocabulary(data, vocab, saved, "checkpoint")
+
+
+def test_click_metrics_include_log_loss():
+    compute_metrics = script_globals()["compute_metrics"]
+    logits = np.array([2.0, -1.0, 0.5, -3.0, 4.0, 0.0], dtype=np.float32)
+    labels = np.array([1, 0, 0, 1, 1, 0])
+    metrics = compute_metrics(EvalPrediction(predictions=logits, label_ids=labels))
+    probabilities = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    assert metrics["log_loss"] == pytest.approx(log_loss(labels, probabilities))
+    assert metrics["accuracy"] == pytest.approx(4 / 6)
+    # from the logits, exact where a probability rounds to 0 or 1: a confident mistake costs its whole logit
+    metrics = compute_metrics(EvalPrediction(predictions=np.array([-60.0, 60.0]), label_ids=np.array([1, 0])))
+    assert metrics["log_loss"] == pytest.approx(60.0)
+
+
+@pytest.mark.usefixtures("keep_transformers_verbosity")
+def test_run_ctr_builds_rm_on_a_pretrained_encoder(tmp_path):
+    encoder = tiny_pretrained_encoder(tmp_path / "encoder", ["click"])  # 32 wide, 1 layer, 2 heads
+    output = tmp_path / "ctr"
+    run = ["--encoder_name_or_path", str(encoder), *RM_RUN, "--max_steps", "1", "--learning_rate", "0"]
+    main = example_main("run_ctr")
+    main(["--output_dir", str(output), *run])
+    saved, pretrained = load_file(output / "model.safetensors"), load_file(encoder / "model.safetensors")
+    backbone = {name.removeprefix("rehearsal_memory.encoder."): saved[name] for name in saved if ".encoder." in name}
+    assert backbone.keys() == {name for name in pretrained if not name.startswith("pooler.")}
+    for name, weight in backbone.items():
+        torch.testing.assert_close(weight, pretrained[name], rtol=0, atol=0, msg=name)
+    assert 0 <= json.loads((output / "all_results.json").read_text())["eval_auc"] <= 1
+
+    with pytest.raises(ValueError, match=rf"--hidden_size 16 \(the encoder {encoder} has 32\)"):
+        main(["--output_dir", str(tmp_path / "no"), *run, "--hidden_size", "16"])
+    with pytest.raises(ValueError, match="--model mean_pool has no encoder"):
+        main(["--output_dir", str(tmp_path / "no"), *run, "--model", "mean_pool"])

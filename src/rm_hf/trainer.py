@@ -15,28 +15,35 @@ Resuming is Trainer's own mechanism (weights, optimizer, scheduler and every RNG
 rehearsal fragments and donor items are drawn from torch's global RNG, so a resumed run repeats the uninterrupted
 one exactly. `checkpoint_to_resume` passes over checkpoints with a file missing or cut short, and a run restarted
 from its final checkpoint trains no further. Metrics files are replaced atomically and the final model folder holds
-no pickle.
+no pickle. `push_to_hub` keeps the model card the example scripts write, and neither it nor the pushes at each save
+upload checkpoints, pickles or temporaries (`rm_hf.model_card.publish_ignore_patterns`).
 """
 
+import contextlib
 import functools
 import json
 import logging
 import re
 import zipfile
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch.distributed as dist
+import transformers.trainer as transformers_trainer
+import yaml
+from huggingface_hub import ModelCard
 from safetensors import SafetensorError, safe_open
 from transformers import Trainer, TrainingArguments
-from transformers.trainer import OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
+from transformers.trainer import OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from .file_utils import atomic_path
+from .model_card import publish_ignore_patterns
 from .rehearsal import LOSS_WEIGHTS, combine_losses
+from .run_record import run_problem
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
@@ -69,8 +76,16 @@ class RehearsalTrainingArguments(TrainingArguments):
     resume_from_checkpoint: str | None = field(
         default=None,
         metadata={
-            "help": "A checkpoint folder to continue training from, or `last`: the newest complete checkpoint in "
-            "--output_dir, or a fresh start when there is none (so one command serves a first run and every restart)."
+            "help": "A checkpoint folder to continue training from, or `last`: the newest complete checkpoint of "
+            "this run in --output_dir, or a fresh start when there is none (so one command serves a first run and "
+            "every restart)."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train into a non-empty --output_dir that holds another run (or a finished run of this one, "
+            "from the start). Without it the example scripts refuse such a folder."
         },
     )
 
@@ -126,17 +141,80 @@ class RehearsalMemoryTrainer(Trainer):
         super().log(logs, start_time)
         self._metrics[mode].clear()
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        super().save_model(output_dir, _internal_call)
-        # The folder people publish holds no pickle: the arguments go to JSON instead of training_args.bin.
-        # Checkpoint folders keep Trainer's files (optimizer.pt, rng_state.pth, ...), which it loads with
-        # weights_only=True.
-        if _internal_call or not self.args.should_save:
-            return
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        # The folder people publish holds no pickle: the arguments go to JSON instead of training_args.bin, whether
+        # `save_model` or `push_to_hub` saved it. Checkpoint folders keep Trainer's files (optimizer.pt,
+        # rng_state.pth, ...), which it loads with weights_only=True.
         output_dir = Path(output_dir if output_dir is not None else self.args.output_dir)
-        (output_dir / "training_args.bin").unlink(missing_ok=True)
-        with atomic_path(output_dir / "training_args.json") as tmp:
+        if self.args.should_save and not self._is_checkpoint_folder(output_dir):
+            self._arguments_as_json(output_dir)
+
+    def _is_checkpoint_folder(self, folder: Path) -> bool:
+        return (
+            bool(CHECKPOINT_NAME.fullmatch(folder.name)) and folder.resolve() != Path(self.args.output_dir).resolve()
+        )
+
+    def _arguments_as_json(self, folder: Path) -> None:
+        (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
+        with atomic_path(folder / "training_args.json") as tmp:
             tmp.write_text(self.args.to_json_string(), encoding="utf-8")
+
+    # ---- Publishing: our card is kept, and uploads of the output folder leave out checkpoints and pickles ----
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """Keep the card already in the output folder (the one `run_qa.py` / `run_ctr.py` write, or the user's own);
+        write Trainer's draft only where there is none, or where the one there is an earlier draft.
+
+        `Trainer.push_to_hub` calls this before it uploads, so `--push_to_hub` publishes our card."""
+        if not self.is_world_process_zero():
+            return
+        path = Path(self.args.output_dir) / "README.md"
+        if path.is_file() and not _is_trainer_draft(path):
+            logger.info("Keeping the model card %s.", path)
+            return
+        super().create_model_card(*args, **kwargs)
+
+    def push_to_hub(self, *args, **kwargs):
+        """`Trainer.push_to_hub`, uploading what `rm_hf.model_card.upload_model_folder` uploads: the card in the
+        output folder is kept, and checkpoints, pickles and temporaries stay local. Call it after the card is
+        written (the example scripts do, with `--push_to_hub`)."""
+        with self._publishable_uploads():
+            return super().push_to_hub(*args, **kwargs)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Trainer's push at each save (`hub_strategy`), with the output folder uploaded as by `push_to_hub`.
+        Trainer pickles the arguments into the output folder first; they go back to JSON once the upload has
+        started (it leaves `*.bin` out). A checkpoint pushed on its own (`hub_strategy="checkpoint"` or
+        `"all_checkpoints"`, to resume from the Hub) is uploaded whole, as the user asked."""
+        with self._publishable_uploads():
+            super()._push_from_checkpoint(checkpoint_folder)
+        if self.args.should_save:
+            self._arguments_as_json(Path(self.args.output_dir))
+
+    @contextlib.contextmanager
+    def _publishable_uploads(self) -> Iterator[None]:
+        """While open, Trainer's uploads of the output folder (it makes them through `transformers.trainer.hf_api`)
+        also leave out `publish_ignore_patterns()`. Uploads of other folders are unchanged."""
+        real = transformers_trainer.hf_api
+        output_dir = Path(self.args.output_dir).resolve()
+
+        class PublishingApi:
+            def __getattr__(self, name):
+                return getattr(real(), name)
+
+            def upload_folder(self, *, folder_path, ignore_patterns=None, **kwargs):
+                if Path(folder_path).resolve() == output_dir:
+                    if isinstance(ignore_patterns, str):
+                        ignore_patterns = [ignore_patterns]
+                    ignore_patterns = [*(ignore_patterns or []), *publish_ignore_patterns()]
+                return real().upload_folder(folder_path=folder_path, ignore_patterns=ignore_patterns, **kwargs)
+
+        transformers_trainer.hf_api = PublishingApi
+        try:
+            yield
+        finally:
+            transformers_trainer.hf_api = real
 
     def save_metrics(self, split: str, metrics: dict[str, float], combined: bool = True) -> None:
         """`Trainer.save_metrics` (`{split}_results.json`, merged into `all_results.json`), with each file
@@ -154,23 +232,37 @@ class RehearsalMemoryTrainer(Trainer):
                 tmp.write_text(json.dumps(values, indent=4, sort_keys=True), encoding="utf-8")
 
 
-def checkpoint_to_resume(args: TrainingArguments) -> str | None:
+def _is_trainer_draft(card: Path) -> bool:
+    """Whether `card` is the draft `Trainer.create_model_card` writes (it tags it `generated_from_trainer`). A card
+    whose metadata does not parse is someone's own, not a draft."""
+    try:
+        return "generated_from_trainer" in (ModelCard.load(card).data.tags or [])
+    except (ValueError, yaml.YAMLError):
+        return False
+
+
+def checkpoint_to_resume(args: TrainingArguments, run: dict | None = None) -> str | None:
     """The checkpoint `args.resume_from_checkpoint` names, with `last` resolved to the newest `checkpoint-N` in
     `args.output_dir` that can resume this run exactly (None, a fresh start, when there is none).
 
     A crash while Trainer saves a checkpoint (or while it deletes an old one) leaves a folder with files missing
-    or cut short; `last` passes over such a folder with a warning that says what is wrong with it.
+    or cut short; `last` passes over such a folder with a warning that says what is wrong with it. Given `run`
+    (`rm_hf.run_record.run_arguments`, recorded in each checkpoint by `RunRecorder`), `last` also passes over the
+    checkpoints of another run (other model, data or training arguments) and those that record none.
     """
     if args.resume_from_checkpoint != "last":
         # the caller chose this one: say what is wrong with it before Trainer fails on it, or quietly resumes less
-        if args.resume_from_checkpoint and (problem := checkpoint_problem(Path(args.resume_from_checkpoint), args)):
+        checkpoint = Path(args.resume_from_checkpoint or "")
+        if args.resume_from_checkpoint and (
+            problem := checkpoint_problem(checkpoint, args) or run_problem(checkpoint, run)
+        ):
             logger.warning("Resuming from %s although %s.", args.resume_from_checkpoint, problem)
         return args.resume_from_checkpoint
     output_dir = Path(args.output_dir)
     folders = [path for path in output_dir.glob("*") if path.is_dir()]
     steps = {int(m[1]): path for path in folders if (m := CHECKPOINT_NAME.fullmatch(path.name))}
     for step in sorted(steps, reverse=True):
-        if problem := checkpoint_problem(steps[step], args):
+        if problem := checkpoint_problem(steps[step], args) or run_problem(steps[step], run):
             logger.warning("Passing over %s: %s.", steps[step], problem)
             continue
         logger.info("Resuming from %s, the newest complete checkpoint.", steps[step])
