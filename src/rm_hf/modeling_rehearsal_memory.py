@@ -193,7 +193,7 @@ class RehearsalMemoryModelOutput(ModelOutput):
             The memory type's own loss, averaged over the items written (Expire-Span's span loss, the key-value
             memory's margin loss); None for the others.
         memory (`torch.FloatTensor` of shape `(batch_size, num_memory_slots, memory_dim)`, or a dict of tensors):
-            The memory after reading the whole input: the slots for `memory_type="rehearsal"`, the memory type's
+            The memory after reading the whole input: the slots for `memory_type="slots"`, the memory type's
             state (a dict of per-sequence tensors) for the others.
         item_features (`torch.FloatTensor` of shape `(batch_size, sequence_length, encoder_hidden_size)`, *optional*):
             Encoder features of every item, segment by segment; returned with `output_item_features=True`.
