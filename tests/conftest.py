@@ -19,6 +19,8 @@ import pytest
 import torch
 import transformers
 from datasets import Dataset
+from safetensors.torch import load_file
+from transformers import BertConfig, BertModel, BertTokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -258,3 +260,26 @@ def keep_transformers_verbosity():
     verbosity = transformers.logging.get_verbosity()
     yield
     transformers.logging.set_verbosity(verbosity)
+
+
+def tiny_pretrained_encoder(folder: Path, words: list[str]) -> Path:
+    """A tiny BERT with random weights and a WordPiece tokenizer knowing `words` (lowercase), saved to `folder` as a
+    pretrained encoder would be: what `--encoder_name_or_path` loads, offline."""
+    folder.mkdir(parents=True)
+    vocab = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]))
+    BertTokenizer(vocab={token: index for index, token in enumerate(vocab)}).save_pretrained(folder)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    torch.manual_seed(1)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def assert_backbone_is(encoder: Path, output: Path) -> None:
+    """The model saved in `output` holds exactly the weights of the pretrained encoder saved in `encoder` (less its
+    unused pooler) as its backbone."""
+    saved, pretrained = load_file(output / "model.safetensors"), load_file(encoder / "model.safetensors")
+    backbone = {name.removeprefix("rehearsal_memory.encoder."): saved[name] for name in saved if ".encoder." in name}
+    assert backbone.keys() == {name for name in pretrained if not name.startswith("pooler.")}
+    for name, weight in backbone.items():
+        torch.testing.assert_close(weight, pretrained[name], rtol=0, atol=0, msg=name)

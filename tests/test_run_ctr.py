@@ -21,8 +21,13 @@ from transformers import EvalPrediction
 from rm_hf import RehearsalMemoryForClickPrediction
 from rm_hf.ctr_baselines import TargetAttentionClickModel
 from rm_hf.ctr_data import BehaviorFormatError, BehaviorVocab, ClickCollator, generate_behavior_histories
-from tests.conftest import assert_process_groups_closed, example_main, torchrun
-from tests.test_run_qa import tiny_pretrained_encoder
+from tests.conftest import (
+    assert_backbone_is,
+    assert_process_groups_closed,
+    example_main,
+    tiny_pretrained_encoder,
+    torchrun,
+)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_ctr.py"
 DATA = {"num_users": 48, "history_length": 40, "num_items": 20, "num_categories": 8}
@@ -217,11 +222,7 @@ def test_run_ctr_builds_rm_on_a_pretrained_encoder(tmp_path):
     run = ["--encoder_name_or_path", str(encoder), *RM_RUN, "--max_steps", "1", "--learning_rate", "0"]
     main = example_main("run_ctr")
     main(["--output_dir", str(output), *run])
-    saved, pretrained = load_file(output / "model.safetensors"), load_file(encoder / "model.safetensors")
-    backbone = {name.removeprefix("rehearsal_memory.encoder."): saved[name] for name in saved if ".encoder." in name}
-    assert backbone.keys() == {name for name in pretrained if not name.startswith("pooler.")}
-    for name, weight in backbone.items():
-        torch.testing.assert_close(weight, pretrained[name], rtol=0, atol=0, msg=name)
+    assert_backbone_is(encoder, output)
     assert 0 <= json.loads((output / "all_results.json").read_text())["eval_auc"] <= 1
 
     with pytest.raises(ValueError, match=rf"--hidden_size 16 \(the encoder {encoder} has 32\)"):

@@ -16,14 +16,21 @@ import torch
 import transformers
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
-from transformers import AutoModelForQuestionAnswering, AutoTokenizer, BertConfig, BertModel, BertTokenizer
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
 from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForQuestionAnswering
 from rm_hf.babi import BabiFormatError, answer_vocabulary
 from rm_hf.qa_data import QACollator, encode_qa_dataset
 from rm_hf.story_generator import generate_stories
 from rm_hf.tokenization import build_word_tokenizer
-from tests.conftest import assert_process_groups_closed, example_main, torchrun, write
+from tests.conftest import (
+    assert_backbone_is,
+    assert_process_groups_closed,
+    example_main,
+    tiny_pretrained_encoder,
+    torchrun,
+    write,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = [
@@ -262,19 +269,6 @@ def test_run_qa_trains_a_checkpoint_further(tmp_path, trained_qa):
     assert json.loads((output / "all_results.json").read_text())["train_samples"] == 64
 
 
-def tiny_pretrained_encoder(folder: Path, words: list[str]) -> Path:
-    """A tiny BERT with random weights and a WordPiece tokenizer knowing `words` (lowercase), saved to `folder` as a
-    pretrained encoder would be: what `--encoder_name_or_path` loads, offline."""
-    folder.mkdir(parents=True)
-    vocab = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]))
-    BertTokenizer(vocab={token: index for index, token in enumerate(vocab)}).save_pretrained(folder)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)  # fmt: skip
-    torch.manual_seed(1)
-    BertModel(config).save_pretrained(folder)
-    return folder
-
-
 @pytest.mark.usefixtures("keep_transformers_verbosity")
 def test_run_qa_builds_on_a_pretrained_encoder_and_its_tokenizer(tmp_path):
     stories = generate_stories(400, story_length=8, seed=0)
@@ -289,11 +283,7 @@ def test_run_qa_builds_on_a_pretrained_encoder_and_its_tokenizer(tmp_path):
     assert tokenizer.get_vocab() == AutoTokenizer.from_pretrained(encoder).get_vocab() and "zebra" in tokenizer.vocab
     config = json.loads((output / "config.json").read_text())["encoder_config"]
     assert (config["vocab_size"], config["num_hidden_layers"]) == (len(tokenizer), 1)
-    saved, pretrained = load_file(output / "model.safetensors"), load_file(encoder / "model.safetensors")
-    backbone = {name.removeprefix("rehearsal_memory.encoder."): saved[name] for name in saved if ".encoder." in name}
-    assert backbone.keys() == {name for name in pretrained if not name.startswith("pooler.")}
-    for name, weight in backbone.items():
-        torch.testing.assert_close(weight, pretrained[name], rtol=0, atol=0, msg=name)
+    assert_backbone_is(encoder, output)
     assert 0 <= json.loads((output / "all_results.json").read_text())["eval_all_accuracy"] <= 1
 
     main = example_main("run_qa")

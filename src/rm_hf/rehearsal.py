@@ -192,13 +192,11 @@ class RehearsalMemoryRehearser(nn.Module):
 @dataclass
 class RehearsalMemoryObjectiveOutput:
     """The rehearsal objective's terms for one batch. `sampler_loss` (the scorer's KL to the teacher plus the
-    teacher's task loss) exists with `sampler_mode="teacher"` only; `fragment_starts` (B, J) says what was
-    rehearsed."""
+    teacher's task loss) exists with `sampler_mode="teacher"` only; `draw_fragments` says what is rehearsed."""
 
     recollection_loss: torch.Tensor
     familiarity_loss: torch.Tensor
     sampler_loss: torch.Tensor | None
-    fragment_starts: torch.Tensor
 
     def loss_terms(self) -> dict[str, torch.Tensor | None]:
         """The terms under the names a head's output gives them."""
@@ -222,29 +220,43 @@ class RehearsalMemoryObjective(nn.Module):
         query (B, D): the task query, and labels, for the teacher; fragment_weights (B, T): importance per item,
         for `sampler_mode="external"`.
         """
-        targets = story["input_features"] if story.get("input_features") is not None else story["input_ids"]
-        attention_mask = story.get("attention_mask")
-        if attention_mask is None:
-            attention_mask = torch.ones(targets.shape[:2], dtype=torch.long, device=targets.device)
+        targets, attention_mask = story_targets(story)
+        starts, sampler_loss = self.draw_fragments(written, story, query, labels, fragment_weights)
+        token_table = machine.get_input_embeddings().weight if story.get("input_features") is None else None
+        entries, weights = machine.view_memory(written.memory)
+        recollection, familiarity = self.rehearser(
+            entries, weights, written.item_embeddings, targets, attention_mask, starts, token_table
+        )
+        return RehearsalMemoryObjectiveOutput(recollection, familiarity, sampler_loss)
+
+    def draw_fragments(self, written, story, query=None, labels=None, fragment_weights=None):
+        """The fragment starts (B, J) to rehearse, and the sampler's loss (the scorer's KL to the teacher plus the
+        teacher's task loss given labels; None for the other modes). Arguments as for `forward`."""
+        _, attention_mask = story_targets(story)
         summaries = teacher_attention = teacher_loss = None
         if self.teacher is not None:
             if query is None:
                 raise ValueError("sampler_mode='teacher' needs the task query (the head passes it).")
             length = self.sampler.fragment_length
             summaries = fragment_summaries(written.item_features.detach(), attention_mask, length)  # (B, T, E)
-            starts_ok = valid_starts(attention_mask, length)
-            teacher_attention, teacher_logits = self.teacher(summaries, starts_ok, query.detach())
+            teacher_attention, teacher_logits = self.teacher(
+                summaries, valid_starts(attention_mask, length), query.detach()
+            )
             if labels is not None:
                 teacher_loss = task_loss(teacher_logits, labels)
         starts, sampler_loss = self.sampler(attention_mask, fragment_weights, summaries, teacher_attention)
         if teacher_loss is not None:
             sampler_loss = sampler_loss + teacher_loss
-        token_table = machine.get_input_embeddings().weight if story.get("input_features") is None else None
-        entries, weights = machine.view_memory(written.memory)
-        recollection, familiarity = self.rehearser(
-            entries, weights, written.item_embeddings, targets, attention_mask, starts, token_table
-        )
-        return RehearsalMemoryObjectiveOutput(recollection, familiarity, sampler_loss, starts)
+        return starts, sampler_loss
+
+
+def story_targets(story: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """What recollection reconstructs (token ids (B, T) or features (B, T, F)) and the attention mask (B, T)."""
+    targets = story["input_features"] if story.get("input_features") is not None else story["input_ids"]
+    attention_mask = story.get("attention_mask")
+    if attention_mask is None:
+        attention_mask = torch.ones(targets.shape[:2], dtype=torch.long, device=targets.device)
+    return targets, attention_mask
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
