@@ -1,4 +1,5 @@
-"""bAbI table: one model per task, trained and evaluated with `examples/run_qa.py`, with and without rehearsal.
+"""bAbI table: one model per task, trained and evaluated with `examples/run_qa.py`, with and without rehearsal, and
+optionally the full-access MemN2N baseline (`--variants memn2n`: it reads every story sentence at question time).
 
 Each (variant, task) row is trained from scratch, its test accuracy, error and training time are stored in
 bench/results/babi.json as soon as it finishes, and a rerun with the same settings skips rows already there,
@@ -9,6 +10,7 @@ chart of the error per task goes next to it (babi.png).
     python bench/bench_babi.py --overwrite              # quick: task 1, sentence items, 600 steps, with and without
     python bench/bench_babi.py --tasks 1-20 --output bench/results/babi_20tasks.json   # all 20 tasks, same budget
     python bench/bench_babi.py --tasks 1-20 --max_steps 20000 --output ...              # a full-length training run
+    python bench/bench_babi.py --variants rehearsal,plain,memn2n --output ...           # and the MemN2N baseline
 
 Task 3 has no en-10k training file; `run_qa.py` reads it from en/ (1k questions). Reference systems are quoted
 from their papers (10k training setting), not re-run here.
@@ -30,6 +32,8 @@ import run_qa  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_BABI = Path(__file__).resolve().parents[2] / "shared" / "data" / "babi"
+# Rehearsal Memory with and without rehearsal, and the full-access baseline
+VARIANTS = ("rehearsal", "plain", "memn2n")
 # Mean test error (%) and failed tasks (error > 5%) over the 20 tasks, 10k training questions per task.
 QUOTED = [
     {"system": "MemN2N (Sukhbaatar et al., 2015)", "reads": "all sentences", "mean_error": 4.2, "failed": 3},
@@ -50,18 +54,31 @@ def parse_tasks(text: str) -> list[int]:
     return [int(t) for t in text.split(",")]
 
 
-def run_row(args, task: int, rehearsal: bool, memory_type: str) -> dict:
+def runs_per_task(variants: list[str], memory_types: list[str]) -> list[tuple[str, str | None, bool]]:
+    """(model, memory type, rehearsal) of each row a task gets: Rehearsal Memory per memory type and variant, and
+    the baseline once (it has no memory type and no rehearsal)."""
+    runs = [("rm", m, v == "rehearsal") for m in memory_types for v in variants if v != "memn2n"]
+    return runs + ([("memn2n", None, False)] if "memn2n" in variants else [])
+
+
+def run_row(args, task: int, model: str, rehearsal: bool, memory_type: str | None) -> dict:
     # the checkpoint and its model card stay for inspection (outputs/ is git-ignored)
-    prefix = "" if memory_type == "slots" else f"{memory_type}-"
-    output_dir = args.checkpoint_dir / f"{prefix}{'rehearsal' if rehearsal else 'plain'}-qa{task}"
+    if model == "rm":
+        prefix = "" if memory_type == "slots" else f"{memory_type}-"
+        output_dir = args.checkpoint_dir / f"{prefix}{'rehearsal' if rehearsal else 'plain'}-qa{task}"
+        model_flags = ["--use_rehearsal", str(rehearsal), "--memory_type", memory_type,
+                       "--memory_capacity", str(args.memory_capacity)]  # fmt: skip
+    else:
+        output_dir = args.checkpoint_dir / f"{model}-qa{task}"
+        model_flags = ["--model", model]
     argv = [
         "--babi_dir", str(args.babi_dir), "--babi_subset", args.babi_subset, "--tasks", str(task),
         "--story_items", args.story_items, "--segment_length", str(args.segment_length), "--output_dir", str(output_dir),
-        "--use_rehearsal", str(rehearsal), "--max_steps", str(args.max_steps),
+        "--max_steps", str(args.max_steps),
         "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),
         "--warmup_steps", str(args.max_steps // 20), "--seed", str(args.seed), "--use_cpu", "true",
         "--report_to", "none", "--save_strategy", "no", "--logging_steps", str(max(1, args.max_steps // 10)),
-        "--disable_tqdm", "true", "--memory_type", memory_type, "--memory_capacity", str(args.memory_capacity),
+        "--disable_tqdm", "true", *model_flags,
         "--overwrite_output_dir",  # each row is trained afresh, over the checkpoint an earlier bench left
     ]  # fmt: skip
     if args.eval_questions:
@@ -70,6 +87,7 @@ def run_row(args, task: int, rehearsal: bool, memory_type: str) -> dict:
     accuracy = outcome["results"]["all"]["accuracy"]
     return {
         "task": task,
+        "model": model,
         "memory_type": memory_type,
         "rehearsal": rehearsal,
         "accuracy": accuracy,
@@ -82,20 +100,35 @@ def run_row(args, task: int, rehearsal: bool, memory_type: str) -> dict:
 
 
 def row_key(row: dict) -> tuple:
-    # rows written before memory types existed are slot-memory rows; earlier keys read as today's
+    """(task, model, memory type, rehearsal). Rows written before the baseline are Rehearsal Memory rows, and those
+    written before memory types slot-memory rows; earlier memory type keys read as today's."""
     memory_type = row.get("memory_type", "slots")
-    return row["task"], MEMORY_TYPE_ALIASES.get(memory_type, memory_type), row["rehearsal"]
+    return row["task"], row.get("model", "rm"), MEMORY_TYPE_ALIASES.get(memory_type, memory_type), row["rehearsal"]
+
+
+def row_order(row: dict) -> tuple:
+    """Per task: Rehearsal Memory with the slot memory, then other memory types, then the baseline; with rehearsal
+    before without."""
+    task, model, memory_type, rehearsal = row_key(row)
+    return task, model != "rm", memory_type != "slots", not rehearsal
+
+
+def variant_name(model: str, memory_type: str | None, rehearsal: bool) -> str:
+    """As in the summary: "with rehearsal", "key_value memory, without rehearsal", "memn2n (reads all sentences)"."""
+    if model != "rm":
+        return f"{model} (reads all sentences)"
+    name = f"{'with' if rehearsal else 'without'} rehearsal"
+    return name if memory_type == "slots" else f"{memory_type} memory, {name}"
 
 
 def by_variant(rows: list[dict]) -> dict[str, list[dict]]:
-    """Rows grouped per (memory type, rehearsal), named as in the summary: "with rehearsal", "kv memory, ..."."""
+    """Rows grouped per (model, memory type, rehearsal), named by `variant_name`."""
     groups = {}
-    for memory_type in dict.fromkeys(row_key(row)[1] for row in rows):
+    for model, memory_type in dict.fromkeys(row_key(row)[1:3] for row in rows):
         for rehearsal in (True, False):
-            chosen = [row for row in rows if row_key(row)[1:] == (memory_type, rehearsal)]
-            name = f"{'with' if rehearsal else 'without'} rehearsal"
+            chosen = [row for row in rows if row_key(row)[1:] == (model, memory_type, rehearsal)]
             if chosen:
-                groups[name if memory_type == "slots" else f"{memory_type} memory, {name}"] = chosen
+                groups[variant_name(model, memory_type, rehearsal)] = chosen
     return groups
 
 
@@ -145,7 +178,9 @@ def main():
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--eval_questions", type=int, default=1000, help="0 = the whole test file")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variants", default="rehearsal,plain", help="rehearsal, plain or both")
+    parser.add_argument(
+        "--variants", default="rehearsal,plain", help="comma-separated: rehearsal, plain (RM without) or memn2n"
+    )
     parser.add_argument(
         "--memory_types", default="slots", help="comma-separated: slots (RM), expire_span, lamemo, key_value"
     )
@@ -162,6 +197,11 @@ def main():
         args.segment_length = 4 if args.story_items == "sentences" else 32
     if not args.babi_dir.is_dir():
         sys.exit(f"bAbI folder not found: {args.babi_dir} (pass --babi_dir)")
+    variants = args.variants.split(",")
+    if unknown := [v for v in variants if v not in VARIANTS]:
+        sys.exit(f"--variants: unknown {', '.join(unknown)} (choose from {', '.join(VARIANTS)})")
+    if "memn2n" in variants and args.story_items != "sentences":
+        sys.exit("--variants memn2n reads sentence items: use --story_items sentences, or leave memn2n out")
 
     keys = ("babi_subset", "story_items", "segment_length", "max_steps", "batch_size", "learning_rate")
     settings = {k: getattr(args, k) for k in (*keys, "eval_questions", "seed")}
@@ -176,20 +216,15 @@ def main():
         )
     rows = previous.get("rows", [])
     done = {row_key(row) for row in rows}
-    variants = [v == "rehearsal" for v in args.variants.split(",")]
-    todo = [
-        (task, memory_type, r)
-        for task in parse_tasks(args.tasks)
-        for memory_type in args.memory_types.split(",")
-        for r in variants
-        if (task, memory_type, r) not in done
-    ]
-    for task, memory_type, rehearsal in tqdm(todo, desc="bAbI runs"):
-        rows.append({**run_row(args, task, rehearsal, memory_type), "memory_capacity": args.memory_capacity})
+    runs = runs_per_task(variants, args.memory_types.split(","))
+    todo = [(task, *run) for task in parse_tasks(args.tasks) for run in runs if (task, *run) not in done]
+    for task, model, memory_type, rehearsal in tqdm(todo, desc="bAbI runs"):
+        capacity = args.memory_capacity if model == "rm" else None  # the baseline keeps every sentence
+        rows.append({**run_row(args, task, model, rehearsal, memory_type), "memory_capacity": capacity})
         result = {
             **provenance(),
             "settings": settings,
-            "rows": sorted(rows, key=lambda row: (row["task"], row_key(row)[1] != "slots", not row["rehearsal"])),
+            "rows": sorted(rows, key=row_order),
             "summary": summarise(rows),
             "quoted_not_rerun": QUOTED,
         }

@@ -1,4 +1,5 @@
-"""Train and evaluate a Rehearsal Memory question-answering model on bAbI or on generated long stories.
+"""Train and evaluate a question-answering model on bAbI or on generated long stories: Rehearsal Memory (`--model rm`)
+or the MemN2N baseline (`--model memn2n`, `rm_hf.qa_baselines`), which reads every story sentence at question time.
 
     # generated long stories (offline default); with neither --do_train nor --do_eval it trains, then evaluates
     python examples/run_qa.py --output_dir outputs/qa
@@ -8,6 +9,8 @@
     python examples/run_qa.py --model_name_or_path outputs/babi --do_eval --babi_dir ... --output_dir outputs/eval
     # a pretrained encoder (and its tokenizer) as the backbone
     python examples/run_qa.py --encoder_name_or_path path/to/all-MiniLM-L6-v2 --output_dir outputs/qa-minilm
+    # the full-access baseline on the same data (sentence items; no model card is written for it)
+    python examples/run_qa.py --model memn2n --story_items sentences --babi_dir ... --output_dir outputs/memn2n
     # N CPU processes (torchrun or accelerate's torchrun launcher; `accelerate launch --cpu` starts one), or GPUs
     torchrun --nproc_per_node 2 examples/run_qa.py --use_cpu ...
     accelerate launch --multi_gpu --num_processes 2 examples/run_qa.py --use_cpu ...
@@ -35,6 +38,7 @@ from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForQuestionAnswering
 from rm_hf.babi import MAX_LINE_BYTES, MAX_MEMBER_BYTES, answer_vocabulary, load_babi
 from rm_hf.configuration_rehearsal_memory import MEMORY_TYPE_ALIASES, MEMORY_TYPES
 from rm_hf.model_card import babi_dataset, local_dataset, write_qa_model_card
+from rm_hf.qa_baselines import MemN2NForQuestionAnswering
 from rm_hf.qa_data import QACollator, encode_qa_dataset
 from rm_hf.run_record import RunRecorder, check_output_dir, run_arguments
 from rm_hf.script_utils import (
@@ -56,6 +60,8 @@ from rm_hf.trainer import (
 
 logger = logging.getLogger(__name__)
 
+MODEL_CLASSES = {"rm": RehearsalMemoryForQuestionAnswering, "memn2n": MemN2NForQuestionAnswering}
+ARCHITECTURES = {model_class.__name__: name for name, model_class in MODEL_CLASSES.items()}
 
 # the config fields a flag of the same name sets
 CONFIG_FIELDS = (
@@ -83,6 +89,14 @@ class ModelArguments:
             "help": "A pretrained Hugging Face encoder (folder or Hub id; e.g. all-MiniLM-L6-v2) for the backbone of "
             "a new model; its tokenizer replaces the word-level one, and it fixes --hidden_size, "
             "--num_hidden_layers and --num_attention_heads."
+        },
+    )
+    model: Literal["rm", "memn2n"] = field(
+        default="rm",
+        metadata={
+            "help": "Rehearsal Memory, or the MemN2N baseline, which reads every story sentence at question time "
+            "(needs --story_items sentences; of the model flags it uses --hidden_size, --num_reasoning_hops and "
+            "--max_sentence_tokens)."
         },
     )
     hidden_size: int = field(default=64, metadata={"help": "Encoder width (also the memory width)."})
@@ -212,18 +226,24 @@ def load_model_source(args: ModelArguments, given: set[str]):
                 "--model_name_or_path and --encoder_name_or_path exclude each other: a checkpoint has its encoder."
             )
         config = RehearsalMemoryConfig.from_pretrained(args.model_name_or_path)
-        head = RehearsalMemoryForQuestionAnswering.__name__
-        if config.architectures and head not in config.architectures:
+        # a checkpoint that names no architecture predates the baseline
+        model = ARCHITECTURES.get(config.architectures[0]) if config.architectures else "rm"
+        if model is None:
             raise ValueError(
                 f"--model_name_or_path {args.model_name_or_path} holds a {', '.join(config.architectures)}, not a "
-                f"{head}."
+                f"{' or '.join(ARCHITECTURES)}."
             )
-        fixed = {name: getattr(config.encoder_config, name) for name in ENCODER_FIELDS}
+        fixed = {"model": model, **{name: getattr(config.encoder_config, name) for name in ENCODER_FIELDS}}
         fixed.update({name: getattr(config, name) for name in CONFIG_FIELDS})
         refuse_fixed_flags(given, flags, fixed, f"the checkpoint {args.model_name_or_path}")
+        args.model = model
         return config, None
+    if args.model == "memn2n" and args.story_items != "sentences":
+        raise ValueError("--model memn2n reads the story sentence by sentence: pass --story_items sentences.")
     encoder = None
     if args.encoder_name_or_path:
+        if args.model != "rm":
+            raise ValueError(f"--encoder_name_or_path: --model {args.model} has no encoder (only rm has).")
         encoder = load_pretrained_encoder(args.encoder_name_or_path)
         fixed = {name: getattr(encoder.config, name, None) for name in ENCODER_FIELDS}
         refuse_fixed_flags(given, flags, fixed, f"the encoder {args.encoder_name_or_path}")
@@ -296,13 +316,14 @@ def main(argv: list[str] | None = None) -> dict:
         )
         eval_dataset = encode_qa_dataset(raw_eval, tokenizer, label2id, data_args.max_story_tokens)
 
+    model_class = MODEL_CLASSES[model_args.model]
     if checkpoint_config is not None:
-        model = RehearsalMemoryForQuestionAnswering.from_pretrained(model_args.model_name_or_path)
+        model = model_class.from_pretrained(model_args.model_name_or_path)
     else:
         config = build_config(
             model_args, len(tokenizer), tokenizer.pad_token_id, answers, encoder.config if encoder else None
         )
-        model = RehearsalMemoryForQuestionAnswering(config)
+        model = model_class(config)
         if encoder is not None:
             with_encoder_weights(model, encoder)
     trainer = RehearsalMemoryTrainer(
@@ -340,7 +361,8 @@ def main(argv: list[str] | None = None) -> dict:
     metrics["skipped_bad_lines"] = skipped_lines
     if results is not None and trainer.is_world_process_zero():
         print_table(results)
-    if training_args.do_train and trainer.is_world_process_zero():  # a card for the model this run trained
+    # a card for the model this run trained (the card describes Rehearsal Memory: none for the baseline)
+    if training_args.do_train and trainer.is_world_process_zero() and model_args.model == "rm":
         # a retried finished run without its train_results.json has no training time to report
         runtime = f"{metrics['train_runtime']:.0f} s" if "train_runtime" in metrics else "an unrecorded time"
         training = (

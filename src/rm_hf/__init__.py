@@ -36,6 +36,7 @@ from .pipeline_rehearsal_memory import (
     RehearsalMemoryQuestionAnsweringPipeline,
     register_pipelines,
 )
+from .qa_baselines import MemN2NForQuestionAnswering
 
 AutoConfig.register(RehearsalMemoryConfig.model_type, RehearsalMemoryConfig, exist_ok=True)
 AutoModel.register(RehearsalMemoryConfig, RehearsalMemoryModel, exist_ok=True)
@@ -71,6 +72,7 @@ def __dir__():
 
 __all__ = [
     "MeanPoolClickModel",
+    "MemN2NForQuestionAnswering",
     "TargetAttentionClickModel",
     "UserMemoryStore",
     "RehearsalMemoryClickPipeline",
