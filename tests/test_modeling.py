@@ -1,5 +1,6 @@
-"""The memory machine: config, save/load, streaming, padding, slot diversity, gradients, input checks."""
+"""The memory machine: config, save/load, streaming, padding, slot diversity, the write gate, gradients, input checks."""
 
+import json
 import pytest
 import torch
 from huggingface_hub.errors import StrictDataclassError
@@ -101,6 +102,40 @@ def test_missing_weights_are_initialised_by_init_weights():
     assert model.bank.writer.gru.weight_hh.abs().max() <= config.memory_dim**-0.5 + 1e-6
     # memory attention projections use fan-in scaling, not the 0.02 default of other linear layers
     assert abs(model.bank.writer.attention.q_proj.weight.std().item() - config.memory_dim**-0.5) < 0.03
+
+
+def test_checkpoint_saved_before_the_write_gate_computes_what_it_did(tmp_path):
+    # a config.json written before `slot_write_gate` existed has no such field: such a model had no gate
+    model = RehearsalMemoryModel(tiny_config(slot_write_gate=False)).eval()
+    ids, mask = random_batch()
+    expected = model(ids, attention_mask=mask).memory
+    model.save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    saved = json.loads(config_file.read_text())
+    del saved["slot_write_gate"]
+    config_file.write_text(json.dumps(saved))
+    loaded, info = RehearsalMemoryModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert loaded.config.slot_write_gate is False and loaded.bank.writer.none_score is None
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    torch.testing.assert_close(loaded.eval()(ids, attention_mask=mask).memory, expected)
+    assert RehearsalMemoryConfig().slot_write_gate is True  # new models have it
+
+
+@pytest.mark.parametrize("none_score, change", [(-1e4, "as ungated"), (1e4, "none")])
+def test_write_gate_moves_a_slot_by_its_relevance(none_score, change):
+    # relevance = sigmoid(logsumexp(scores) - none_score): 1 when "none of these" scores far below every item (the
+    # plain GRU update), 0 when far above (the slot keeps its value exactly)
+    gated = RehearsalMemoryModel(tiny_config()).eval()
+    plain = RehearsalMemoryModel(tiny_config(slot_write_gate=False)).eval()
+    plain.load_state_dict(gated.state_dict(), strict=False)
+    with torch.no_grad():
+        gated.bank.writer.none_score.fill_(none_score)
+    ids, mask = random_batch()
+    memory = gated(ids, attention_mask=mask).memory
+    if change == "none":
+        torch.testing.assert_close(memory, gated.init_memory(ids.shape[0]))
+    else:
+        torch.testing.assert_close(memory, plain(ids, attention_mask=mask).memory)
 
 
 def test_streaming_equals_one_pass():

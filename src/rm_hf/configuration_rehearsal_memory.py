@@ -68,6 +68,9 @@ class RehearsalMemoryConfig(PreTrainedConfig):
     # truncated back-propagation through the memory: gradients reach back at most this many segment writes (the
     # memory is detached between blocks of them), bounding a long input's activation memory; None: the whole input
     backprop_segments: int | None = None
+    # slots: a slot takes a segment in only as far as its attention finds something there (see memory_slots.py);
+    # configs saved without this field predate it and load with False, so old checkpoints compute what they did
+    slot_write_gate: bool = True
     input_feature_dim: int | None = None  # set for feature inputs (video clips, behaviour embeddings)
     initial_memory_std: float | int = 0.5  # slot-distinct M_0; same order as a GRU state in (-1, 1)
     initializer_range: float | int = 0.02
@@ -105,6 +108,12 @@ class RehearsalMemoryConfig(PreTrainedConfig):
     sampler_mode: SamplerMode = "uniform"
     sampler_temperature: float | int = 1.0
     sampler_uniform_floor: float | int = 0.1  # share of probability spread uniformly over valid fragments
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        if "transformers_version" in config_dict and "slot_write_gate" not in config_dict:  # saved before the gate
+            config_dict = {**config_dict, "slot_write_gate": False}
+        return super().from_dict(config_dict, **kwargs)
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

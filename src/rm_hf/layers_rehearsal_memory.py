@@ -129,9 +129,17 @@ class RehearsalMemoryAttention(nn.Module):
         self.v_proj = RehearsalMemoryProjection(key_dim, query_dim)
         self.o_proj = RehearsalMemoryProjection(query_dim, query_dim)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_weights: torch.Tensor | None = None):
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        key_weights: torch.Tensor | None = None,
+        return_log_mass: bool = False,
+    ):
         # queries (B, Q, D), keys (B, N, Dk), key_weights (B, N) or (B, Q, N): bool (True = visible) or float in
-        # [0, 1] (see `attention_mask_from_weights`)
+        # [0, 1] (see `attention_mask_from_weights`) -> (B, Q, D), and with `return_log_mass` also the log of each
+        # head's softmax normaliser, logsumexp over the visible keys' scores (B, h, Q): how strongly a query
+        # matches anything at all, which the softmax itself hides
         batch, num_queries, dim = queries.shape
         heads = self.num_heads
 
@@ -142,7 +150,16 @@ class RehearsalMemoryAttention(nn.Module):
         mask = blind = None
         if key_weights is not None:
             mask, blind = attention_mask_from_weights(key_weights, q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, Q, D/h)
+        log_mass = None
+        if return_log_mass:  # written out: SDPA does not return its normaliser
+            scores = q @ k.transpose(-1, -2) * (dim // heads) ** -0.5  # (B, h, Q, N)
+            if mask is not None:
+                scores = scores + mask if mask.is_floating_point() else scores.masked_fill(~mask, -math.inf)
+            log_mass = scores.logsumexp(-1)  # (B, h, Q)
+            out = torch.softmax(scores, dim=-1) @ v  # (B, h, Q, D/h)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, Q, D/h)
         if blind is not None:
             out = out.masked_fill(blind, 0.0)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, num_queries, dim))
+        out = self.o_proj(out.transpose(1, 2).reshape(batch, num_queries, dim))
+        return (out, log_mass) if return_log_mass else out
