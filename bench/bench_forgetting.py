@@ -2,32 +2,35 @@
 
 On generated long stories (`rm_hf.story_generator`; questions where_person / where_object / who_has, the
 supporting fact `fact_distance` sentences before the end, uniform over the story), small RM question-answering
-models are trained on stories of `--train_length` sentences, then read test stories of every `--test_lengths`
-length once, segment by segment, into their fixed-size memory and answer from the memory alone. Test stories
-may be longer than the training ones (the memory does not grow; the encoder's max_position_embeddings only bounds
-a segment), so the curve reaches far beyond the training distances. Each test question is binned by its
-distance in sentences and in segments (tokens after the supporting fact / segment_length); per bin the plot
+models are trained with a length curriculum (`--curriculum LENGTH:STEPS ...`: stories of each length for that many
+steps, shortest first), then read test stories of every `--test_lengths` length once, segment by segment, into
+their fixed-size memory and answer from the memory alone. Test stories may be far longer than the training ones
+(the memory does not grow), so the curve reaches far beyond the training distances. Each test question is binned
+by its distance in sentences and in segments (tokens after the supporting fact / segment_length); per bin the plot
 shows the mean accuracy over seeds with a min-max band, one line per variant:
 
-- no rehearsal;
-- rehearsal, uniform history sampler;
-- rehearsal, teacher history sampler (trained with the task).
+- no rehearsal; no rehearsal and no slot write gate (the memory before the gate, an ablation);
+- rehearsal, uniform history sampler; rehearsal, teacher history sampler (trained with the task);
+- the other memory types (no rehearsal), keeping as many vectors as RM's 16 slots.
 
 The dotted reference is the majority answer per question type of the training set (what a model that ignores
-the story gets). Same data, seeds and step budget for every variant.
+the story gets). Same data, seeds and steps for every variant. Per variant the JSON also holds the curve of
+each question type, the final loss terms (mean of the last 50 steps), the training CPU seconds, and with
+rehearsal the share of sampled fragments that cover the supporting fact (on the shortest test stories).
+Every (variant, seed) run is stored as soon as it ends; a rerun with the same settings skips the runs already
+there (so a long run can be stopped and continued), a rerun with other settings starts the file afresh.
 
-    python bench/bench_forgetting.py        # quick: train on 30 sentences, test at 30/100/300; about 10 min
-    python bench/bench_forgetting.py --test_lengths 30 300 1000 2000 --num_test 200 --steps 1000 --seeds 0 1 2 \\
-        --variants no_rehearsal rehearsal_uniform rehearsal_teacher --output_dir bench/results/forgetting_long
-    python bench/bench_forgetting.py --train_length 100 --test_lengths 100 300 1000 2000 --steps 3000 \\
-        --num_train 10000 --seeds 0 1 2      # longer training stories and budget (not run yet)
+    python bench/bench_forgetting.py        # quick: curriculum up to 30 sentences, tested at 30/100/300
+    python bench/bench_forgetting.py --curriculum 4:200 10:1000 30:600 100:300 --test_lengths 100 300 1000 3000 \
+        --seeds 0 1 2 --output_dir bench/results/retention      # the recorded run (README, Results)
 
-Writes bench/results/forgetting.json and bench/results/forgetting.png (or --output_dir).
+Writes forgetting.json and forgetting.png into --output_dir (default bench/results).
 """
 
 import argparse
 import itertools
 import json
+import statistics
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,13 +39,14 @@ import matplotlib.pyplot as plt
 import torch
 from cost_utils import RESULTS, provenance
 from datasets import concatenate_datasets
-from qa_utils import build_task, make_model, predict, train
+from qa_utils import build_task, fragment_coverage, make_model, predict, train
 from tqdm.auto import tqdm
 
 from rm_hf.story_generator import QUESTION_TYPES, generate_stories
 
 VARIANTS = {
     "no_rehearsal": ("no rehearsal", {"use_rehearsal": False}),
+    "no_gate": ("no rehearsal, no write gate", {"use_rehearsal": False, "slot_write_gate": False}),
     "rehearsal_uniform": ("rehearsal, uniform sampler", {"use_rehearsal": True, "sampler_mode": "uniform"}),
     "rehearsal_teacher": ("rehearsal, teacher sampler", {"use_rehearsal": True, "sampler_mode": "teacher"}),
     # the other memory types as published (no rehearsal), keeping as many vectors as RM's 16 slots
@@ -112,7 +116,7 @@ def plot(results: dict, path: Path) -> None:
     axes[0].set_ylabel("test accuracy (mean over seeds, min-max band)")
     axes[0].legend(fontsize=8, loc="upper right")
     args = results["arguments"]
-    fig.suptitle(f"Forgetting curves: trained on {args['train_length']}-sentence stories, {args['steps']} steps, "
+    fig.suptitle(f"Forgetting curves: trained on stories of {' -> '.join(args['curriculum'])} (sentences:steps), "
                  f"tested at {', '.join(map(str, args['test_lengths']))} sentences; seeds {args['seeds']}",
                  fontsize=10)  # fmt: skip
     fig.tight_layout()
@@ -120,14 +124,57 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def parse_stage(text: str) -> tuple[int, int]:
+    length, _, steps = text.partition(":")
+    if not (length.isdigit() and steps.isdigit() and int(length) > 0):
+        raise argparse.ArgumentTypeError(f"a curriculum stage is LENGTH:STEPS (e.g. 30:600), got {text!r}")
+    return int(length), int(steps)
+
+
+def stored_runs(path: Path, settings: dict) -> dict:
+    """The runs of an earlier invocation with the same settings (resume), else none."""
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    if earlier.get("settings") != settings:
+        print(f"{path} holds a run with other settings: starting afresh")
+        return {}
+    return earlier.get("runs", {})
+
+
+def run_variant(name, seed, args, tokenizer, answers, train_stages, test_rows, labels, coverage_rows) -> dict:
+    """Train one model through the curriculum, test it; the run's record (hits as a 0/1 string)."""
+    torch.manual_seed(seed)
+    model = make_model(tokenizer, answers, args.story_items, **VARIANTS[name][1])
+    cpu, step_times = 0.0, []
+    for stage, (rows, (_, steps)) in enumerate(zip(train_stages, args.curriculum)):
+        record = train(model, rows, steps, seed + stage)
+        model.train()
+        cpu += record["train_cpu_seconds"]
+        step_times.append(record["median_step_seconds"])
+    model.eval()
+    start = time.perf_counter()
+    hits = [p == y for p, y in zip(predict(model, test_rows), labels)]
+    run = {
+        "hits": "".join("1" if hit else "0" for hit in hits),
+        "train_cpu_seconds": cpu,
+        "median_step_seconds_last_stage": step_times[-1],
+        "eval_seconds": time.perf_counter() - start,
+        "final_losses": record["final_losses"],
+    }
+    if model.config.use_rehearsal:
+        run["supporting_fact_coverage"] = fragment_coverage(model, coverage_rows)
+    return run
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train_length", type=int, default=30, help="Sentences per training story.")
+    parser.add_argument("--curriculum", type=parse_stage, nargs="+", default=[(4, 100), (10, 300), (30, 200)],
+                        help="Training stages LENGTH:STEPS (sentences per story: batches of 32), in order.")  # fmt: skip
     parser.add_argument("--test_lengths", type=int, nargs="+", default=[30, 100, 300],
                         help="Sentences per test story; one test set per length.")  # fmt: skip
-    parser.add_argument("--num_train", type=int, default=3000, help="Training stories.")
+    parser.add_argument("--num_train", type=int, default=3000, help="Training stories per curriculum stage.")
     parser.add_argument("--num_test", type=int, default=300, help="Test stories per test length.")
-    parser.add_argument("--steps", type=int, default=200, help="Training steps (batches of 32) per model.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="Model and batch-order seeds.")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--story_items", choices=["sentences", "tokens"], default="sentences",
@@ -138,18 +185,25 @@ def main():
     parser.add_argument("--output_dir", default=str(RESULTS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    output_dir = Path(args.output_dir)
+    # what makes runs comparable: everything but which variants and seeds run now, and where they go
+    settings = {k: v for k, v in vars(args).items() if k not in ("variants", "seeds", "output_dir", "threads")}
+    settings = json.loads(json.dumps(settings))
+    runs = stored_runs(output_dir / "forgetting.json", settings)
 
     story = {"question_types": tuple(args.question_types)}
-    train_raw = generate_stories(args.num_train, story_length=args.train_length, seed=0, **story)
+    train_raw = [generate_stories(args.num_train, story_length=n, seed=n, **story) for n, _ in args.curriculum]
     test_raw = concatenate_datasets(
         [generate_stories(args.num_test, story_length=n, seed=1000 + n, **story) for n in args.test_lengths]
     )
-    tokenizer, answers, train_rows, test_rows = build_task(train_raw, test_raw)
+    tokenizer, answers, train_rows, test_rows = build_task(concatenate_datasets(train_raw), test_raw)
+    train_stages = [train_rows[i * args.num_train : (i + 1) * args.num_train] for i in range(len(train_raw))]
     segment_length = make_model(tokenizer, answers, args.story_items).config.segment_length
     lengths = [row["sentence_index"][-1] + 1 for row in test_rows]
     sentence_distance, segment_distance = zip(*(distances(row, segment_length, args.story_items) for row in test_rows))
     types = [row["question_type"] for row in test_rows]
     labels = [int(row["labels"]) for row in test_rows]
+    coverage_rows = test_rows[: args.num_test]  # the shortest test stories: drawing is cheap there
 
     # the reference: always the training set's most common answer for the question's type
     majority = {
@@ -158,40 +212,80 @@ def main():
     }  # fmt: skip
     chance_hits = [majority.get(t) == y for t, y in zip(types, labels)]
 
-    per_seed = {name: {"sentences": [], "segments": []} for name in args.variants}
-    accuracy = {name: {"overall": [], "by_test_length": {}, "by_question_type": {}} for name in args.variants}
-    timing = {name: {"median_step_seconds": [], "eval_seconds": []} for name in args.variants}
-    runs = [(name, seed) for name in args.variants for seed in args.seeds]
-    for name, seed in tqdm(runs, desc="bench_forgetting", unit="model"):
-        torch.manual_seed(seed)
-        model = make_model(tokenizer, answers, args.story_items, **VARIANTS[name][1])
-        timing[name]["median_step_seconds"].append(train(model, train_rows, args.steps, seed))
-        start = time.perf_counter()
-        hits = [p == y for p, y in zip(predict(model, test_rows), labels)]
-        timing[name]["eval_seconds"].append(time.perf_counter() - start)
-        per_seed[name]["sentences"].append(binned(sentence_distance, hits))
-        per_seed[name]["segments"].append(binned(segment_distance, hits))
-        result = accuracy[name]
-        result["overall"].append(sum(hits) / len(hits))
-        for key, groups in (("by_test_length", lengths), ("by_question_type", types)):
-            for group in sorted(set(groups)):
-                inside = [hit for g, hit in zip(groups, hits) if g == group]
-                result[key].setdefault(str(group), []).append(sum(inside) / len(inside))
-        tqdm.write(f"{VARIANTS[name][0]:<28} seed {seed}: accuracy {result['overall'][-1]:.3f}, by test length "
-                   f"{ {k: round(v[-1], 3) for k, v in result['by_test_length'].items()} }")  # fmt: skip
+    def save():
+        results = summarise_runs(runs, args, sentence_distance, segment_distance, lengths, types, chance_hits)
+        results.update(settings=settings, runs=runs, segment_length=segment_length, test_questions=len(test_rows),
+                       max_distance={"sentences": max(sentence_distance), "segments": max(segment_distance)})  # fmt: skip
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "forgetting.json").write_text(json.dumps(results, indent=2))
+        return results
 
+    todo = [(name, seed) for name in args.variants for seed in args.seeds if f"{name}/{seed}" not in runs]
+    for name, seed in tqdm(todo, desc="bench_forgetting", unit="model"):
+        run = run_variant(name, seed, args, tokenizer, answers, train_stages, test_rows, labels, coverage_rows)
+        runs[f"{name}/{seed}"] = run
+        results = save()
+        overall = results["accuracy"][name]["overall"][-1]
+        tqdm.write(f"{VARIANTS[name][0]:<30} seed {seed}: accuracy {overall:.3f}, {run['train_cpu_seconds']:.0f} "
+                   f"CPU s, final losses { {k: round(v, 3) for k, v in run['final_losses'].items()} }")  # fmt: skip
+    results = save()
+    plot(results, output_dir / "forgetting.png")
+
+    curves = results["curves"]
+    print(f"\n{len(test_rows)} test questions, segments of {segment_length} {args.story_items}; accuracy per distance "
+          f"bin (mean over seeds {args.seeds}):")  # fmt: skip
+    for unit in ("sentences", "segments"):
+        print(f"  {unit:<30}" + "".join(f"{label:>12}" for label in curves[unit]["chance"]["bins"]))
+        for name in [*args.variants, "chance"]:
+            title = VARIANTS[name][0] if name in VARIANTS else "majority answer"
+            print(f"  {title[:30]:<30}" + "".join(f"{a:>12.3f}" for a in curves[unit][name]["mean"]))
+    print(f"wrote {output_dir / 'forgetting.json'} and {output_dir / 'forgetting.png'}")
+
+
+def summarise_runs(runs, args, sentence_distance, segment_distance, lengths, types, chance_hits) -> dict:
+    """Curves (overall and per question type), accuracies and costs of the variants with stored runs, in the order
+    of `args.variants` and `args.seeds`."""
+    done = {name: [runs[f"{name}/{s}"] for s in args.seeds if f"{name}/{s}" in runs] for name in args.variants}
+    done = {name: variant_runs for name, variant_runs in done.items() if variant_runs}
+    hits = {name: [[c == "1" for c in run["hits"]] for run in variant_runs] for name, variant_runs in done.items()}
     curves = {}
     for unit, values in (("sentences", sentence_distance), ("segments", segment_distance)):
-        curves[unit] = {name: summarise(per_seed[name][unit]) for name in args.variants}
+        curves[unit] = {name: summarise([binned(values, h) for h in seed_hits]) for name, seed_hits in hits.items()}
         curves[unit]["chance"] = summarise([binned(values, chance_hits)])
-    results = {
+    by_type = {}
+    for question_type in sorted(set(types)):
+        inside = [i for i, t in enumerate(types) if t == question_type]
+        values = [sentence_distance[i] for i in inside]
+        by_type[question_type] = {
+            name: summarise([binned(values, [h[i] for i in inside]) for h in seed_hits])
+            for name, seed_hits in hits.items()
+        }
+        by_type[question_type]["chance"] = summarise([binned(values, [chance_hits[i] for i in inside])])
+    accuracy = {}
+    for name, seed_hits in hits.items():
+        result = {"overall": [sum(h) / len(h) for h in seed_hits], "by_test_length": {}, "by_question_type": {}}
+        for key, groups in (("by_test_length", lengths), ("by_question_type", types)):
+            for group in sorted(set(groups)):
+                result[key][str(group)] = [
+                    statistics.fmean(hit for g, hit in zip(groups, h) if g == group) for h in seed_hits
+                ]
+        accuracy[name] = result
+    costs = {
+        name: {
+            "train_cpu_seconds": [run["train_cpu_seconds"] for run in variant_runs],
+            "median_step_seconds_last_stage": [run["median_step_seconds_last_stage"] for run in variant_runs],
+            "eval_seconds": [run["eval_seconds"] for run in variant_runs],
+            "final_losses": [run["final_losses"] for run in variant_runs],
+            "supporting_fact_coverage": [run.get("supporting_fact_coverage") for run in variant_runs],
+        }
+        for name, variant_runs in done.items()
+    }
+    return {
         **provenance(),
-        "arguments": vars(args),
-        "variants": {name: VARIANTS[name][0] for name in args.variants},
-        "segment_length": segment_length,
-        "test_questions": len(test_rows),
-        "max_distance": {"sentences": max(sentence_distance), "segments": max(segment_distance)},
+        "arguments": vars(args) | {"curriculum": [f"{n}:{s}" for n, s in args.curriculum]},
+        "variants": {name: VARIANTS[name][0] for name in done},
         "curves": curves,
+        "curves_by_question_type": by_type,
         "accuracy": accuracy,
         "chance": {
             "overall": sum(chance_hits) / len(chance_hits),
@@ -199,21 +293,9 @@ def main():
                 t: sum(h for h, u in zip(chance_hits, types) if u == t) / types.count(t) for t in sorted(set(types))
             },
         },
-        "timing": timing,
+        "runs_per_variant": {name: len(variant_runs) for name, variant_runs in done.items()},
+        "costs": costs,
     }
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "forgetting.json").write_text(json.dumps(results, indent=2))
-    plot(results, output_dir / "forgetting.png")
-
-    print(f"\n{len(test_rows)} test questions, segments of {segment_length} {args.story_items}; accuracy per distance bin "
-          f"(mean over seeds {args.seeds}):")  # fmt: skip
-    for unit in ("sentences", "segments"):
-        print(f"  {unit:<28}" + "".join(f"{label:>10}" for label in curves[unit]["chance"]["bins"]))
-        for name in [*args.variants, "chance"]:
-            title = VARIANTS[name][0] if name in VARIANTS else "majority answer"
-            print(f"  {title[:28]:<28}" + "".join(f"{a:>10.3f}" for a in curves[unit][name]["mean"]))
-    print(f"wrote {output_dir / 'forgetting.json'} and {output_dir / 'forgetting.png'}")
 
 
 if __name__ == "__main__":

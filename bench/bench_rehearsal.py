@@ -20,34 +20,13 @@ from pathlib import Path
 
 import torch
 from cost_utils import provenance
-from qa_utils import build_task, collator, make_model, train_and_test
+from qa_utils import build_task, fragment_coverage, make_model, train_and_test
 from tqdm import tqdm
 
 from rm_hf.babi import load_babi
 from rm_hf.story_generator import generate_stories
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def fragment_coverage(model, test, draws=5):
-    """Share of fragments drawn by the model's sampler that contain a supporting-fact item (token or sentence)."""
-    collate = collator(model)
-    length = model.config.rehearsal_fragment_length
-    covered = total = 0
-    with torch.no_grad():
-        for first in range(0, len(test), 64):
-            batch = collate(test[first : first + 64])
-            story = model.story_to_items(batch["input_ids"], batch["attention_mask"])
-            written = model.rehearsal_memory(**story, output_item_features=True)
-            query = model.encode_question(batch["question_input_ids"], batch["question_attention_mask"])
-            support = batch["fragment_weights"]  # (B, T) 1 on supporting-fact items
-            for _ in range(draws):
-                starts, _ = model.rehearsal.draw_fragments(written, story, query, fragment_weights=support)
-                positions = (starts.unsqueeze(-1) + torch.arange(length)).clamp(max=support.shape[1] - 1)
-                hits = support.gather(1, positions.flatten(1)).view_as(positions).amax(-1)  # (B, J)
-                covered += hits.sum().item()
-                total += hits.numel()
-    return covered / total
 
 
 def main():

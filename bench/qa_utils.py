@@ -1,5 +1,5 @@
 """Helpers shared by `bench_rehearsal.py` and `bench_forgetting.py`: the small QA task and model, a plain
-training loop, and batched predictions under `torch.inference_mode()`."""
+training loop, batched predictions under `torch.inference_mode()`, and the sampler's supporting-fact coverage."""
 
 import statistics
 import time
@@ -10,7 +10,7 @@ from tqdm import tqdm
 from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForQuestionAnswering
 from rm_hf.babi import answer_vocabulary
 from rm_hf.qa_data import QACollator, encode_qa_dataset
-from rm_hf.rehearsal import combine_losses
+from rm_hf.rehearsal import LOSS_WEIGHTS, combine_losses
 from rm_hf.tokenization import build_word_tokenizer
 
 
@@ -40,26 +40,35 @@ def collator(model) -> QACollator:
     return QACollator(sentence_items=model.config.story_items == "sentences")
 
 
-def train(model, train_rows, steps, seed, batch_size=32, lr=2e-3):
+def train(model, train_rows, steps, seed, batch_size=32, lr=2e-3, final_steps=50) -> dict:
     """Plain AdamW loop (the Trainer's loss: task + recollection + 0.5 familiarity + sampler + the memory type's
-    own loss); returns the
-    median step time in seconds and leaves the model in eval mode."""
+    own loss); leaves the model in eval mode and returns the median step time, the training's process CPU
+    seconds, and each loss term averaged over the last `final_steps` steps."""
     torch.manual_seed(seed)
     collate = collator(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    step_times = []
+    step_times, terms = [], {}
+    cpu_start = time.process_time()
     model.train()
     for _ in tqdm(range(steps), desc="train", leave=False):
         batch = collate([train_rows[i] for i in torch.randint(0, len(train_rows), (batch_size,)).tolist()])
         start = time.perf_counter()
-        loss = combine_losses(model(**batch))  # the Trainer's default weights
+        outputs = model(**batch)
+        loss = combine_losses(outputs)  # the Trainer's default weights
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step_times.append(time.perf_counter() - start)
+        for name in ("loss", *LOSS_WEIGHTS):
+            if outputs.get(name) is not None:
+                terms.setdefault(name, []).append(outputs[name].item())
     model.eval()
-    return statistics.median(step_times) if step_times else float("nan")
+    return {
+        "median_step_seconds": statistics.median(step_times) if step_times else float("nan"),
+        "train_cpu_seconds": time.process_time() - cpu_start,
+        "final_losses": {name: statistics.fmean(values[-final_steps:]) for name, values in terms.items()},
+    }
 
 
 def predict(model, rows, batch_size=128):
@@ -78,7 +87,28 @@ def predict(model, rows, batch_size=128):
 
 def train_and_test(model, train_rows, test_rows, steps, seed, batch_size=32, lr=2e-3):
     """Train, then return (test accuracy, median training-step seconds)."""
-    step_time = train(model, train_rows, steps, seed, batch_size, lr)
+    step_time = train(model, train_rows, steps, seed, batch_size, lr)["median_step_seconds"]
     predictions = predict(model, test_rows)
     correct = sum(p == int(row["labels"]) for p, row in zip(predictions, test_rows))
     return correct / len(test_rows), step_time
+
+
+def fragment_coverage(model, rows, draws=5):
+    """Share of fragments drawn by the model's sampler that contain a supporting-fact item (token or sentence)."""
+    collate = collator(model)
+    length = model.config.rehearsal_fragment_length
+    covered = total = 0
+    with torch.no_grad():
+        for first in range(0, len(rows), 64):
+            batch = collate(rows[first : first + 64])
+            story = model.story_to_items(batch["input_ids"], batch["attention_mask"])
+            written = model.rehearsal_memory(**story, output_item_features=True)
+            query = model.encode_question(batch["question_input_ids"], batch["question_attention_mask"])
+            support = batch["fragment_weights"]  # (B, T) 1 on supporting-fact items
+            for _ in range(draws):
+                starts, _ = model.rehearsal.draw_fragments(written, story, query, fragment_weights=support)
+                positions = (starts.unsqueeze(-1) + torch.arange(length)).clamp(max=support.shape[1] - 1)
+                hits = support.gather(1, positions.flatten(1)).view_as(positions).amax(-1)  # (B, J)
+                covered += hits.sum().item()
+                total += hits.numel()
+    return covered / total

@@ -135,15 +135,18 @@ def test_bench_babi_smoke_resumes_per_row(tmp_path, babi_dir):
 
 
 def test_bench_forgetting_smoke(tmp_path):
-    run_bench("bench_forgetting.py", "--steps", "2", "--seeds", "0", "1", "--num_train", "40", "--num_test", "12",
-              "--train_length", "6", "--test_lengths", "6", "20", "--output_dir", str(tmp_path))  # fmt: skip
+    tiny = ["--curriculum", "4:1", "6:1", "--num_train", "40", "--num_test", "12", "--test_lengths", "6", "20",
+            "--output_dir", str(tmp_path)]  # fmt: skip
+    run_bench("bench_forgetting.py", *tiny, "--seeds", "0", "1")
     results = json.loads((tmp_path / "forgetting.json").read_text())
-    keys = {"machine", "command", "arguments", "variants", "curves", "accuracy", "chance", "max_distance"}
+    keys = {"machine", "command", "arguments", "variants", "curves", "curves_by_question_type", "accuracy", "chance",
+            "max_distance", "costs", "runs"}  # fmt: skip
     assert keys <= set(results)
     assert {"cpu", "cores", "date"} <= set(results["machine"])
-    assert set(results["variants"]) == {"no_rehearsal", "rehearsal_uniform", "rehearsal_teacher", "expire_span",
-                                        "lamemo", "key_value"}  # fmt: skip
+    assert set(results["variants"]) == {"no_rehearsal", "no_gate", "rehearsal_uniform", "rehearsal_teacher",
+                                        "expire_span", "lamemo", "key_value"}  # fmt: skip
     assert results["arguments"]["story_items"] == "sentences" and results["segment_length"] == 4
+    assert results["arguments"]["curriculum"] == ["4:1", "6:1"]
     assert results["test_questions"] == 24 and 16 <= results["max_distance"]["sentences"] <= 19
     for unit in ("sentences", "segments"):
         curves = results["curves"][unit]
@@ -154,7 +157,19 @@ def test_bench_forgetting_smoke(tmp_path):
             bands = zip(curve["min"], curve["mean"], curve["max"])
             assert all(0 <= low <= mean <= high <= 1 for low, mean, high in bands)
         assert all(len(curve["per_seed"]) == 2 for name, curve in curves.items() if name != "chance")
+    by_type = results["curves_by_question_type"]
+    assert sum(sum(curves["chance"]["count"]) for curves in by_type.values()) == 24
     for accuracy in results["accuracy"].values():
         assert set(accuracy["by_test_length"]) == {"6", "20"}
         assert all(0 <= a <= 1 for a in accuracy["overall"]) and len(accuracy["overall"]) == 2
+    costs = results["costs"]
+    assert all(cpu > 0 for cost in costs.values() for cpu in cost["train_cpu_seconds"])
+    assert all(0 <= c <= 1 for c in costs["rehearsal_teacher"]["supporting_fact_coverage"])
+    assert {"loss", "recollection_loss", "familiarity_loss"} <= set(costs["rehearsal_uniform"]["final_losses"][0])
+    # a rerun with the same settings keeps every stored run and adds only the new seed
+    first = results["runs"]
+    run_bench("bench_forgetting.py", *tiny, "--seeds", "0", "2", "--variants", "no_rehearsal")
+    again = json.loads((tmp_path / "forgetting.json").read_text())
+    assert set(again["runs"]) == set(first) | {"no_rehearsal/2"}
+    assert again["runs"]["no_rehearsal/0"] == first["no_rehearsal/0"]
     assert (tmp_path / "forgetting.png").stat().st_size > 0
