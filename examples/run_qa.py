@@ -3,6 +3,8 @@ or the MemN2N baseline (`--model memn2n`, `rm_hf.qa_baselines`), which reads eve
 
     # generated long stories (offline default); with neither --do_train nor --do_eval it trains, then evaluates
     python examples/run_qa.py --output_dir outputs/qa
+    # long inputs: a length curriculum (stories of 4, then 10, 30 and 100 sentences), truncated backpropagation
+    python examples/run_qa.py --curriculum 4:6400,10:32000,30:19200,100:9600 --backprop_segments 8 ...
     # real bAbI v1.2, tasks 1-3 (the 10k split has no task-3 training file: it falls back to en/)
     python examples/run_qa.py --babi_dir ../shared/data/babi --tasks 1,2,3 --output_dir outputs/babi
     # evaluate a trained checkpoint (its tokenizer and answers), or train it further with --do_train
@@ -67,7 +69,7 @@ ARCHITECTURES = {model_class.__name__: name for name, model_class in MODEL_CLASS
 CONFIG_FIELDS = (
     "memory_type", "memory_capacity", "num_memory_slots", "num_memory_heads", "segment_length", "num_reasoning_hops",
     "story_items", "max_sentence_tokens", "use_rehearsal", "sampler_mode", "num_rehearsal_fragments",
-    "rehearsal_fragment_length",
+    "rehearsal_fragment_length", "backprop_segments",
 )  # fmt: skip
 ENCODER_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads")  # flags of the encoder config
 
@@ -113,6 +115,13 @@ class ModelArguments:
     memory_capacity: int = field(default=128, metadata={"help": "Entries kept by expire_span, lamemo and key_value."})
     num_memory_heads: int = field(default=4)
     segment_length: int = field(default=32, metadata={"help": "Tokens written into memory per step."})
+    backprop_segments: int | None = field(
+        default=None,
+        metadata={
+            "help": "Truncated backpropagation through the memory: gradients reach back at most this many segment "
+            "writes, so a long story's activation memory stays bounded (default: the whole story)."
+        },
+    )
     num_reasoning_hops: int = field(default=3)
     story_items: Literal["tokens", "sentences"] = field(
         default="tokens", metadata={"help": "tokens, or sentences: each sentence one item (learns bAbI far faster)."}
@@ -137,6 +146,15 @@ class DataArguments:
     num_train_stories: int = field(default=4000, metadata={"help": "Generated stories for training."})
     num_eval_stories: int = field(default=500)
     story_length: int = field(default=30, metadata={"help": "Sentences per generated story."})
+    curriculum: str | None = field(
+        default=None,
+        metadata={
+            "help": "Generated stories: train on a length curriculum LENGTH:STORIES,... shortest first, e.g. "
+            "4:6400,10:32000,30:19200,100:9600 (one epoch reads the stages in order; the training sampler is then "
+            "sequential). Replaces --story_length and --num_train_stories for training; evaluation stories have "
+            "the last stage's length."
+        },
+    )
     max_fact_distance: int | None = field(default=None, metadata={"help": "Furthest supporting fact (sentences)."})
     max_story_tokens: int | None = field(default=None, metadata={"help": "Keep only the most recent story tokens."})
     max_eval_samples: int | None = field(
@@ -182,10 +200,34 @@ def load_raw_data(data_args: DataArguments, seed: int, train: bool = True) -> tu
         training, skipped_train = load_babi_tasks(data_args, "train") if train else (None, 0)
         evaluation, skipped = load_babi_tasks(data_args, "test")
         return training, evaluation, name, skipped_train + skipped
-    generate = {"story_length": data_args.story_length, "max_fact_distance": data_args.max_fact_distance}
-    training = generate_stories(data_args.num_train_stories, seed=seed, **generate) if train else None
-    evaluation = generate_stories(data_args.num_eval_stories, seed=seed + 1, **generate)
-    return training, evaluation, f"generated stories of {data_args.story_length} sentences", 0
+    stages = story_stages(data_args)
+    distance = {"max_fact_distance": data_args.max_fact_distance}
+    training = None
+    if train:  # each stage its own seed, so no two stages repeat a story
+        parts = [generate_stories(count, story_length=n, seed=seed + 7919 * i, **distance)
+                 for i, (n, count) in enumerate(stages)]  # fmt: skip
+        training = concatenate_datasets(parts)
+    evaluation = generate_stories(data_args.num_eval_stories, story_length=stages[-1][0], seed=seed + 1, **distance)
+    lengths = " -> ".join(str(length) for length, _ in stages)
+    return training, evaluation, f"generated stories of {lengths} sentences", 0
+
+
+def story_stages(data_args: DataArguments) -> list[tuple[int, int]]:
+    """(sentences per story, stories) of each training stage of generated stories: the curriculum, or one stage."""
+    if data_args.curriculum:
+        return parse_curriculum(data_args.curriculum)
+    return [(data_args.story_length, data_args.num_train_stories)]
+
+
+def parse_curriculum(text: str) -> list[tuple[int, int]]:
+    """ "4:6400,10:32000" -> [(4, 6400), (10, 32000)]: (sentences per story, stories) per stage, in order."""
+    stages = []
+    for stage in text.split(","):
+        length, _, count = stage.strip().partition(":")
+        if not (length.isdigit() and count.isdigit() and int(length) > 0 and int(count) > 0):
+            raise ValueError(f"--curriculum: each stage is LENGTH:STORIES with both > 0, got {stage!r} in {text!r}.")
+        stages.append((int(length), int(count)))
+    return stages
 
 
 def build_config(args: ModelArguments, vocab_size: int, pad_token_id: int, answers: list[str], encoder_config=None):
@@ -275,6 +317,13 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.should_log:
         transformers.utils.logging.set_verbosity_info()
     choose_stages(training_args, given, model_args.model_name_or_path)
+    if data_args.curriculum:
+        if data_args.babi_dir:
+            raise ValueError("--curriculum grows generated stories: it does not apply to --babi_dir.")
+        if "train_sampling_strategy" in given and training_args.train_sampling_strategy != "sequential":
+            raise ValueError("--curriculum reads its stages in order: it needs --train_sampling_strategy sequential.")
+        parse_curriculum(data_args.curriculum)  # a bad stage fails here, before anything is loaded
+        training_args.train_sampling_strategy = "sequential"
     checkpoint_config, encoder = load_model_source(model_args, given)
     run = run_arguments(model_args, data_args, training_args)
     if training_args.do_train:
@@ -392,10 +441,13 @@ def write_card(training_args, data_args, trainer, results, training, raw_eval, t
         )
     else:
         dataset = local_dataset(dataset_name, "generated-stories")
+        stages = story_stages(data_args)
+        lengths = " -> ".join(str(length) for length, _ in stages)
         data = (
             f"Generated stories (`rm_hf.story_generator`: our own bAbI-style wording, not bAbI, and no Hub dataset): "
             f"{train_questions} training questions (seed {training_args.seed}) and {evaluated} evaluation "
-            f"questions (seed {training_args.seed + 1}), one per story of {data_args.story_length} sentences."
+            f"questions (seed {training_args.seed + 1}), one per story; training stories of {lengths} sentences "
+            f"(in this order), evaluation stories of {stages[-1][0]} sentences."
         )
     example = min(raw_eval.select(range(min(200, len(raw_eval)))), key=lambda row: len(row["story"]))
     write_qa_model_card(

@@ -291,3 +291,31 @@ def test_run_qa_builds_on_a_pretrained_encoder_and_its_tokenizer(tmp_path):
         main(["--output_dir", str(tmp_path / "no"), *run, "--num_hidden_layers", "2"])
     with pytest.raises(ValueError, match="--model_name_or_path and --encoder_name_or_path exclude each other"):
         main(["--output_dir", str(tmp_path / "no"), *run, "--model_name_or_path", str(output)])
+
+
+def test_run_qa_trains_on_a_length_curriculum(tmp_path):
+    output = tmp_path / "curriculum"
+    pairs = dict(zip(TINY_RUN[:20:2], TINY_RUN[1:20:2]))  # the flags with a value (--use_cpu on: not all)
+    tiny = [arg for flag, value in pairs.items() if flag not in ("--num_train_stories", "--story_length")
+            for arg in (flag, value)] + TINY_RUN[20:]  # fmt: skip
+    example_main("run_qa")(["--output_dir", str(output), *tiny, "--curriculum", "4:16,12:16", "--max_steps", "4",
+                            "--backprop_segments", "1"])  # fmt: skip
+    arguments = json.loads((output / "training_args.json").read_text())
+    assert arguments["train_sampling_strategy"] == "sequential"  # the stages in order, shortest first
+    card = (output / "README.md").read_text()
+    assert "training stories of 4 -> 12 sentences" in card and "evaluation stories of 12 sentences" in card
+    assert RehearsalMemoryConfig.from_pretrained(output).backprop_segments == 1
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--curriculum", "4:16,12"], "each stage is LENGTH:STORIES"),
+        (["--curriculum", "0:16"], "each stage is LENGTH:STORIES"),
+        (["--curriculum", "4:16", "--train_sampling_strategy", "random"], "needs --train_sampling_strategy"),
+        (["--curriculum", "4:16", "--babi_dir", "somewhere"], "does not apply to --babi_dir"),
+    ],
+)
+def test_run_qa_refuses_a_bad_curriculum(tmp_path, flags, message):
+    with pytest.raises(ValueError, match=message):
+        example_main("run_qa")(["--output_dir", str(tmp_path / "out"), *TINY_RUN, *flags])
