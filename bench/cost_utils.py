@@ -221,25 +221,24 @@ def measure(job: dict) -> dict:
     return result
 
 
-def _run_job(job: dict, connection) -> None:
-    connection.send(measure(job))
+def _send_result(function, argument, connection) -> None:
+    connection.send(function(argument))
     connection.close()
 
 
-def measure_in_fresh_process(spec: dict, mode: str, length: int, progress: bool = False) -> dict:
-    """Run `measure` in a new process, one per call, and return its result.
+def run_in_fresh_process(function, argument, preload: str = "rm_hf") -> tuple[object | None, int]:
+    """`function(argument)` in a new process, one per call: its result (None when it sent none) and exit code.
 
-    New processes are forked from a fork server that has already imported torch, transformers and rm_hf
-    (8 s or more per process here otherwise); each one starts with no tensors, no allocator cache and its
-    own RSS high-water mark.
+    New processes are forked from a fork server that has already imported `preload` (rm_hf brings torch and
+    transformers: 8 s or more per process here otherwise); each one starts with no tensors, no allocator cache
+    and its own RSS high-water mark. `function` must be importable from `preload` or this module.
     """
     context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
                                           else "spawn")  # fmt: skip
     if context.get_start_method() == "forkserver":
-        context.set_forkserver_preload(["rm_hf"])  # torch and transformers with it
+        context.set_forkserver_preload([preload])
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_run_job, args=({"spec": spec, "mode": mode, "length": length,
-                                                      "progress": progress}, sender))  # fmt: skip
+    process = context.Process(target=_send_result, args=(function, argument, sender))
     process.start()
     sender.close()
     try:
@@ -247,8 +246,15 @@ def measure_in_fresh_process(spec: dict, mode: str, length: int, progress: bool 
     except EOFError:
         result = None
     process.join()
-    if result is None or process.exitcode != 0:
-        raise RuntimeError(f"measuring {mode} at length {length} failed (exit code {process.exitcode})")
+    return result, process.exitcode
+
+
+def measure_in_fresh_process(spec: dict, mode: str, length: int, progress: bool = False) -> dict:
+    """Run `measure` in a new process (`run_in_fresh_process`) and return its result."""
+    job = {"spec": spec, "mode": mode, "length": length, "progress": progress}
+    result, exit_code = run_in_fresh_process(measure, job)
+    if result is None or exit_code != 0:
+        raise RuntimeError(f"measuring {mode} at length {length} failed (exit code {exit_code})")
     return result
 
 

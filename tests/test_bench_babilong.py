@@ -1,0 +1,92 @@
+"""Smoke run of bench/bench_babilong.py on a tiny BABILong folder, written by examples/prepare_babilong.py from books
+and a bAbI-style task of our own: the numbers mean nothing; the JSON's layout, value ranges and resuming are
+checked."""
+
+import json
+
+import pytest
+
+from tests.conftest import babi_text, example_main, write
+from tests.test_bench import run_bench
+
+pytestmark = pytest.mark.slow
+
+# Six questions in the bAbI layout, with bAbI's verbs and names and places of our own.
+TASK_TEXT = babi_text(
+    "1 Alice went to the cellar.",
+    "2 Bruno journeyed to the orchard.",
+    "3 Where is Alice?\tcellar\t1",
+    "4 Bruno moved to the cellar.",
+    "5 Where is Bruno?\tcellar\t4",
+    "6 Alice travelled to the porch.",
+    "7 Where is Alice?\tporch\t6",
+    "1 Cora went to the orchard.",
+    "2 Dmitri moved to the porch.",
+    "3 Where is Dmitri?\tporch\t2",
+    "4 Cora journeyed to the cellar.",
+    "5 Where is Cora?\tcellar\t4",
+    "6 Where is Dmitri?\tporch\t2",
+)
+
+
+def tiny_babilong(tmp_path):
+    """qa1 at 0 and 200 tokens: 6 training and 4 test questions; book sentences of 11 tokens."""
+    write(tmp_path / "babi", "qa1_single-supporting-fact_train.txt", TASK_TEXT)
+    write(tmp_path / "babi", "qa1_single-supporting-fact_test.txt", TASK_TEXT)
+    for book in range(4):
+        text = " ".join(f"The clerk of ledger {book} copied line {i} slowly by lamplight." for i in range(40))
+        write(tmp_path / "books", f"ledger{book}.txt", text + "\n")
+    example_main("prepare_babilong")(
+        [
+            "--books_dir",
+            str(tmp_path / "books"),
+            "--babi_dir",
+            str(tmp_path / "babi"),
+            "--lengths",
+            "0,200",
+            "--num_train_samples",
+            "6",
+            "--num_test_samples",
+            "4",
+            "--output_dir",
+            str(tmp_path / "babilong"),
+        ]  # fmt: skip
+    )
+    return tmp_path / "babilong"
+
+
+def test_bench_babilong_smoke_and_resume(tmp_path):
+    data_dir, output_dir = tiny_babilong(tmp_path), tmp_path / "results"
+    # items of at most 8 tokens: every book sentence (11 tokens and [SEP]) is read as two; streamed 4 items a write;
+    # MemN2N runs on the bAbI stories alone (at most 6 sentences) and is capped out of the 200-token ones
+    tiny = ["--data_dir", str(data_dir), "--train_lengths", "0", "--steps", "2", "--batch_size", "4",
+            "--max_item_tokens", "8", "--chunk_sentences", "4", "--full_access_max_sentences", "10",
+            "--output_dir", str(output_dir)]  # fmt: skip
+    run_bench("bench_babilong.py", *tiny)
+    results = json.loads((output_dir / "babilong.json").read_text())
+    assert {"machine", "command", "arguments", "settings", "data", "measured", "results", "quoted", "runs"} <= set(
+        results
+    )
+    assert results["arguments"]["test_lengths"] == [0, 200]  # every length of the folder by default
+    assert results["data"]["manifest"]["settings"]["lengths"] == [0, 200]
+    assert "not re-run" in results["quoted"]["label"]
+    assert results["quoted"]["qa1"]["RMT (GPT-2 137M, 16 memory tokens, segments of 512)"]["1M"] == 94.2
+
+    rm, memn2n = (results["results"][f"{name}, train 0k x2"]["qa1"] for name in ("rm", "memn2n"))
+    for cell in [*rm["lengths"].values(), memn2n["lengths"]["0k"]]:
+        assert cell["status"] == "ok" and cell["num_test"] == 4
+        assert 0 <= cell["accuracy"] <= 1 and cell["seconds_per_sample"] > 0 and cell["peak_memory_mib"] >= 0
+    assert memn2n["lengths"]["200"]["status"].startswith("not run") and memn2n["lengths"]["200"]["accuracy"] is None
+    assert rm["train_cpu_seconds"][0] > 0 and rm["seeds"] == [0]
+
+    run = results["runs"]["rm, train 0k x2, qa1, seed 0"]
+    assert [stage["length"] for stage in run["training"]] == ["0k"] and run["training"][0]["train_samples"] == 6
+    assert 0 < run["vocabulary_size"] < 100
+    short, long = run["test"]["0k"], run["test"]["200"]
+    assert 180 <= long["mean_length_tokens"] <= 200 and long["mean_items"] > 2 * 15  # 15+ book sentences, 2 items each
+    assert short["mean_items"] <= 6
+    assert (output_dir / "babilong.png").stat().st_size > 0
+
+    # the same settings again: every run is already there, nothing is retrained or retested
+    run_bench("bench_babilong.py", *tiny)
+    assert json.loads((output_dir / "babilong.json").read_text())["runs"] == results["runs"]
