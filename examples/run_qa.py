@@ -313,9 +313,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     # the collator needs columns the model does not take (supporting facts for the external sampler)
     training_args.remove_unused_columns = False
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if training_args.should_log:
-        transformers.utils.logging.set_verbosity_info()
+    # info (the config, the training set-up) unless --log_level says otherwise; replicas follow --log_level_replica
+    log_level = training_args.get_process_log_level() if "log_level" in given else logging.INFO
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=log_level)
+    if training_args.should_log or "log_level" in given:
+        transformers.utils.logging.set_verbosity(log_level)
     choose_stages(training_args, given, model_args.model_name_or_path)
     if data_args.curriculum:
         if data_args.babi_dir:
