@@ -93,6 +93,7 @@ def train_and_evaluate(args: BenchArguments, variant: str, datasets, vocab, work
         hidden_size=args.hidden_size,
         num_layers=args.num_layers,
         num_attention_heads=args.num_attention_heads,
+        dropout=0.1,  # the encoder's dropout of the recorded runs (run_ctr.py's own default is 0 since 0.3)
     )
     set_seed(args.seed)
     model = run_ctr.MODEL_CLASSES[model_name](run_ctr.build_config(model_args, vocab))

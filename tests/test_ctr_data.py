@@ -10,11 +10,14 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rm_hf import ctr_data
 from rm_hf.ctr_baselines import MeanPoolClickModel
 from rm_hf.ctr_data import (
     BehaviorFormatError,
@@ -369,6 +372,134 @@ def test_behavior_log_decimal_timestamps_are_exact(tmp_path, base, offsets):
         (r["user_id"], item_of[r["target_item"]], tuple(item_of[i] for i in r["history_items"])) for r in rows(data)
     )
     assert got == sorted(reference_histories(events, min_history=1, max_history=200))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading in blocks: lines in the plain form are read together, the others one at a time, alike
+
+# Invented rows: plain lines (read together) between a BOM, a quoted padded id with an upper-case behaviour, a
+# leading zero, a line that is not UTF-8, a blank line, CRLF and a last line without newline (read one at a time).
+MIXED_TAOBAO = (
+    "\ufeff1,10,100,pv,1000\n".encode()
+    + b"1,11,101,cart,1001\n"
+    + b"\xff\xfe,2\n"
+    + b'1," 10",100,PV,1002\n'
+    + b"2,012,100,buy,1000\n"
+    + b"\n"
+    + b"2,13,102,fav,1003\r\n"
+    + b"2,10,100,pv,1004"
+)
+
+
+@pytest.mark.parametrize("block_bytes", [None, 7], ids=["one-block", "7-byte-blocks"])
+def test_taobao_lines_of_every_form_read_as_checked_by_hand(tmp_path, monkeypatch, block_bytes):
+    """Items 10, 11, 012 = 12, 13 get ids 1-4 and categories 100, 101, 102 ids 1-3, as first seen; each user's
+    last behaviour (item 10 for both) is the target, the earlier ones its history; user 2's last is later than the
+    0.7 quantile of last times (1002, 1004), so user 2 is the test split. Blocks of 7 bytes cut every line."""
+    if block_bytes:
+        monkeypatch.setattr(ctr_data, "_BLOCK_BYTES", block_bytes)
+    path = tmp_path / "UserBehavior.csv"
+    path.write_bytes(MIXED_TAOBAO)
+    with pytest.raises(BehaviorFormatError, match=r"line 3: expected UTF-8 text"):
+        load_taobao(path)
+    data, vocab = load_taobao(path, negative_ratio=0.0, skip_bad_lines=True)
+    assert vocab.items == {"10": 1, "11": 2, "12": 3, "13": 4} and vocab.item_categories == [0, 1, 2, 1, 3]
+    assert vocab.categories == {"100": 1, "101": 2, "102": 3} and vocab.bad_lines == 1
+    sample = {"target_item": 1, "target_category": 1, "label": 1}
+    assert data["train"].to_list() == [
+        {"user_id": "1", "history_items": [1, 2], "history_categories": [1, 2], "history_behaviors": [1, 2], **sample}
+    ]
+    assert data["test"].to_list() == [
+        {"user_id": "2", "history_items": [3, 4], "history_categories": [1, 3], "history_behaviors": [4, 3], **sample}
+    ]
+
+
+MIXED_LOG = """user,item,category,timestamp,label
+alice,lamp,home,1.5,1
+alice,café,home,2,0
+bob, sofa ,furniture,-0.25,1
+bob,lamp,home,-1,1
+alice,"kettle, red",home,1.5,1
+"""
+
+
+@pytest.mark.parametrize("block_bytes", [None, 5], ids=["one-block", "5-byte-blocks"])
+def test_behavior_log_lines_of_every_form_read_as_checked_by_hand(tmp_path, monkeypatch, block_bytes):
+    """Ids lamp, café, sofa (padded), "kettle, red" (quoted) get ids 1-4; negative decimal times order bob's events
+    (-1 before -0.25); alice's lamp and kettle share 1.5 s, so neither is the other's history."""
+    if block_bytes:
+        monkeypatch.setattr(ctr_data, "_BLOCK_BYTES", block_bytes)
+    path = tmp_path / "log.csv"
+    path.write_text(MIXED_LOG)
+    data, vocab = load_behavior_log(path, test_fraction=0.5)
+    assert vocab.items == {"lamp": 1, "café": 2, "sofa": 3, "kettle, red": 4}
+    assert vocab.categories == {"home": 1, "furniture": 2} and vocab.item_categories == [0, 1, 1, 2, 1]
+    assert sorted(rows(data), key=lambda row: row["user_id"]) == [
+        {"user_id": "alice", "history_items": [1, 4], "history_categories": [1, 1], "history_behaviors": [1, 1],
+         "target_item": 2, "target_category": 1, "label": 0},
+        {"user_id": "bob", "history_items": [1], "history_categories": [1], "history_behaviors": [1],
+         "target_item": 3, "target_category": 2, "label": 1},
+    ]  # fmt: skip
+
+
+# Layouts of every column kind the readers read together (the readers build theirs the same way from a header).
+LAYOUTS = {
+    "taobao": ctr_data._TAOBAO_LAYOUT,
+    "behavior_log": ctr_data._Layout(
+        ("label", "user", "timestamp", "item", "category", "behavior"),
+        {
+            0: ctr_data._LABEL_COLUMN,
+            1: ctr_data._string_id_column("user", "user"),
+            2: ctr_data._timestamp_column(decimals=True),
+            3: ctr_data._string_id_column("item", "item"),
+            4: ctr_data._string_id_column("category", "category"),
+            5: ctr_data._BEHAVIOR_COLUMN,
+        },
+    ),
+    "movielens": ctr_data._Layout(
+        ("movieId", "title", "genres", "rating"),
+        {2: ctr_data._GENRES_COLUMN, 0: ctr_data._integer_id_column("item", "movieId"), 3: ctr_data._RATING_COLUMN},
+    ),
+}
+PLAIN_LINES = {  # lines in the plain form, to mutate
+    "taobao": ["1,2268318,2520377,pv,1511544070", "0,7,42,buy,-3"],
+    "behavior_log": ["1,alice,1.5,lamp,home,cart", "0,café au lait,1511544070.000000003,x,y z,fav"],
+    "movielens": ["1,Paper Lanterns (2031),Drama|Romance,4.0", "42,x,(no genres listed),3"],
+}
+PIECES = ["0", "1", "7", "007", "-3", "+3", "1.5", "2.", ".5", "1e3", "9" * 19, "pv", "PV", "buy", "a", "é", "a b",
+          "|", " ", "\t", "\xa0", "\u3000", "\x1c", "\ufeff", '"', "\r"]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), name=st.sampled_from(sorted(LAYOUTS)))
+def test_lines_read_together_are_read_as_the_exact_parser_reads_them(data, name):
+    """Whatever line a layout's pattern matches, the exact path (csv, then the value parsers) accepts too and reads
+    into the same values: the fast path never takes a line the exact path would refuse or read otherwise. Lines
+    are plain ones with up to two fields replaced by odd pieces."""
+    layout = LAYOUTS[name]
+    fields = data.draw(st.sampled_from(PLAIN_LINES[name])).split(",")
+    for _ in range(data.draw(st.integers(0, 2))):
+        position = data.draw(st.integers(0, len(fields) - 1))
+        fields[position] = "".join(data.draw(st.lists(st.sampled_from([*PIECES, fields[position]]), max_size=3)))
+    line = ",".join(fields) + data.draw(st.sampled_from(["\n", "\r\n", ""]))
+    matched = pc.extract_regex(pa.array([line]), layout.pattern)
+    if matched.is_valid()[0].as_py():
+        values = layout.value_types.items()
+        fast = tuple(ctr_data._fast_values(n, matched.field(n), t)[0].as_py() for n, t in values)
+        assert fast == layout.parse(ctr_data._csv_fields(line.encode()))
+
+
+def test_block_size_does_not_change_what_is_read(tmp_path, monkeypatch):
+    """The generated Taobao log and MovieLens files read in 64-byte blocks give what one block gives."""
+    taobao = tmp_path / "behavior.csv"
+    taobao.write_text("".join(",".join(map(str, line)) + "\n" for line in taobao_log(200)))
+    ratings, movies = write_movielens(tmp_path, movielens_events())
+    expected = [load_taobao(taobao, seed=3), load_movielens(ratings, movies, min_history=1)]
+    monkeypatch.setattr(ctr_data, "_BLOCK_BYTES", 64)
+    got = [load_taobao(taobao, seed=3), load_movielens(ratings, movies, min_history=1)]
+    for (data, vocab), (expected_data, expected_vocab) in zip(got, expected):
+        assert vocab == expected_vocab
+        assert rows(data) == rows(expected_data)
 
 
 # ---------------------------------------------------------------------------------------------------------
