@@ -474,6 +474,23 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
         return inputs
 
 
+def check_qa_batch(story, question_input_ids, labels, num_labels: int) -> None:
+    """A question-answering batch: a question per story, and answer ids in [0, num_labels) when given."""
+    if question_input_ids is None:
+        raise ValueError("`question_input_ids` is required: the question to answer from memory.")
+    if story is not None and story.shape[0] != question_input_ids.shape[0]:
+        raise ValueError(
+            f"The story batch ({story.shape[0]}) and the question batch ({question_input_ids.shape[0]}) differ in size."
+        )
+    if labels is not None:
+        if labels.shape != question_input_ids.shape[:1] or labels.is_floating_point():
+            raise ValueError(
+                f"`labels` must be integer answer ids of shape (batch,) = ({question_input_ids.shape[0]},), "
+                f"got {labels.dtype} of shape {tuple(labels.shape)}."
+            )
+        check_id_range(labels, num_labels, "labels", "config.id2label")
+
+
 @dataclass
 class RehearsalMemoryQuestionAnsweringOutput(ModelOutput):
     """
@@ -614,7 +631,8 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
         memory: memory to continue writing the story into (streaming); the initial memory when omitted.
         fragment_weights (`(batch_size, sequence_length)`): per-item importance for `sampler_mode="external"`.
         """
-        self._check_batch(input_ids if input_ids is not None else input_features, question_input_ids, labels)
+        story_batch = input_ids if input_ids is not None else input_features
+        check_qa_batch(story_batch, question_input_ids, labels, self.config.num_labels)
         story = self.story_to_items(input_ids, attention_mask, input_features)
         written = self.rehearsal_memory(**story, memory=memory, output_item_features=self.rehearsing, return_dict=True)
         query = self.encode_question(question_input_ids, question_attention_mask)  # (B, D)
@@ -622,21 +640,6 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
         return self.head_output(
             RehearsalMemoryQuestionAnsweringOutput, logits, labels, written, story, query, fragment_weights
         )
-
-    def _check_batch(self, story, question_input_ids, labels) -> None:
-        if question_input_ids is None:
-            raise ValueError("`question_input_ids` is required: the question to answer from memory.")
-        if story is not None and story.shape[0] != question_input_ids.shape[0]:
-            raise ValueError(
-                f"The story batch ({story.shape[0]}) and the question batch ({question_input_ids.shape[0]}) differ in size."
-            )
-        if labels is not None:
-            if labels.shape != question_input_ids.shape[:1] or labels.is_floating_point():
-                raise ValueError(
-                    f"`labels` must be integer answer ids of shape (batch,) = ({question_input_ids.shape[0]},), "
-                    f"got {labels.dtype} of shape {tuple(labels.shape)}."
-                )
-            check_id_range(labels, self.config.num_labels, "labels", "config.id2label")
 
 
 @dataclass

@@ -35,9 +35,9 @@ from .configuration_rehearsal_memory import RehearsalMemoryConfig
 from .layers_rehearsal_memory import init_weights
 from .modeling_rehearsal_memory import (
     RehearsalMemoryCheckpointMixin,
-    RehearsalMemoryForQuestionAnswering,
     RehearsalMemoryQuestionAnsweringOutput,
     RehearsalMemorySentenceEncoder,
+    check_qa_batch,
 )
 from .rehearsal import task_loss
 
@@ -151,7 +151,7 @@ class MemN2NForQuestionAnswering(RehearsalMemoryCheckpointMixin, PreTrainedModel
                 f"`question_input_ids` must have shape (batch, question_length), got {tuple(question_input_ids.shape)}."
             )
         # the Rehearsal Memory head's checks of the question, the batch sizes and the labels
-        RehearsalMemoryForQuestionAnswering._check_batch(self, input_ids, question_input_ids, labels)
+        check_qa_batch(input_ids, question_input_ids, labels, self.config.num_labels)
         if attention_mask is None:
             return (input_ids != self.embeddings[0].sentences.word_embeddings.padding_idx).any(-1)
         if attention_mask.shape != input_ids.shape[:2]:
