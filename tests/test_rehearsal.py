@@ -151,3 +151,16 @@ def test_familiarity_loss_falls_when_trained_alone():
         losses.append(loss.item())
     assert sum(losses[:10]) / 10 > 0.68  # chance: log 2
     assert sum(losses[-10:]) / 10 < 0.3
+
+
+def test_recollection_does_not_count_copies_of_the_target_as_negatives():
+    # feature recollection (InfoNCE over the batch's masked items): four masked items, two of them the same sentence
+    head = RehearsalMemoryForQuestionAnswering(tiny_config(id2label=LABELS, rehearsal_num_heads=2))
+    rehearser = head.rehearsal.rehearser
+    targets = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    # a perfect prediction scores 1 / temperature against its target and its copy; counted as a negative, the copy
+    # would hold the loss at ln 2 for both copies
+    loss = rehearser.info_nce(targets.clone(), targets)
+    assert loss.item() < 1e-3
+    wrong = rehearser.info_nce(targets[[2, 3, 0, 1]], targets)  # each predicts another item
+    assert wrong.item() > 5.0

@@ -11,7 +11,7 @@ cross-attends to the memory of the fragment's own sequence (fragments are paired
 them with other sequences' memories).
 - Recollection: a fraction of the fragment's items is replaced by a learned [MASK] vector and
   reconstructed: token ids by cross-entropy through the tied input embeddings, feature vectors by
-  InfoNCE against the other masked items of the batch.
+  InfoNCE against the other masked items of the batch (copies of the item's own target left out).
 - Familiarity: a negative copy of the masked fragment has a fraction of its unmasked items replaced by
   items of another sequence (or, with batch size 1, of another part of the same sequence); the [CLS]
   output scores "this fragment is from my memory" with a logistic loss -[log s+ + log(1 - s-)] (the
@@ -184,8 +184,14 @@ class RehearsalMemoryRehearser(nn.Module):
         return gather_items(item_embeddings[donors], picks.view(batch, num_frags, length))
 
     def info_nce(self, predictions, targets):
-        # every other masked item of the batch is a negative for this one
-        logits = F.normalize(predictions, dim=-1) @ F.normalize(targets, dim=-1).t() / self.temperature
+        # every other masked item of the batch is a negative for this one, except copies of its own target (the
+        # same sentence or item elsewhere in the batch): counted as negatives they would put the loss's floor at
+        # ln(copies) and push a right prediction away from itself
+        logits = F.normalize(predictions, dim=-1) @ F.normalize(targets, dim=-1).t() / self.temperature  # (N, N)
+        copy_id = torch.unique(targets, dim=0, return_inverse=True)[1]  # (N,)
+        copies = copy_id.unsqueeze(0) == copy_id.unsqueeze(1)
+        copies.fill_diagonal_(False)
+        logits = logits.masked_fill(copies, float("-inf"))
         return F.cross_entropy(logits, torch.arange(len(targets), device=logits.device))
 
 
