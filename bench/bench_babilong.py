@@ -2,11 +2,12 @@
 
 Per task, each model is trained with a length curriculum (--train_lengths, at most 16k tokens: the train split at
 each length in turn, shortest first, --steps batches each), then tested at every --test_lengths length on the test
-split, whose background text comes from other books. Both models read one item per story sentence:
+split, whose background text comes from other books. Every model reads one item per story sentence:
 
 - rm: `RehearsalMemoryForQuestionAnswering` as bench/qa_utils.py `make_model` builds it (items written 4 per
   segment into 16 gated slots, trained with rehearsal), answering from its memory alone. It reads a test story
   in one streaming pass, --chunk_sentences items per `write` call, so its memory use does not grow with the story.
+- rm_no_rehearsal: the same model trained without rehearsal (the ablation).
 - memn2n: `MemN2NForQuestionAnswering`, the full-access baseline: the question attends over every sentence of the
   story, so its cost grows with the story. It is run wherever the story fits: lengths whose stories have more than
   --full_access_max_sentences sentences are "not run", and running out of memory is recorded, so the crossover
@@ -63,6 +64,9 @@ from rm_hf.tokenization import build_word_tokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from prepare_babilong import parse_tasks  # noqa: E402
 from run_qa import MODEL_CLASSES  # noqa: E402
+
+# the models this benchmark trains: run_qa.py's, and RM without rehearsal (the ablation)
+MODELS = {"rm": "rm", "rm_no_rehearsal": "rm", "memn2n": "memn2n"}  # name -> its MODEL_CLASSES key
 
 MAX_TRAIN_LENGTH = 16_000
 # What the numbers measure, stored with them.
@@ -153,7 +157,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--seeds", default="0", help="comma-separated model and batch-order seeds")
-    parser.add_argument("--models", default="rm,memn2n", help=f"comma-separated, of {', '.join(MODEL_CLASSES)}")
+    parser.add_argument("--models", default="rm,memn2n", help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--min_word_frequency", type=int, default=1, help="rarer training words become [UNK]")
     parser.add_argument("--max_item_tokens", type=int, default=32, help="longer sentences are read as several items")
     parser.add_argument("--chunk_sentences", type=int, default=1024,
@@ -173,8 +177,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.test_lengths = (
             lengths_in(args.data_dir, args.tasks) if args.test_lengths == "all" else parse_lengths(args.test_lengths)
         )
-        if unknown := set(args.models) - set(MODEL_CLASSES):
-            raise ValueError(f"--models takes {', '.join(MODEL_CLASSES)}, got {sorted(unknown)}")
+        if unknown := set(args.models) - set(MODELS):
+            raise ValueError(f"--models takes {', '.join(MODELS)}, got {sorted(unknown)}")
         if args.train_lengths[-1] > MAX_TRAIN_LENGTH:
             raise ValueError(f"--train_lengths go up to 16k tokens, got {length_name(args.train_lengths[-1])}")
         for name in ("num_test", "steps", "batch_size", "min_word_frequency", "max_item_tokens", "chunk_sentences",
@@ -223,8 +227,8 @@ def prepare_task(args, task: int) -> dict:
 
 
 def build_model(name: str, tokenizer, answers: list[str], max_item_tokens: int):
-    rm = make_model(tokenizer, answers, "sentences", max_sentence_tokens=max_item_tokens)
-    return rm if name == "rm" else MemN2NForQuestionAnswering(rm.config)
+    rm = make_model(tokenizer, answers, "sentences", max_sentence_tokens=max_item_tokens, use_rehearsal=name == "rm")
+    return MemN2NForQuestionAnswering(rm.config) if name == "memn2n" else rm
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -284,10 +288,10 @@ def untested(num_test: int, status: str) -> dict:
 def evaluate(job: dict) -> dict:
     """Test a saved model at one length, one sample at a time; runs in a fresh process (`in_fresh_process`)."""
     torch.set_num_threads(job["threads"])
-    model = MODEL_CLASSES[job["model"]].from_pretrained(job["folder"]).eval()
+    model = MODEL_CLASSES[MODELS[job["model"]]].from_pretrained(job["folder"]).eval()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(job["folder"])
     rows = load_babilong(job["data_dir"], [job["task"]], job["length"], "test").select(range(job["num_test"]))
-    answer = ANSWER[job["model"]]
+    answer = ANSWER[MODELS[job["model"]]]
     pad_id = tokenizer.pad_token_id
     label2id = {label: int(i) for i, label in model.config.id2label.items()}
 

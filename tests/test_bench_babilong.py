@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from rm_hf.babilong import load_babilong
 from tests.conftest import babi_text, example_main, write
 from tests.test_bench import run_bench
 
@@ -30,7 +31,7 @@ TASK_TEXT = babi_text(
 
 
 def tiny_babilong(tmp_path):
-    """qa1 at 0 and 200 tokens: 6 training and 4 test questions; book sentences of 11 tokens."""
+    """qa1 at 0 and 200 tokens: 6 training (at 0 only) and 4 test questions; book sentences of 11 tokens."""
     write(tmp_path / "babi", "qa1_single-supporting-fact_train.txt", TASK_TEXT)
     write(tmp_path / "babi", "qa1_single-supporting-fact_test.txt", TASK_TEXT)
     for book in range(4):
@@ -48,6 +49,8 @@ def tiny_babilong(tmp_path):
             "6",
             "--num_test_samples",
             "4",
+            "--max_train_length",
+            "0",
             "--output_dir",
             str(tmp_path / "babilong"),
         ]  # fmt: skip
@@ -90,3 +93,19 @@ def test_bench_babilong_smoke_and_resume(tmp_path):
     # the same settings again: every run is already there, nothing is retrained or retested
     run_bench("bench_babilong.py", *tiny)
     assert json.loads((output_dir / "babilong.json").read_text())["runs"] == results["runs"]
+
+    # another model adds its run beside them: RM trained without rehearsal has no rehearsal losses
+    run_bench("bench_babilong.py", *tiny, "--models", "rm_no_rehearsal")
+    again = json.loads((output_dir / "babilong.json").read_text())["runs"]
+    assert again.keys() == {*results["runs"], "rm_no_rehearsal, train 0k x2, qa1, seed 0"}
+    ablation = again["rm_no_rehearsal, train 0k x2, qa1, seed 0"]
+    assert set(ablation["training"][0]["final_losses"]) == {"loss"}
+    assert "recollection_loss" in run["training"][0]["final_losses"]
+    assert ablation["parameters"] < run["parameters"]
+
+
+def test_train_split_stops_at_the_longest_training_length(tmp_path):
+    data_dir = tiny_babilong(tmp_path)
+    assert len(load_babilong(data_dir, [1], 200, "test")) == 4
+    with pytest.raises(ValueError, match="no 'train' split"):
+        load_babilong(data_dir, [1], 200, "train")

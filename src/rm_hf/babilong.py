@@ -347,7 +347,8 @@ def generate_babilong(
 
 
 def babilong_folder(data_dir: str | Path, task_id: int, target_length: int) -> Path:
-    """Where a task's samples of one length are saved (a `DatasetDict` with "train" and "test")."""
+    """Where a task's samples of one length are saved (a `DatasetDict` with "train" and "test", or only "test"
+    beyond the longest training length)."""
     return Path(data_dir) / f"qa{task_id}" / length_name(target_length)
 
 
@@ -358,7 +359,10 @@ def load_babilong(data_dir: str | Path, tasks: Iterable[int], target_length: int
         folder = babilong_folder(data_dir, task_id, target_length)
         if not folder.is_dir():
             raise FileNotFoundError(f"No BABILong samples of task {task_id} at length {target_length} in {folder}")
-        parts.append(load_from_disk(str(folder))[split])
+        saved = load_from_disk(str(folder))
+        if split not in saved:
+            raise ValueError(f"{folder} has no {split!r} split (it holds {sorted(saved)})")
+        parts.append(saved[split])
     if not parts:
         raise ValueError("No tasks given")
     return concatenate_datasets(parts)
