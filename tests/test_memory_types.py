@@ -328,7 +328,6 @@ BEFORE_MEMORY_TYPES = [("rehearsal_memory.bank.initial_memory", "rehearsal_memor
 BEFORE_OBJECTIVE = [
     ("rehearsal_memory.bank.", "rehearsal_memory.memory."),
     ("rehearsal.rehearser.", "rehearsal_memory.rehearser."),
-    ("rehearsal.sampler.scorer.", "rehearsal_memory.history_sampler.scorer."),
     ("rehearsal.teacher.query_projection.", "rehearsal_memory.history_sampler.teacher_query."),
     ("rehearsal.teacher.head.", "teacher_head."),
     ("embeddings.item_embeddings.", "item_embeddings."),
@@ -365,6 +364,22 @@ def test_checkpoints_with_earlier_weight_names_load_with_their_weights(tmp_path,
         torch.testing.assert_close(loaded.state_dict()[name], weight, msg=name)
     loaded.save_pretrained(tmp_path / "again")  # saved again under today's names
     assert load_file(tmp_path / "again" / "model.safetensors").keys() == weights.keys()
+
+
+def test_a_checkpoint_with_the_teacher_samplers_former_scorer_loads_without_it(tmp_path):
+    model = RehearsalMemoryForQuestionAnswering(memory_config("slots", id2label=LABELS, sampler_mode="teacher"))
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    scorers = {
+        f"{prefix}.scorer.0.weight": torch.zeros(32, 32)
+        for prefix in ("rehearsal.sampler", "rehearsal_memory.history_sampler")
+    }
+    save_file(weights | scorers, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = RehearsalMemoryForQuestionAnswering.from_pretrained(tmp_path)
+    assert loaded.state_dict().keys() == weights.keys()
+    torch.testing.assert_close(
+        loaded.rehearsal.teacher.age_embeddings.weight, weights["rehearsal.teacher.age_embeddings.weight"]
+    )
 
 
 def test_a_base_model_checkpoint_with_its_earlier_training_modules_loads_without_them(tmp_path):

@@ -1,6 +1,7 @@
 """The memory machine: config, save/load, streaming, padding, slot diversity, the write gate, gradients, input checks."""
 
 import json
+
 import pytest
 import torch
 from huggingface_hub.errors import StrictDataclassError

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rm_hf import RehearsalMemoryForQuestionAnswering
-from rm_hf.history_sampler import RehearsalMemoryHistorySampler, valid_starts, window_sums
+from rm_hf.history_sampler import RehearsalMemoryHistorySampler, age_buckets, valid_starts, window_sums
 from tests.conftest import tiny_config
 
 LABELS = {i: f"answer{i}" for i in range(5)}
@@ -108,7 +108,7 @@ def test_valid_starts_never_reach_padding():
     assert ok.sum(1).tolist() == [13, 2, 1]  # starts 0..12, 0..1, and 0 for a row shorter than a fragment
     sampler = RehearsalMemoryHistorySampler(tiny_config(rehearsal_fragment_length=8, num_rehearsal_fragments=4))
     for _ in range(20):
-        starts, _ = sampler(mask)
+        starts = sampler(mask)
         ends = starts + 8
         lengths = mask.sum(1, keepdim=True)
         assert ((ends <= lengths) | (starts == 0)).all()
@@ -123,8 +123,28 @@ def test_external_sampler_follows_the_weights():
         sampler_mode="external", rehearsal_fragment_length=4, num_rehearsal_fragments=1, sampler_uniform_floor=0.1
     )
     sampler = RehearsalMemoryHistorySampler(config)
-    hits = sum(57 <= sampler(mask, fragment_weights=weights)[0].item() <= 63 for _ in range(200))
+    hits = sum(57 <= sampler(mask, fragment_weights=weights).item() <= 63 for _ in range(200))
     assert hits > 150  # uniform would give 7/97 of 200, about 14
+
+
+def test_teacher_sampler_draws_where_the_teacher_attends():
+    mask = torch.ones(1, 100, dtype=torch.long)
+    attention = torch.full((1, 100), 0.2 / 99)
+    attention[0, 30] = 0.8
+    config = tiny_config(sampler_mode="teacher", rehearsal_fragment_length=4, num_rehearsal_fragments=1)
+    sampler = RehearsalMemoryHistorySampler(config)
+    hits = sum(sampler(mask, teacher_attention=attention).item() == 30 for _ in range(200))
+    assert hits > 120  # 0.9 * 0.8 + 0.1 / 97 of the mass on start 30; uniform would give about 2
+
+
+def test_age_buckets_are_exact_near_the_end_then_two_per_doubling():
+    mask = torch.zeros(1, 40, dtype=torch.long)
+    mask[0, :33] = 1  # 33 real items: the first lies 32 back
+    buckets = age_buckets(mask)[0]
+    assert buckets[32:].tolist() == [0] * 8  # the last item and the padding after it
+    assert buckets[25:32].tolist() == [7, 6, 5, 4, 3, 2, 1]
+    # 8-11 back: bucket 8; 12-15: 9; 16-22: 10; 23-31: 11; 32: 12
+    assert buckets[[24, 21, 20, 17, 16, 10, 9, 1, 0]].tolist() == [8, 8, 9, 9, 10, 10, 11, 11, 12]
 
 
 def test_window_sums():

@@ -62,7 +62,8 @@ RENAMED_WEIGHTS = [
     (re.compile(r"^((?:rehearsal_memory\.)?)memory\."), r"\1bank."),
     (re.compile(r"^rehearsal_memory\.rehearser\."), "rehearsal.rehearser."),
     (re.compile(r"^rehearsal_memory\.history_sampler\.teacher_query\."), "rehearsal.teacher.query_projection."),
-    (re.compile(r"^rehearsal_memory\.history_sampler\.scorer\."), "rehearsal.sampler.scorer."),
+    # the teacher sampler once drew from a query-agnostic scorer (training only, no longer built)
+    (re.compile(r"^(rehearsal_memory\.history_sampler|rehearsal\.sampler)\.scorer\."), None),
     (re.compile(r"^teacher_head\."), "rehearsal.teacher.head."),
     (re.compile(r"^(rehearser|history_sampler)\."), None),  # a base model's training-only modules
     (re.compile(r"^(item|category|behavior)_embeddings\."), r"embeddings.\1_embeddings."),  # click models

@@ -30,6 +30,7 @@ from transformers import initialization as init
 from .history_sampler import (
     RehearsalMemoryHistorySampler,
     RehearsalMemoryTeacher,
+    age_buckets,
     fragment_summaries,
     valid_starts,
 )
@@ -197,8 +198,8 @@ class RehearsalMemoryRehearser(nn.Module):
 
 @dataclass
 class RehearsalMemoryObjectiveOutput:
-    """The rehearsal objective's terms for one batch. `sampler_loss` (the scorer's KL to the teacher plus the
-    teacher's task loss) exists with `sampler_mode="teacher"` only; `draw_fragments` says what is rehearsed."""
+    """The rehearsal objective's terms for one batch. `sampler_loss` (the teacher's task loss) exists with
+    `sampler_mode="teacher"` only; `draw_fragments` says what is rehearsed."""
 
     recollection_loss: torch.Tensor
     familiarity_loss: torch.Tensor
@@ -236,24 +237,21 @@ class RehearsalMemoryObjective(nn.Module):
         return RehearsalMemoryObjectiveOutput(recollection, familiarity, sampler_loss)
 
     def draw_fragments(self, written, story, query=None, labels=None, fragment_weights=None):
-        """The fragment starts (B, J) to rehearse, and the sampler's loss (the scorer's KL to the teacher plus the
-        teacher's task loss given labels; None for the other modes). Arguments as for `forward`."""
+        """The fragment starts (B, J) to rehearse, and the sampler's loss (the teacher's task loss, given labels, with
+        `sampler_mode="teacher"`; None otherwise). Arguments as for `forward`."""
         _, attention_mask = story_targets(story)
-        summaries = teacher_attention = teacher_loss = None
+        teacher_attention = sampler_loss = None
         if self.teacher is not None:
             if query is None:
                 raise ValueError("sampler_mode='teacher' needs the task query (the head passes it).")
             length = self.sampler.fragment_length
             summaries = fragment_summaries(written.item_features.detach(), attention_mask, length)  # (B, T, E)
             teacher_attention, teacher_logits = self.teacher(
-                summaries, valid_starts(attention_mask, length), query.detach()
+                summaries, valid_starts(attention_mask, length), query.detach(), age_buckets(attention_mask)
             )
             if labels is not None:
-                teacher_loss = task_loss(teacher_logits, labels)
-        starts, sampler_loss = self.sampler(attention_mask, fragment_weights, summaries, teacher_attention)
-        if teacher_loss is not None:
-            sampler_loss = sampler_loss + teacher_loss
-        return starts, sampler_loss
+                sampler_loss = task_loss(teacher_logits, labels)
+        return self.sampler(attention_mask, fragment_weights, teacher_attention), sampler_loss
 
 
 def story_targets(story: dict) -> tuple[torch.Tensor, torch.Tensor]:
