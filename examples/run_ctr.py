@@ -77,7 +77,7 @@ ARCHITECTURES = {model_class.__name__: name for name, model_class in MODEL_CLASS
 # the config fields a flag of the same name sets
 CONFIG_FIELDS = (
     "use_rehearsal", "sampler_mode", "num_memory_slots", "memory_type", "memory_capacity", "segment_length",
-    "item_embedding_dim",
+    "item_embedding_dim", "num_rehearsal_fragments", "rehearsal_batch_fraction", "rehearsal_num_layers",
 )  # fmt: skip
 
 
@@ -106,6 +106,11 @@ class ModelArguments:
     sampler_mode: Literal["uniform", "teacher"] = field(
         default="uniform", metadata={"help": "Which fragments of the history `rm` rehearses."}
     )
+    num_rehearsal_fragments: int = field(default=4, metadata={"help": "Fragments rehearsed per history."})
+    rehearsal_batch_fraction: float = field(
+        default=1.0, metadata={"help": "Share of each batch's histories rehearsed per step; rehearsal's cost scales."}
+    )
+    rehearsal_num_layers: int = field(default=2, metadata={"help": "Layers of the rehearsal model."})
     # The sizes default to a small model (the one bench/bench_ctr.py compares) that, with the training defaults,
     # learns the default synthetic task in 2-3 minutes on one CPU thread: bench/results/ctr_defaults.json.
     num_memory_slots: int = field(default=8, metadata={"help": "K, the memory slots per user."})

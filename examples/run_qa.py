@@ -69,7 +69,7 @@ ARCHITECTURES = {model_class.__name__: name for name, model_class in MODEL_CLASS
 CONFIG_FIELDS = (
     "memory_type", "memory_capacity", "num_memory_slots", "num_memory_heads", "segment_length", "num_reasoning_hops",
     "story_items", "max_sentence_tokens", "use_rehearsal", "sampler_mode", "num_rehearsal_fragments",
-    "rehearsal_fragment_length", "backprop_segments",
+    "rehearsal_fragment_length", "rehearsal_batch_fraction", "rehearsal_num_layers", "backprop_segments",
 )  # fmt: skip
 ENCODER_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads")  # flags of the encoder config
 
@@ -133,6 +133,10 @@ class ModelArguments:
     )
     num_rehearsal_fragments: int = field(default=4)
     rehearsal_fragment_length: int = field(default=8)
+    rehearsal_batch_fraction: float = field(
+        default=1.0, metadata={"help": "Share of each batch's stories rehearsed per step; rehearsal's cost scales."}
+    )
+    rehearsal_num_layers: int = field(default=2, metadata={"help": "Layers of the rehearsal model."})
 
 
 @dataclass

@@ -63,6 +63,7 @@ def test_configs_with_earlier_names_load_under_todays(tmp_path, old, new):
         ({"input_feature_dim": 0}, "input_feature_dim"),
         ({"num_reasoning_hops": 0}, "num_reasoning_hops"),
         ({"rehearsal_mask_ratio": 1.5}, "rehearsal_mask_ratio"),
+        ({"rehearsal_batch_fraction": 0.0}, "rehearsal_batch_fraction"),
         ({"expire_span_init_fraction": 1}, "expire_span_init_fraction"),
         ({"memory_type": "lstm"}, "memory_type"),
         ({"sampler_mode": "random"}, "sampler_mode"),

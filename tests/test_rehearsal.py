@@ -173,7 +173,7 @@ def test_familiarity_loss_falls_when_trained_alone():
     assert sum(losses[-10:]) / 10 < 0.3
 
 
-def test_recollection_does_not_count_copies_of_the_target_as_negatives():
+def test_recollection_is_in_units_of_chance_and_copies_of_the_target_are_not_negatives():
     # feature recollection (InfoNCE over the batch's masked items): four masked items, two of them the same sentence
     head = RehearsalMemoryForQuestionAnswering(tiny_config(id2label=LABELS, rehearsal_num_heads=2))
     rehearser = head.rehearsal.rehearser
@@ -184,3 +184,17 @@ def test_recollection_does_not_count_copies_of_the_target_as_negatives():
     assert loss.item() < 1e-3
     wrong = rehearser.info_nce(targets[[2, 3, 0, 1]], targets)  # each predicts another item
     assert wrong.item() > 5.0
+    # in units of chance: a prediction that prefers no candidate scores exactly 1, whatever the number of candidates
+    torch.testing.assert_close(rehearser.info_nce(torch.zeros(4, 3), targets), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("fraction, rows", [(1.0, 4), (0.5, 2), (0.1, 1)])
+def test_batch_fraction_rehearses_that_share_of_the_sequences(fraction, rows):
+    model = RehearsalMemoryForQuestionAnswering(
+        tiny_config(id2label=LABELS, rehearsal_num_heads=2, rehearsal_batch_fraction=fraction)
+    ).train()
+    seen = []
+    model.rehearsal.rehearser.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    out = model(**qa_batch(batch=4))
+    assert seen == [rows]
+    assert torch.isfinite(out.recollection_loss) and torch.isfinite(out.familiarity_loss)

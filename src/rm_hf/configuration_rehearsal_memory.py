@@ -97,6 +97,7 @@ class RehearsalMemoryConfig(PreTrainedConfig):
     # the rehearsal objective (training only: inference never builds or runs it)
     use_rehearsal: bool = True
     num_rehearsal_fragments: int = 4  # J fragments per sequence
+    rehearsal_batch_fraction: float | int = 1.0  # share of a batch's sequences rehearsed per step (cost scales)
     rehearsal_fragment_length: int = 8  # R consecutive real items per fragment
     rehearsal_mask_ratio: float | int = 0.5  # recollection: share of fragment items masked
     rehearsal_replace_ratio: float | int = 0.5  # familiarity: share of unmasked items replaced in negatives
@@ -165,7 +166,8 @@ class RehearsalMemoryConfig(PreTrainedConfig):
         positive = (lambda v: v > 0, "be > 0")
         weight = (lambda v: v >= 0, "be >= 0")
         rules = {
-            "rehearsal_mask_ratio": share, "rehearsal_replace_ratio": share, "expire_span_init_fraction": open_share,
+            "rehearsal_mask_ratio": share, "rehearsal_replace_ratio": share, "rehearsal_batch_fraction": share,
+            "expire_span_init_fraction": open_share,
             "sampler_uniform_floor": probability, "sampler_temperature": positive, "infonce_temperature": positive,
             "key_value_inverse_temperature": positive, "initial_memory_std": positive,
             "expire_span_loss_coef": weight, "key_value_margin": weight,
