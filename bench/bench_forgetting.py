@@ -131,6 +131,19 @@ def parse_stage(text: str) -> tuple[int, int]:
     return int(length), int(steps)
 
 
+def parse_override(text: str) -> tuple[str, object]:
+    """KEY=VALUE, the value read as JSON where it parses (numbers, true/false), else as a string."""
+    key, sep, value = text.partition("=")
+    if not (sep and key):
+        raise argparse.ArgumentTypeError(
+            f"a config override is KEY=VALUE (e.g. rehearsal_replace_ratio=1.0), got {text!r}"
+        )
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def stored_runs(path: Path, settings: dict) -> dict:
     """The runs of an earlier invocation with the same settings (resume), else none."""
     if not path.exists():
@@ -145,7 +158,7 @@ def stored_runs(path: Path, settings: dict) -> dict:
 def run_variant(name, seed, args, tokenizer, answers, train_stages, test_rows, labels, coverage_rows) -> dict:
     """Train one model through the curriculum, test it; the run's record (hits as a 0/1 string)."""
     torch.manual_seed(seed)
-    model = make_model(tokenizer, answers, args.story_items, **VARIANTS[name][1])
+    model = make_model(tokenizer, answers, args.story_items, **(VARIANTS[name][1] | args.config))
     cpu, step_times = 0.0, []
     for stage, (rows, (_, steps)) in enumerate(zip(train_stages, args.curriculum)):
         record = train(model, rows, steps, seed + stage)
@@ -182,12 +195,17 @@ def main():
     parser.add_argument("--question_types", nargs="+", choices=QUESTION_TYPES, default=list(QUESTION_TYPES))
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1: on a shared 2-core machine more threads ran slower).")  # fmt: skip
+    parser.add_argument("--config", type=parse_override, nargs="+", default=[], metavar="KEY=VALUE",
+                        help="RehearsalMemoryConfig fields set for every variant (a sweep of settings).")  # fmt: skip
     parser.add_argument("--output_dir", default=str(RESULTS))
     args = parser.parse_args()
+    args.config = dict(args.config)
     torch.set_num_threads(args.threads)
     output_dir = Path(args.output_dir)
     # what makes runs comparable: everything but which variants and seeds run now, and where they go
-    settings = {k: v for k, v in vars(args).items() if k not in ("variants", "seeds", "output_dir", "threads")}
+    # (no --config: the settings of runs stored before the flag existed)
+    ignored = ("variants", "seeds", "output_dir", "threads", *(() if args.config else ("config",)))
+    settings = {k: v for k, v in vars(args).items() if k not in ignored}
     settings = json.loads(json.dumps(settings))
     runs = stored_runs(output_dir / "forgetting.json", settings)
 

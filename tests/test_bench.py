@@ -173,3 +173,10 @@ def test_bench_forgetting_smoke(tmp_path):
     assert set(again["runs"]) == set(first) | {"no_rehearsal/2"}
     assert again["runs"]["no_rehearsal/0"] == first["no_rehearsal/0"]
     assert (tmp_path / "forgetting.png").stat().st_size > 0
+    # config fields set for every variant are part of the settings: runs made without them are not mixed in
+    tiny[-1] = str(tmp_path / "sweep")
+    run_bench(
+        "bench_forgetting.py", *tiny, "--seeds", "0", "--variants", "no_rehearsal", "--config", "num_memory_slots=4"
+    )
+    sweep = json.loads((tmp_path / "sweep" / "forgetting.json").read_text())
+    assert sweep["settings"]["config"] == {"num_memory_slots": 4} and set(sweep["runs"]) == {"no_rehearsal/0"}
