@@ -311,7 +311,9 @@ def compute_metrics(prediction):
 
 
 @closes_process_group
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
+    """Run the script on `argv` (default: the command line); `callbacks`: more `TrainerCallback`s for the
+    Trainer (bench/bench_babi_curves.py measures training CPU time with one)."""
     (model_args, data_args, training_args), given = parse_script_args(
         (ModelArguments, DataArguments, RehearsalTrainingArguments), __doc__, argv
     )
@@ -391,7 +393,7 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
-        callbacks=[RunRecorder(run)] if training_args.do_train else None,
+        callbacks=([RunRecorder(run)] if training_args.do_train else []) + (callbacks or []),
     )
     metrics, results = {}, None
     if training_args.do_train:
