@@ -54,6 +54,10 @@ MEMORY_CLASSES = {
     "key_value": RehearsalMemoryKeyValue,
 }
 
+# Segments encoded per encoder call (`_encode_segments`): one call instead of one per segment, while what a call
+# holds stays bounded however long the input (a streamed million-token input is still encoded a block at a time).
+SEGMENTS_PER_ENCODER_CALL = 64
+
 # Weight names of earlier checkpoints -> today's (None: no longer kept). First match wins.
 RENAMED_WEIGHTS = [
     # before memory types (0.1): the slot memory's weights at the top of the base model
@@ -374,19 +378,28 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
             memory = self.init_memory(batch_size)
         segment, truncate = self.config.segment_length, self.config.backprop_segments
         loss_sum, features, embeddings = None, [], []
-        for index, start in enumerate(range(0, length, segment)):
-            if truncate and index and index % truncate == 0:
-                memory = detach_memory(memory)  # earlier segments get no gradient from here on
-            chunk = slice(start, start + segment)
-            values = None if memory_values is None else memory_values[:, chunk]
-            memory, chunk_loss, written = self._write_segment(
-                memory, inputs[:, chunk], attention_mask[:, chunk].bool(), values, input_features is not None
-            )
-            if chunk_loss is not None:
-                loss_sum = chunk_loss if loss_sum is None else loss_sum + chunk_loss
-            if output_item_features:
-                features.append(self._scatter_rows(written, inputs[:, chunk], 0))
-                embeddings.append(self._scatter_rows(written, inputs[:, chunk], 1))
+        block = segment * SEGMENTS_PER_ENCODER_CALL
+        for block_start in range(0, length, block):
+            span = slice(block_start, block_start + block)
+            items, embeds, mask = self._encode_segments(
+                inputs[:, span], attention_mask[:, span].bool()
+            )  # (B, n, S, .)
+            values = None
+            if memory_values is not None:  # (B, n, S), padded like the items
+                values = memory_values[:, span]
+                values = nn.functional.pad(values, (0, mask.shape[1] * segment - values.shape[1])).view(mask.shape)
+            for offset in range(items.shape[1]):
+                index = block_start // segment + offset
+                if truncate and index and index % truncate == 0:
+                    memory = detach_memory(memory)  # earlier segments get no gradient from here on
+                chunk_values = None if values is None else values[:, offset]
+                memory, chunk_loss = self._write_segment(memory, items[:, offset], mask[:, offset], chunk_values)
+                if chunk_loss is not None:
+                    loss_sum = chunk_loss if loss_sum is None else loss_sum + chunk_loss
+            if output_item_features:  # back to (B, T, E), without the last segment's padding
+                real = inputs[:, span].shape[1]
+                features.append(items.flatten(1, 2)[:, :real])
+                embeddings.append(embeds.flatten(1, 2)[:, :real])
         return RehearsalMemoryModelOutput(
             # the memory type's loss per written item
             memory_loss=None if loss_sum is None else loss_sum / attention_mask.sum().clamp_min(1),
@@ -395,31 +408,45 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
             item_embeddings=torch.cat(embeddings, dim=1) if output_item_features else None,
         )
 
-    def _write_segment(self, memory, chunk, chunk_mask, chunk_values, is_features):
-        """Write one segment: chunk (B, S) ids or (B, S, F) features, chunk_mask (B, S) bool, chunk_values (B, S) ids
-        or None -> (new memory, the memory type's loss sum or None, (active rows (A,), their masked item features
-        and input embeddings (A, S, E)) or None when no row has a real item)."""
-        # Only rows with at least one real item are encoded; the others keep their memory unchanged and
-        # never see an all-masked softmax (whose NaNs would poison the gradients).
-        active = chunk_mask.any(dim=1).nonzero(as_tuple=True)[0]  # (A,)
-        if active.numel() == 0:
-            return memory, None, None
-        embeds = self.embed_items(**{"input_features" if is_features else "input_ids": chunk[active]})  # (A, S, E)
-        mask = chunk_mask[active]
-        items = self.encoder(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state  # (A, S, E)
-        values = None if chunk_values is None else chunk_values[active]
-        new_rows, loss_sum = self.bank.write(reorder_memory(memory, active), items, mask, values)
-        keep = mask.unsqueeze(-1).to(items.dtype)  # padded items read as zero
-        return replace_rows(memory, active, new_rows), loss_sum, (active, items * keep, embeds * keep)
+    def _encode_segments(self, inputs, mask):
+        """Encode consecutive segments at once: the encoder reads each segment on its own (the memory does not enter
+        it), so one call serves them all and only the memory writes run in order. inputs (B, T) ids or (B, T, F)
+        features, mask (B, T) bool -> item features and input embeddings (B, n, S, E) (zero on padding) and the
+        mask (B, n, S), the last segment padded to S items. Segments without a real item are not encoded."""
+        batch, length = mask.shape
+        segment = self.config.segment_length
+        count = -(-length // segment)  # n segments, the last one possibly short
+        pad = count * segment - length
+        if pad:
+            inputs = nn.functional.pad(inputs, (0, 0, 0, pad) if inputs.dim() == 3 else (0, pad))
+            mask = nn.functional.pad(mask, (0, pad))
+        segments = inputs.reshape(batch * count, segment, *inputs.shape[2:])  # (B * n, S) or (B * n, S, F)
+        mask = mask.reshape(batch * count, segment)
+        # only segments with a real item are encoded: an all-masked softmax would poison the gradients with NaNs
+        active = mask.any(dim=1).nonzero(as_tuple=True)[0]  # (A,)
+        width = self.config.encoder_config.hidden_size
+        items = torch.zeros(batch * count, segment, width, device=mask.device, dtype=self.dtype)
+        embeds = torch.zeros_like(items)
+        if active.numel():
+            kind = "input_features" if segments.is_floating_point() else "input_ids"
+            active_embeds = self.embed_items(**{kind: segments[active]})  # (A, S, E)
+            active_mask = mask[active]
+            encoded = self.encoder(inputs_embeds=active_embeds, attention_mask=active_mask.long()).last_hidden_state
+            keep = active_mask.unsqueeze(-1).to(encoded.dtype)  # padded items read as zero
+            items = items.index_copy(0, active, encoded * keep)
+            embeds = embeds.index_copy(0, active, active_embeds * keep)
+        shape = (batch, count, segment)
+        return items.view(*shape, width), embeds.view(*shape, width), mask.view(shape)
 
-    def _scatter_rows(self, written, chunk, which: int) -> torch.Tensor:
-        # the active rows' item features (which=0) or embeddings (1) in a full-batch (B, S, E) tensor, zero elsewhere
-        full = torch.zeros(*chunk.shape[:2], self.config.encoder_config.hidden_size, device=chunk.device,
-                           dtype=self.dtype)  # fmt: skip
-        if written is None:
-            return full
-        active, *values = written
-        return full.index_copy(0, active, values[which].to(full.dtype))
+    def _write_segment(self, memory, items, mask, values):
+        """Write one encoded segment: items (B, S, E), mask (B, S) bool, values (B, S) ids or None -> (new memory,
+        the memory type's loss sum or None). Rows without a real item keep their memory."""
+        active = mask.any(dim=1).nonzero(as_tuple=True)[0]  # (A,)
+        if active.numel() == 0:
+            return memory, None
+        values = None if values is None else values[active]
+        new_rows, loss_sum = self.bank.write(reorder_memory(memory, active), items[active], mask[active], values)
+        return replace_rows(memory, active, new_rows), loss_sum
 
     def _check_values(self, memory_values, input_ids, shape) -> torch.Tensor:
         """The ids a key-value memory stores, one per item; the token ids by default."""
