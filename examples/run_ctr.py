@@ -234,18 +234,12 @@ def build_config(args: ModelArguments, vocab, encoder_config=None) -> RehearsalM
     }
     return RehearsalMemoryConfig(
         encoder_config=encoder,
-        memory_type=args.memory_type,
-        memory_capacity=args.memory_capacity,
-        num_memory_slots=args.num_memory_slots,
         num_memory_heads=args.num_attention_heads,
-        segment_length=args.segment_length,
         item_vocab_size=vocab.item_vocab_size,
         category_vocab_size=vocab.category_vocab_size,
         behavior_vocab_size=vocab.behavior_vocab_size,
-        item_embedding_dim=args.item_embedding_dim,
-        use_rehearsal=args.use_rehearsal,
         rehearsal_num_heads=args.num_attention_heads,
-        sampler_mode=args.sampler_mode,
+        **{name: getattr(args, name) for name in CONFIG_FIELDS},
     )
 
 

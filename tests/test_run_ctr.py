@@ -270,3 +270,16 @@ def test_run_ctr_builds_rm_on_a_pretrained_encoder(tmp_path):
         main(["--output_dir", str(tmp_path / "no"), *run, "--hidden_size", "16"])
     with pytest.raises(ValueError, match="--model mean_pool has no encoder"):
         main(["--output_dir", str(tmp_path / "no"), *run, "--model", "mean_pool"])
+
+
+def test_every_model_flag_reaches_the_config(tmp_path):
+    g = script_globals()
+    types = (g["ModelArguments"], g["DataArguments"], g["ClickTrainingArguments"])
+    flags = {"num_rehearsal_fragments": 2, "rehearsal_batch_fraction": 0.25, "rehearsal_num_layers": 1,
+             "segment_length": 50, "num_memory_slots": 4, "item_embedding_dim": 8}  # fmt: skip
+    argv = ["--output_dir", str(tmp_path), *(f"--{name}={value}" for name, value in flags.items())]
+    (model_args, _, _), _ = g["parse_script_args"](types, "", argv)
+    _, vocab = generate_behavior_histories(num_users=10, history_length=20, num_items=10, num_categories=10)
+    config = g["build_config"](model_args, vocab)
+    assert {name: getattr(config, name) for name in flags} == flags
+    assert set(g["CONFIG_FIELDS"]) <= set(vars(model_args))
