@@ -980,3 +980,48 @@ def test_vocab_file_that_is_not_utf8_is_named(tmp_path):
     with pytest.raises(ValueError, match="cannot load the behaviour vocabulary: not UTF-8 text") as info:
         BehaviorVocab.load(path)
     assert str(path) in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Synthetic task options: early noise and interest drift
+
+
+def test_generator_options_off_give_the_data_of_before():
+    import hashlib
+
+    # digest of this call's output recorded with the generator before early_noise / interest_drift existed
+    data, _ = generate_behavior_histories(num_users=20, history_length=50, seed=3)
+    again, _ = generate_behavior_histories(num_users=20, history_length=50, seed=3, early_noise=0, interest_drift=0)
+    text = json.dumps({split: data[split].to_dict() for split in ("train", "test")}, sort_keys=True)
+    assert hashlib.sha256(text.encode()).hexdigest() == (
+        "24581a381d8cf1a58e1cb6fb8989f63aed2d786196122e859fb7fd7bd9272e0a"
+    )
+    assert all(data[split].to_list() == again[split].to_list() for split in ("train", "test"))
+
+
+def test_generator_early_noise_and_interest_drift_do_what_they_claim():
+    # 1 interest, 1 held-out and 1 drift category per user, 4 noise categories; 100 early and 900 late events
+    options = {"num_users": 200, "history_length": 1000, "num_items": 70, "num_categories": 7, "num_interests": 1}
+    data, _ = generate_behavior_histories(seed=4, early_noise=0.3, interest_drift=0.5, **options)
+    again, _ = generate_behavior_histories(seed=4, early_noise=0.3, interest_drift=0.5, **options)
+    assert data["train"].to_list() == again["train"].to_list()  # deterministic under the seed
+    for row in rows(data):
+        categories = row["history_categories"]
+        early, late = categories[:100], categories[100:]
+        drift = max(set(late), key=late.count)  # 450 drift events against about 112 of each noise category
+        assert late.count(drift) == 450 and drift not in early  # interest_drift: a share of the late events
+        noise = set(late) - {drift}
+        assert sum(c in noise for c in early) == 30  # early_noise: a share of the early events
+        assert len(set(early) - noise) == 1  # the other early events all show the one interest
+        # the target (an interest or a held-out category, never a drift one) never occurs late: the label is
+        # told by the early events alone, and a held-out target nowhere
+        assert row["target_category"] not in late
+        assert (row["target_category"] in early) == bool(row["label"])
+
+
+def test_generator_options_are_checked():
+    with pytest.raises(ValueError, match="num_categories"):  # no noise category would be left
+        generate_behavior_histories(num_users=4, history_length=20, num_categories=3, num_interests=1,
+                                    num_items=30, interest_drift=0.5)  # fmt: skip
+    with pytest.raises(ValueError, match="early_noise and interest_drift must be in"):
+        generate_behavior_histories(num_users=4, history_length=20, early_noise=1.5)

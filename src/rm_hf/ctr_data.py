@@ -995,36 +995,68 @@ def generate_behavior_histories(
     num_interests: int = 3,
     seed: int = 0,
     test_fraction: float = 0.2,
+    early_noise: float = 0.0,
+    interest_drift: float = 0.0,
 ) -> tuple[DatasetDict, BehaviorVocab]:
     """Click samples whose answer lies only in the first ~10% of a long history.
 
     Item `i` has category `(i - 1) % num_categories + 1`. Each user's categories are shuffled into
-    `num_interests` interests, as many held-out categories, and the rest (noise). The first ~10% of the
-    history draws items from the interests only, the rest from noise categories only. Exactly half the
-    users (label 1) get a target from an interest, the others (label 0) one from a held-out category, so
-    the target's category never occurs late in the history either way: a model that forgets the start
-    scores AUC ~0.5, one that remembers it ~1. Every behaviour is pv. Users are split by `test_fraction`.
+    `num_interests` interests, as many held-out categories, with `interest_drift > 0` as many drift categories,
+    and the rest (noise). By default the first ~10% of the history (`early_length`, `max(num_interests,
+    round(0.1 * history_length))` events) draws items from the interests only, the rest (`late_length` events)
+    from noise categories only. Exactly half the users (label 1) get a target from an interest, the others
+    (label 0) one from a held-out category, so the target's category never occurs late in the history either
+    way: a model that forgets the start scores AUC ~0.5, one that remembers it ~1. Every behaviour is pv. Users
+    are split by `test_fraction`.
+
+    Two options make the task harder without moving the answer (at 0, their default, the data is exactly
+    what it was before they existed, draw for draw):
+
+    - `early_noise`: `round(early_noise * early_length)` of the early events (at most all but `num_interests`,
+      which still show each interest once) come from the user's noise categories instead of the interests,
+      at random positions of the early part.
+    - `interest_drift`: `round(interest_drift * late_length)` of the late events come from the user's drift
+      categories (uniformly among them, at random positions of the late part), the others from noise. Drift
+      categories are new interests shown only late: they never occur early and never serve as targets, so
+      the late history is structured but says nothing about the label; held-out categories still never occur
+      anywhere in the history. Needs `num_categories > 3 * num_interests`, leaving at least one noise category.
     """
-    if not (1 <= num_interests and 2 * num_interests < num_categories <= num_items):
-        raise ValueError("need 1 <= num_interests, 2 * num_interests < num_categories <= num_items")
+    drift_categories = num_interests if interest_drift > 0 else 0
+    if not (1 <= num_interests and 2 * num_interests + drift_categories < num_categories <= num_items):
+        raise ValueError(
+            "need 1 <= num_interests, (3 with interest_drift, else 2) * num_interests < num_categories <= num_items"
+        )
     if history_length <= num_interests:
         raise ValueError(f"history_length must exceed num_interests ({num_interests}), got {history_length}")
+    if not (0.0 <= early_noise <= 1.0 and 0.0 <= interest_drift <= 1.0):
+        raise ValueError(f"early_noise and interest_drift must be in [0, 1], got {early_noise}, {interest_drift}")
     rng = np.random.default_rng(seed)
     early_length = max(num_interests, round(0.1 * history_length))
     late_length = history_length - early_length
+    early_noisy = min(round(early_noise * early_length), early_length - num_interests)
+    late_drifted = round(interest_drift * late_length)
     items_per_category = num_items // num_categories  # every category has at least this many items
 
     categories = rng.permuted(np.tile(np.arange(1, num_categories + 1), (num_users, 1)), axis=1)
     interests = categories[:, :num_interests]
     held_out = categories[:, num_interests : 2 * num_interests]
-    noise = categories[:, 2 * num_interests :]
+    drift = categories[:, 2 * num_interests : 2 * num_interests + drift_categories]
+    noise = categories[:, 2 * num_interests + drift_categories :]
 
-    # The first num_interests early events show each interest once, so every interest really occurs.
-    picks = rng.integers(num_interests, size=(num_users, early_length - num_interests))
-    early = np.concatenate([interests, np.take_along_axis(interests, picks, axis=1)], axis=1)
-    early = rng.permuted(early, axis=1)
-    picks = rng.integers(noise.shape[1], size=(num_users, late_length))
-    history_categories = np.concatenate([early, np.take_along_axis(noise, picks, axis=1)], axis=1)
+    def draw(among: np.ndarray, count: int) -> np.ndarray:
+        """`count` categories per user, each uniformly one of that user's `among`: (num_users, count)."""
+        return np.take_along_axis(among, rng.integers(among.shape[1], size=(num_users, count)), axis=1)
+
+    # The first num_interests early events show each interest once, so every interest really occurs. Draws
+    # happen in this order whatever the options, and only when they draw anything, so option 0 changes nothing.
+    early = [interests, draw(interests, early_length - num_interests - early_noisy)]
+    if early_noisy:
+        early.append(draw(noise, early_noisy))
+    early = rng.permuted(np.concatenate(early, axis=1), axis=1)
+    late = draw(noise, late_length - late_drifted)
+    if late_drifted:
+        late = rng.permuted(np.concatenate([late, draw(drift, late_drifted)], axis=1), axis=1)
+    history_categories = np.concatenate([early, late], axis=1)
 
     label = rng.permutation(np.arange(num_users) % 2)
     pick = rng.integers(num_interests, size=num_users)
