@@ -54,6 +54,7 @@ from rm_hf.script_utils import (
     load_pretrained_encoder,
     parse_script_args,
     refuse_fixed_flags,
+    script_default,
     train_metrics,
     with_encoder_weights,
 )
@@ -174,24 +175,16 @@ class DataArguments:
             raise ValueError(f"--data {self.data} needs {' and '.join(missing)}.")
 
 
-TRAINER_FIELDS = {f.name: f for f in dataclasses.fields(RehearsalTrainingArguments)}
-
-
-def script_default(name: str, default):
-    """The Trainer flag `name` with this script's `default` (and Trainer's help)."""
-    return field(default=default, metadata=TRAINER_FIELDS[name].metadata)
-
-
 @dataclass
 class ClickTrainingArguments(RehearsalTrainingArguments):
     """Trainer's flags, with defaults that train the default model on the default task (AUC 1.0 after the 800
     steps, 2-3 minutes on one CPU thread), where Trainer's own (learning rate 5e-5, no warm-up) leave it at chance.
     For other data set --max_steps, or -1 to train for --num_train_epochs."""
 
-    learning_rate: float = script_default("learning_rate", 3e-3)
-    warmup_steps: float = script_default("warmup_steps", 0.05)
-    max_steps: int = script_default("max_steps", 800)
-    per_device_train_batch_size: int = script_default("per_device_train_batch_size", 16)
+    learning_rate: float = script_default(RehearsalTrainingArguments, "learning_rate", 3e-3)
+    warmup_steps: float = script_default(RehearsalTrainingArguments, "warmup_steps", 0.05)
+    max_steps: int = script_default(RehearsalTrainingArguments, "max_steps", 800)
+    per_device_train_batch_size: int = script_default(RehearsalTrainingArguments, "per_device_train_batch_size", 16)
 
 
 def load_data(args: DataArguments):
@@ -341,10 +334,6 @@ def main(argv: list[str] | None = None) -> None:
     (model_args, data_args, training_args), given = parse_script_args(
         (ModelArguments, DataArguments, ClickTrainingArguments), __doc__, argv
     )
-    # Trainer pickles its arguments into the output (training_args.bin). As the library's class, which they differ
-    # from only in defaults, they load without this script, and pickle even where the script was loaded by path
-    # (tests run it in-process), whose own classes pickle cannot find by name.
-    training_args.__class__ = RehearsalTrainingArguments
     # Named, so evaluation returns label ids for compute_metrics (Trainer cannot infer them here). remove_unused_columns
     # drops only `user_id`: the Trainer keeps `label` for the collator, which turns it into `labels`.
     training_args.label_names = ["labels"]

@@ -1,10 +1,11 @@
 """What `examples/run_qa.py` and `examples/run_ctr.py` share around their own work: the command line (the module
 docstring as `--help`'s description, a required `--output_dir`, which flags were given), which stages run when
-neither `--do_train` nor `--do_eval` is given, flags that a checkpoint or a pretrained encoder already fixes, a head
+neither `--do_train` nor `--do_eval` is given, a script's own defaults for Trainer flags, flags that a checkpoint or a pretrained encoder already fixes, a head
 around a pretrained encoder, a warning when a launcher started one process where several were asked for, and the
 training metrics of a retried run that had nothing left to train."""
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -23,6 +24,12 @@ TRAIN_RESULTS_NAME = "train_results.json"
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults in each flag's help (as HfArgumentParser gives them), and the description laid out as written."""
+
+
+def script_default(arguments: type, name: str, default):
+    """A field of the `arguments` dataclass (e.g. a Trainer flag) with this script's `default`, keeping its help.
+    `parse_script_args` gives such a subclass of the package's `RehearsalTrainingArguments` back as that class."""
+    return dataclasses.field(default=default, metadata=arguments.__dataclass_fields__[name].metadata)
 
 
 def parse_script_args(dataclass_types: Iterable[type], doc: str, argv: list[str] | None) -> tuple[tuple, set[str]]:
@@ -46,6 +53,13 @@ def parse_script_args(dataclass_types: Iterable[type], doc: str, argv: list[str]
     parser._action_groups.remove(training)
     parser._action_groups.append(training)
     parsed = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    for arguments in parsed:
+        # Trainer pickles its arguments into the output (training_args.bin). A script's subclass differs from the
+        # library's class only in defaults (`script_default`): as the library's class they load without the
+        # script, and pickle even where the script was loaded by path (tests run it in-process), whose own
+        # classes pickle cannot find by name.
+        if isinstance(arguments, TrainingArguments) and not type(arguments).__module__.startswith("rm_hf"):
+            arguments.__class__ = next(c for c in type(arguments).__mro__ if c.__module__.startswith("rm_hf"))
     return tuple(parsed), given_arguments(dataclass_types, argv)
 
 
