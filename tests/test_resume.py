@@ -232,8 +232,8 @@ def test_an_output_dir_holding_another_run_is_refused_and_last_resumes_only_this
 
     # Another run (a wider model) into the same folder: refused. With --overwrite_output_dir it trains from scratch,
     # and `last` passes over the first run's checkpoint (loading it was a size-mismatch crash).
-    other = [*first, "--hidden_size", "48", "--learning_rate", "1e-3"]
-    difference = "--hidden_size 32 there, 48 here; --learning_rate 5e-05 there, 0.001 here"
+    other = [*first, "--hidden_size", "48", "--learning_rate", "2e-3"]
+    difference = "--hidden_size 32 there, 48 here; --learning_rate 0.001 there, 0.002 here"
     with pytest.raises(ValueError, match=f"holds another run \\({difference}\\)"):
         main(["--output_dir", str(tmp_path), *other])
     results = json.loads((tmp_path / "all_results.json").read_text())
