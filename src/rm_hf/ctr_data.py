@@ -802,6 +802,26 @@ def _log_bad_lines(vocab: BehaviorVocab, path: Path) -> None:
         logger.warning("Skipped %d malformed lines while reading %s", vocab.bad_lines, path)
 
 
+def _read_item_events(path: Path, vocab: BehaviorVocab, skip_bad_lines: bool, max_line_bytes: int, **layout):
+    """The events of a CSV with item and category ids (Taobao, a behaviour log), in line order among equal times:
+    (event log, names of the columns read). `layout`: `_read_csv`'s `layout` or `read_header`. A log without a
+    behaviour column is all pv; one without labels, all clicks."""
+    values = _read_csv(path, vocab, skip_bad_lines, max_line_bytes=max_line_bytes, **layout)
+    _log_bad_lines(vocab, path)
+    item, category = _number_items(vocab, values["item"], values["category"])
+    events = len(item)
+    log = _event_log(
+        path,
+        values,
+        tiebreak=None,  # the line order
+        item=item,
+        category=category,
+        behavior=values["behavior"].to_numpy() if "behavior" in values else np.full(events, BEHAVIOR_TYPES["pv"]),
+        label=values["label"].to_numpy() if "label" in values else np.ones(events, dtype=np.int8),
+    )
+    return log, frozenset(values)  # the parsed columns themselves are freed here, before the events are sorted
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Readers
 
@@ -896,19 +916,7 @@ def load_taobao(
         )
     path = Path(path)
     vocab = BehaviorVocab()
-    values = _read_csv(path, vocab, skip_bad_lines, max_line_bytes=max_line_bytes, layout=_TAOBAO_LAYOUT)
-    _log_bad_lines(vocab, path)
-    item, category = _number_items(vocab, values["item"], values["category"])
-    log = _event_log(
-        path,
-        values,
-        tiebreak=None,  # the line order
-        item=item,
-        category=category,
-        behavior=values["behavior"].to_numpy(),
-        label=np.ones(len(item), dtype=np.int8),
-    )
-    del values  # the parsed columns, before sorting the events
+    log, _ = _read_item_events(path, vocab, skip_bad_lines, max_line_bytes, layout=_TAOBAO_LAYOUT)
 
     rng = np.random.default_rng(seed)
     samples = _event_samples(log, min_history=min_history, max_history=max_history, last_only=True)
@@ -958,21 +966,8 @@ def load_behavior_log(
             read[columns["behavior"]] = _BEHAVIOR_COLUMN
         return _Layout(tuple(header), read)
 
-    values = _read_csv(path, vocab, skip_bad_lines, max_line_bytes=max_line_bytes, read_header=layout)
-    _log_bad_lines(vocab, path)
-    item, category = _number_items(vocab, values["item"], values["category"])
-    events = len(item)
-    has_label = "label" in values
-    log = _event_log(
-        path,
-        values,
-        tiebreak=None,  # the line order
-        item=item,
-        category=category,
-        behavior=values["behavior"].to_numpy() if "behavior" in values else np.full(events, BEHAVIOR_TYPES["pv"]),
-        label=values["label"].to_numpy() if has_label else np.ones(events, dtype=np.int8),
-    )
-    del values  # the parsed columns, before sorting the events
+    log, columns = _read_item_events(path, vocab, skip_bad_lines, max_line_bytes, read_header=layout)
+    has_label = "label" in columns
 
     rng = np.random.default_rng(seed)
     copies = 1 if has_label else 2
