@@ -52,9 +52,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 from bench_babi import DEFAULT_BABI, parse_tasks, run_qa  # run_qa: examples/run_qa.py, put on the path there
-from cost_utils import RESULTS, provenance
+from cost_utils import RESULTS, TrainingCpuClock, provenance
 from tqdm.auto import tqdm
-from transformers import TrainerCallback
 
 SYSTEMS = {
     "rm_rehearsal": "--model rm --story_items sentences --segment_length 4",
@@ -70,35 +69,32 @@ SETTINGS = ("cpu_budget", "max_steps", "eval_every", "eval_questions", "batch_si
 THRESHOLDS = (0.95, 0.99)
 
 
-class TrainingCpuClock(TrainerCallback):
-    """Training CPU seconds (see the module docstring), a curve point at each evaluation, the budget stop."""
+class CurveClock(TrainingCpuClock):
+    """The training CPU clock (see the module docstring), with a curve point at each evaluation and one last
+    evaluation when the budget stops training."""
 
     def __init__(self, cpu_budget: float):
-        self.cpu_budget = cpu_budget
-        self.curve, self.step_seconds = [], []
+        super().__init__(cpu_budget)
+        self.curve = []
 
     def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
         self.batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-        self.train_cpu = 0.0
-        self.mark = time.process_time()  # start of the training stretch not yet counted
 
     def on_step_end(self, args, state, control, **kwargs):
-        now = time.process_time()
-        self.step_seconds.append(now - self.mark)
-        self.train_cpu += now - self.mark
-        self.mark = now
-        if self.train_cpu >= self.cpu_budget:  # out of budget: one last point, then stop
-            control.should_training_stop = control.should_evaluate = True
+        super().on_step_end(args, state, control, **kwargs)
+        if self.train_cpu >= self.cpu_budget:  # out of budget: one last point
+            control.should_evaluate = True
 
     def on_evaluate(self, args, state, control, metrics, **kwargs):
         point = {"step": state.global_step, "train_cpu_seconds": self.train_cpu, "accuracy": metrics["eval_accuracy"]}
         self.curve.append(point)
-        self.mark = time.process_time()  # the evaluation's CPU is not training's
+        super().on_evaluate(args, state, control, **kwargs)
 
 
 def run_curve(args, flags: list[str], task: int, seed: int) -> dict:
     """Train one system on one task with run_qa; its curve and summary."""
-    clock = TrainingCpuClock(args.cpu_budget)
+    clock = CurveClock(args.cpu_budget)
     argv = [
         "--babi_dir", str(args.babi_dir), "--tasks", str(task), "--seed", str(seed), "--do_train",
         "--max_steps", str(args.max_steps), "--per_device_train_batch_size", str(args.batch_size),

@@ -44,9 +44,9 @@ from pathlib import Path
 
 import torch
 from bench_ctr import VARIANTS, run_ctr  # run_ctr: the example script, as bench_ctr imports it
-from cost_utils import RESULTS, provenance
+from cost_utils import RESULTS, TrainingCpuClock, provenance
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import TrainerCallback, set_seed
+from transformers import set_seed
 
 from rm_hf.ctr_data import ClickCollator, generate_behavior_histories
 from rm_hf.trainer import RehearsalMemoryTrainer
@@ -63,36 +63,13 @@ SYSTEMS = {
 DEFAULT_SYSTEMS = [name for name in SYSTEMS if name != "mean_pool"]
 # the issue's targets: system -> the least AUC difference RM with rehearsal must have over it on every seed
 TARGETS = {"target_attention_last100": 0.1, "target_attention_last200": 0.1, "target_attention_full": -0.01}
+# the generator's arguments, flags of the same name
+DATA = ("num_users", "history_length", "num_items", "num_categories", "num_interests", "early_noise", "interest_drift")
 # arguments that say where and what runs, not how: runs of other settings must not be mixed
 NOT_SETTINGS = ("systems", "seeds", "output_dir", "overwrite")
 
 
-class CPUBudget(TrainerCallback):
-    """Stops training at the end of the step in which this process has spent `seconds` of CPU since training
-    began; `used` is the CPU spent up to the end of the last step, `fraction()` the share spent so far (the clock
-    of the learning-rate schedule)."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self.start = None
-        self.used = 0.0
-
-    def spent(self) -> float:
-        return 0.0 if self.start is None else time.process_time() - self.start
-
-    def fraction(self) -> float:
-        return min(1.0, self.spent() / self.seconds)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.process_time()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.used = self.spent()
-        if self.used >= self.seconds:
-            control.should_training_stop = True
-
-
-def budget_schedule(optimizer, budget: CPUBudget, warmup: float) -> LambdaLR:
+def budget_schedule(optimizer, budget: TrainingCpuClock, warmup: float) -> LambdaLR:
     """Linear warm-up over the first `warmup` share of the CPU budget, then linear decay to 0 at its end."""
 
     def factor(_step: int) -> float:
@@ -124,7 +101,7 @@ def train_and_test(args, system: str, seed: int, datasets, vocab, work_dir: str)
         disable_tqdm=True,
         report_to="none",
     )
-    budget = CPUBudget(args.cpu_seconds)
+    budget = TrainingCpuClock(args.cpu_seconds)
     trainer = RehearsalMemoryTrainer(
         model=model,
         args=training_args,
@@ -137,7 +114,7 @@ def train_and_test(args, system: str, seed: int, datasets, vocab, work_dir: str)
     trainer.create_optimizer()  # run_ctr's AdamW; the schedule below replaces the step-counting one
     trainer.lr_scheduler = budget_schedule(trainer.optimizer, budget, training_args.warmup_steps)
     result = trainer.train()
-    train_cpu = budget.used
+    train_cpu = budget.train_cpu
     samples = trainer.state.global_step * training_args.per_device_train_batch_size
     eval_start = time.process_time()
     metrics = trainer.evaluate()
@@ -250,16 +227,7 @@ def main():
     settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
     runs = stored_runs(path, settings, args.overwrite)
 
-    datasets, vocab = generate_behavior_histories(
-        num_users=args.num_users,
-        history_length=args.history_length,
-        num_items=args.num_items,
-        num_categories=args.num_categories,
-        num_interests=args.num_interests,
-        seed=args.data_seed,
-        early_noise=args.early_noise,
-        interest_drift=args.interest_drift,
-    )
+    datasets, vocab = generate_behavior_histories(**{name: getattr(args, name) for name in DATA}, seed=args.data_seed)
 
     def save() -> dict:
         results = {

@@ -1,5 +1,5 @@
-"""Helpers shared by `bench_cost.py` and `bench_long_input.py`: the benchmark model, streaming writes, the
-full-access baseline, and peak-RSS measurement in a fresh process.
+"""Helpers shared by the benchmarks: the benchmark model, streaming writes, the full-access baseline, peak-RSS
+measurement in a fresh process, and a Trainer callback that counts training CPU seconds against a budget.
 
 Peak memory is the peak resident set size (RSS) of a new process per measurement, which builds the model,
 warms it up on a short input, then does one measured job (stream L tokens into memory, or answer one
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from transformers import TrainerCallback
 
 from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForQuestionAnswering
 
@@ -274,3 +275,32 @@ def machine() -> dict:
 def provenance() -> dict:
     """The machine and the exact command line that produced a result, for the top of every results JSON."""
     return {"machine": machine(), "command": " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])}
+
+
+class TrainingCpuClock(TrainerCallback):
+    """Training CPU seconds of this process (`time.process_time()`: every thread's user and system time), from the
+    Trainer's `on_train_begin` to the end of each optimizer step, less every evaluation (the stretch from the end of
+    the step before it to its end). Training stops at the end of the step that spends `cpu_budget`. `step_seconds`
+    holds each step's CPU; `fraction()`, the share of the budget spent so far (a learning-rate schedule's clock)."""
+
+    def __init__(self, cpu_budget: float):
+        self.cpu_budget = cpu_budget
+        self.train_cpu, self.mark, self.step_seconds = 0.0, None, []
+
+    def fraction(self) -> float:
+        running = 0.0 if self.mark is None else time.process_time() - self.mark
+        return min(1.0, (self.train_cpu + running) / self.cpu_budget)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.mark = time.process_time()  # start of the training stretch not yet counted
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.process_time()
+        self.step_seconds.append(now - self.mark)
+        self.train_cpu += now - self.mark
+        self.mark = now
+        if self.train_cpu >= self.cpu_budget:
+            control.should_training_stop = True
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.mark = time.process_time()  # the evaluation's CPU is not training's
