@@ -381,9 +381,8 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
         block = segment * SEGMENTS_PER_ENCODER_CALL
         for block_start in range(0, length, block):
             span = slice(block_start, block_start + block)
-            items, embeds, mask = self._encode_segments(
-                inputs[:, span], attention_mask[:, span].bool()
-            )  # (B, n, S, .)
+            # (B, n, S, E) features and embeddings, (B, n, S) mask
+            items, embeds, mask = self._encode_segments(inputs[:, span], attention_mask[:, span].bool())
             values = None
             if memory_values is not None:  # (B, n, S), padded like the items
                 values = memory_values[:, span]
@@ -432,9 +431,10 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
             active_embeds = self.embed_items(**{kind: segments[active]})  # (A, S, E)
             active_mask = mask[active]
             encoded = self.encoder(inputs_embeds=active_embeds, attention_mask=active_mask.long()).last_hidden_state
-            keep = active_mask.unsqueeze(-1).to(encoded.dtype)  # padded items read as zero
-            items = items.index_copy(0, active, encoded * keep)
-            embeds = embeds.index_copy(0, active, active_embeds * keep)
+            keep = active_mask.unsqueeze(-1)  # padded items read as zero
+            # (cast: under autocast the encoder may answer in another dtype than the buffers')
+            items = items.index_copy(0, active, (encoded * keep).to(items.dtype))
+            embeds = embeds.index_copy(0, active, (active_embeds * keep).to(embeds.dtype))
         shape = (batch, count, segment)
         return items.view(*shape, width), embeds.view(*shape, width), mask.view(shape)
 
