@@ -133,8 +133,8 @@ def test_teacher_sampler_draws_where_the_teacher_attends():
     attention[0, 30] = 0.8
     config = tiny_config(sampler_mode="teacher", rehearsal_fragment_length=4, num_rehearsal_fragments=1)
     sampler = RehearsalMemoryHistorySampler(config)
-    hits = sum(sampler(mask, teacher_attention=attention).item() == 30 for _ in range(200))
-    assert hits > 120  # 0.9 * 0.8 + 0.1 / 97 of the mass on start 30; uniform would give about 2
+    hits = sum(sampler(mask, teacher_scores=attention.log()).item() == 30 for _ in range(200))
+    assert hits > 120  # 0.9 * 0.8 / 0.994 + 0.1 / 97 of the mass on start 30; uniform would give about 2
 
 
 def test_age_buckets_are_exact_near_the_end_then_two_per_doubling():

@@ -51,7 +51,7 @@ def draw_fragment_starts(log_probs: torch.Tensor, starts_ok: torch.Tensor, num_f
     return starts
 
 
-# How far back a fragment lies, in buckets: exact below 8 items, then two buckets per doubling (up to ~2^25 items).
+# How far back a fragment lies, in buckets: exact below 8 items, then two per doubling (the last from ~6M items back).
 EXACT_AGES = 8
 NUM_AGE_BUCKETS = 48
 
@@ -88,13 +88,12 @@ class RehearsalMemoryTeacher(nn.Module):
 
     def forward(self, summaries, starts_ok, query, ages):
         # summaries (B, T, E) detached, starts_ok (B, T), query (B, D) detached, ages (B, T) buckets
-        # -> attention over fragment starts (B, T) and task logits (B, num_outputs)
+        # -> attention scores over fragment starts (B, T), -inf where no fragment starts, and task logits (B, C)
         q = self.query_projection(query)  # (B, E)
         keys = summaries + self.age_embeddings(ages)  # (B, T, E)
-        scores = torch.einsum("bte,be->bt", keys, q) / q.shape[-1] ** 0.5
-        attention = scores.masked_fill(~starts_ok, float("-inf")).softmax(dim=1)
-        readout = torch.einsum("bt,bte->be", attention, keys)  # (B, E)
-        return attention, self.head(torch.cat([readout, query], dim=-1))
+        scores = (torch.einsum("bte,be->bt", keys, q) / q.shape[-1] ** 0.5).masked_fill(~starts_ok, float("-inf"))
+        readout = torch.einsum("bt,bte->be", scores.softmax(dim=1), keys)  # (B, E)
+        return scores, self.head(torch.cat([readout, query], dim=-1))
 
 
 class RehearsalMemoryHistorySampler(nn.Module):
@@ -109,16 +108,16 @@ class RehearsalMemoryHistorySampler(nn.Module):
         self.temperature = config.sampler_temperature
         self.uniform_floor = config.sampler_uniform_floor
 
-    def forward(self, attention_mask, fragment_weights=None, teacher_attention=None):
-        """Fragment starts (B, J). fragment_weights (B, T): per-item importance, for `external`; teacher_attention
-        (B, T): the teacher's attention over fragment starts, for `teacher`."""
+    def forward(self, attention_mask, fragment_weights=None, teacher_scores=None):
+        """Fragment starts (B, J). fragment_weights (B, T): per-item importance, for `external`; teacher_scores
+        (B, T): the teacher's attention scores over fragment starts (before its softmax), for `teacher`."""
         starts_ok = valid_starts(attention_mask, self.fragment_length)  # (B, T)
         if self.mode == "uniform":
             scores = torch.zeros(starts_ok.shape, device=starts_ok.device)
         elif self.mode == "external":
             scores = self.external_scores(fragment_weights, attention_mask)
         else:
-            scores = torch.log(teacher_attention.detach().clamp_min(1e-12))
+            scores = teacher_scores.detach()
         log_probs = self.mix_with_floor(scores / self.temperature, starts_ok)
         return draw_fragment_starts(log_probs, starts_ok, self.num_fragments)
 

@@ -257,18 +257,18 @@ class RehearsalMemoryObjective(nn.Module):
         """The fragment starts (B, J) to rehearse, and the sampler's loss (the teacher's task loss, given labels, with
         `sampler_mode="teacher"`; None otherwise). Arguments as for `forward`."""
         _, attention_mask = story_targets(story)
-        teacher_attention = sampler_loss = None
+        teacher_scores = sampler_loss = None
         if self.teacher is not None:
             if query is None:
                 raise ValueError("sampler_mode='teacher' needs the task query (the head passes it).")
             length = self.sampler.fragment_length
             summaries = fragment_summaries(written.item_features.detach(), attention_mask, length)  # (B, T, E)
-            teacher_attention, teacher_logits = self.teacher(
+            teacher_scores, teacher_logits = self.teacher(
                 summaries, valid_starts(attention_mask, length), query.detach(), age_buckets(attention_mask)
             )
             if labels is not None:
                 sampler_loss = task_loss(teacher_logits, labels)
-        return self.sampler(attention_mask, fragment_weights, teacher_attention), sampler_loss
+        return self.sampler(attention_mask, fragment_weights, teacher_scores), sampler_loss
 
 
 def story_targets(story: dict) -> tuple[torch.Tensor, torch.Tensor]:
