@@ -134,7 +134,7 @@ class ModelArguments:
     )
     # Rehearsal's size: 2 fragments for a quarter of each batch's stories, read by a 1-layer rehearsal model, where
     # the config's defaults (4 fragments of every story, 2 layers) made a bAbI qa1 step with sentence items cost
-    # 3.2x one without; at equal training CPU these reached 99.6% on qa1 in 60 s, the config's 91.3%
+    # about 3x one without; at equal training CPU these reached 99.6% on qa1 in 60 s, the config's 91.3%
     # (bench/results/babi_sweep/babi_curves.json, one seed).
     num_rehearsal_fragments: int = field(default=2, metadata={"help": "Fragments rehearsed per story."})
     rehearsal_fragment_length: int = field(default=8)
