@@ -106,7 +106,9 @@ def fragment_coverage(model, rows, draws=5):
             query = model.encode_question(batch["question_input_ids"], batch["question_attention_mask"])
             support = batch["fragment_weights"]  # (B, T) 1 on supporting-fact items
             for _ in range(draws):
-                starts, _ = model.rehearsal.draw_fragments(written, story, query, fragment_weights=support)
+                starts, _ = model.rehearsal.draw_fragments(
+                    written.item_features, story["attention_mask"], query, fragment_weights=support
+                )
                 positions = (starts.unsqueeze(-1) + torch.arange(length)).clamp(max=support.shape[1] - 1)
                 hits = support.gather(1, positions.flatten(1)).view_as(positions).amax(-1)  # (B, J)
                 covered += hits.sum().item()

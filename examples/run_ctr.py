@@ -107,13 +107,16 @@ class ModelArguments:
     sampler_mode: Literal["uniform", "teacher"] = field(
         default="uniform", metadata={"help": "Which fragments of the history `rm` rehearses."}
     )
-    num_rehearsal_fragments: int = field(default=4, metadata={"help": "Fragments rehearsed per history."})
+    # Rehearsal's size: 2 fragments of a quarter of each batch's histories through a 1-layer rehearsal model keep
+    # a training step with rehearsal within ~1.2x of one without (bench/results/ctr_train_cost.json), where the config's
+    # 4 fragments of every history through 2 layers cost ~1.3-1.5x.
+    num_rehearsal_fragments: int = field(default=2, metadata={"help": "Fragments rehearsed per history."})
     rehearsal_batch_fraction: float = field(
-        default=1.0, metadata={"help": "Share of each batch's histories rehearsed per step; rehearsal's cost scales."}
+        default=0.25, metadata={"help": "Share of each batch's histories rehearsed per step; rehearsal's cost scales."}
     )
-    rehearsal_num_layers: int = field(default=2, metadata={"help": "Layers of the rehearsal model."})
+    rehearsal_num_layers: int = field(default=1, metadata={"help": "Layers of the rehearsal model."})
     # The sizes default to a small model (the one bench/bench_ctr.py compares) that, with the training defaults,
-    # learns the default synthetic task in 2-3 minutes on one CPU thread: bench/results/ctr_defaults.json.
+    # learns the default synthetic task in about a minute on one CPU thread: bench/results/ctr_defaults.json.
     num_memory_slots: int = field(default=8, metadata={"help": "K, the memory slots per user."})
     memory_type: Literal[(*MEMORY_TYPES, *MEMORY_TYPE_ALIASES)] = field(
         default="slots",
@@ -123,10 +126,17 @@ class ModelArguments:
         },
     )
     memory_capacity: int = field(default=128, metadata={"help": "Entries kept by expire_span, lamemo and key_value."})
-    segment_length: int = field(default=100, metadata={"help": "Behaviours written into memory per step."})
+    segment_length: int = field(default=250, metadata={"help": "Behaviours written into memory per step."})
     item_embedding_dim: int = field(default=16, metadata={"help": "Item and category embedding size."})
     hidden_size: int = field(default=32, metadata={"help": "Encoder width, memory slot size and MLP width."})
-    num_layers: int = field(default=1, metadata={"help": "Encoder (BERT) layers."})
+    num_layers: int = field(
+        default=0,
+        metadata={
+            "help": "Encoder (BERT) layers. 0 by default: behaviours enter the memory through BERT's embeddings "
+            "(position within the segment, layer norm) only. A layer costs more per step than the memory writes "
+            "(bench/results/ctr_train_cost.json) and the default task is learned without one."
+        },
+    )
     num_attention_heads: int = field(default=2, metadata={"help": "Heads of the encoder, memory and rehearsal."})
     dropout: float = field(
         default=0.0,
@@ -177,14 +187,15 @@ class DataArguments:
 
 @dataclass
 class ClickTrainingArguments(RehearsalTrainingArguments):
-    """Trainer's flags, with defaults that train the default model on the default task (AUC 1.0 after the 800
-    steps, 2-3 minutes on one CPU thread), where Trainer's own (learning rate 5e-5, no warm-up) leave it at chance.
-    For other data set --max_steps, or -1 to train for --num_train_epochs."""
+    """Trainer's flags, with defaults that train the default model on the default task (AUC 1.0 after the 400
+    steps, about a minute on one CPU thread), where Trainer's own (learning rate 5e-5, no warm-up) leave it at
+    chance. Batches of 64: a step has a fixed cost (the segment loop, the rehearsal model) that batches of 16 pay
+    four times as often per history. For other data set --max_steps, or -1 to train for --num_train_epochs."""
 
     learning_rate: float = script_default(RehearsalTrainingArguments, "learning_rate", 3e-3)
     warmup_steps: float = script_default(RehearsalTrainingArguments, "warmup_steps", 0.05)
-    max_steps: int = script_default(RehearsalTrainingArguments, "max_steps", 800)
-    per_device_train_batch_size: int = script_default(RehearsalTrainingArguments, "per_device_train_batch_size", 16)
+    max_steps: int = script_default(RehearsalTrainingArguments, "max_steps", 400)
+    per_device_train_batch_size: int = script_default(RehearsalTrainingArguments, "per_device_train_batch_size", 64)
 
 
 def load_data(args: DataArguments):

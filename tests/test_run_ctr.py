@@ -223,11 +223,11 @@ def test_training_defaults_are_the_scripts_and_flags_given_win(tmp_path, capsys)
         example_main("run_ctr")(["--help"])
     text = " ".join(capsys.readouterr().out.split())  # help lines are wrapped
     assert "The initial learning rate for the optimizer. (default: 0.003)" in text
-    assert "(ratio of total steps). (default: 0.05)" in text and "for training. (default: 16)" in text
+    assert "(ratio of total steps). (default: 0.05)" in text and "for training. (default: 64)" in text
     g = script_globals()
     types = (g["ModelArguments"], g["DataArguments"], g["ClickTrainingArguments"])
     (_, _, args), _ = g["parse_script_args"](types, "", ["--output_dir", str(tmp_path)])
-    defaults = {"learning_rate": 3e-3, "warmup_steps": 0.05, "max_steps": 800, "per_device_train_batch_size": 16}
+    defaults = {"learning_rate": 3e-3, "warmup_steps": 0.05, "max_steps": 400, "per_device_train_batch_size": 64}
     assert {name: getattr(args, name) for name in defaults} == defaults
     (_, _, args), _ = g["parse_script_args"](
         types, "", ["--output_dir", str(tmp_path), "--learning_rate", "1e-4", "--max_steps", "-1"]

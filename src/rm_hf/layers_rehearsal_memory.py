@@ -156,7 +156,7 @@ class RehearsalMemoryAttention(nn.Module):
             if mask is not None:
                 scores = scores + mask if mask.is_floating_point() else scores.masked_fill(~mask, -math.inf)
             log_mass = scores.logsumexp(-1)  # (B, h, Q)
-            out = torch.softmax(scores, dim=-1) @ v  # (B, h, Q, D/h)
+            out = torch.exp(scores - log_mass.unsqueeze(-1)) @ v  # the softmax, from its normaliser: (B, h, Q, D/h)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, Q, D/h)
         if blind is not None:

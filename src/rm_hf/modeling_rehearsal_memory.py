@@ -202,16 +202,12 @@ class RehearsalMemoryModelOutput(ModelOutput):
             state (a dict of per-sequence tensors) for the others.
         item_features (`torch.FloatTensor` of shape `(batch_size, sequence_length, encoder_hidden_size)`, *optional*):
             Encoder features of every item, segment by segment; returned with `output_item_features=True`.
-        item_embeddings (`torch.FloatTensor` of shape `(batch_size, sequence_length, encoder_hidden_size)`, *optional*):
-            Context-free input embeddings of every item (the rehearsal model's inputs); returned with
-            `output_item_features=True`.
     """
 
     # memory_loss comes first: ModelOutput unpacks a dict given as the only non-None first field into fields
     memory_loss: torch.FloatTensor | None = None
     memory: torch.FloatTensor | dict | None = None
     item_features: torch.FloatTensor | None = None
-    item_embeddings: torch.FloatTensor | None = None
 
 
 class RehearsalMemoryPreTrainedModel(RehearsalMemoryCheckpointMixin, PreTrainedModel):
@@ -249,6 +245,11 @@ class RehearsalMemoryPreTrainedModel(RehearsalMemoryCheckpointMixin, PreTrainedM
     def rehearsing(self) -> bool:
         """Whether `forward` runs the rehearsal objective: in training, for a head that holds one."""
         return self.training and getattr(self, "rehearsal", None) is not None
+
+    @property
+    def rehearsal_reads_features(self) -> bool:
+        """Whether `forward` asks the memory machine for item features: the teacher sampler reads them."""
+        return self.rehearsing and self.rehearsal.teacher is not None
 
     def head_output(self, output_class, logits, labels, written, story, query, fragment_weights):
         """A head's output: the task loss given labels and, in training, the rehearsal terms and the memory type's
@@ -366,7 +367,7 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
         memory_values (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
             One id per item for `memory_type="key_value"` (the values it stores); the token ids when omitted.
         output_item_features (`bool`):
-            Also return per-item encoder features and input embeddings (the rehearsal objective needs them).
+            Also return per-item encoder features (the teacher sampler reads them).
         """
         inputs = self._check_inputs(memory, input_ids, input_features, attention_mask)
         batch_size, length = inputs.shape[:2]
@@ -377,12 +378,12 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
         if memory is None:
             memory = self.init_memory(batch_size)
         segment, truncate = self.config.segment_length, self.config.backprop_segments
-        loss_sum, features, embeddings = None, [], []
+        loss_sum, features = None, []
         block = segment * SEGMENTS_PER_ENCODER_CALL
         for block_start in range(0, length, block):
             span = slice(block_start, block_start + block)
-            # (B, n, S, E) features and embeddings, (B, n, S) mask
-            items, embeds, mask = self._encode_segments(inputs[:, span], attention_mask[:, span].bool())
+            # (B, n, S, E) features, (B, n, S) mask
+            items, mask = self._encode_segments(inputs[:, span], attention_mask[:, span].bool())
             values = None
             if memory_values is not None:  # (B, n, S), padded like the items
                 values = memory_values[:, span]
@@ -396,22 +397,19 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
                 if chunk_loss is not None:
                     loss_sum = chunk_loss if loss_sum is None else loss_sum + chunk_loss
             if output_item_features:  # back to (B, T, E), without the last segment's padding
-                real = inputs[:, span].shape[1]
-                features.append(items.flatten(1, 2)[:, :real])
-                embeddings.append(embeds.flatten(1, 2)[:, :real])
+                features.append(items.flatten(1, 2)[:, : inputs[:, span].shape[1]])
         return RehearsalMemoryModelOutput(
             # the memory type's loss per written item
             memory_loss=None if loss_sum is None else loss_sum / attention_mask.sum().clamp_min(1),
             memory=memory,
-            item_features=torch.cat(features, dim=1) if output_item_features else None,
-            item_embeddings=torch.cat(embeddings, dim=1) if output_item_features else None,
+            item_features=(features[0] if len(features) == 1 else torch.cat(features, dim=1)) if features else None,
         )
 
     def _encode_segments(self, inputs, mask):
         """Encode consecutive segments at once: the encoder reads each segment on its own (the memory does not enter
         it), so one call serves them all and only the memory writes run in order. inputs (B, T) ids or (B, T, F)
-        features, mask (B, T) bool -> item features and input embeddings (B, n, S, E) (zero on padding) and the
-        mask (B, n, S), the last segment padded to S items. Segments without a real item are not encoded."""
+        features, mask (B, T) bool -> item features (B, n, S, E) (zero on padding) and the mask (B, n, S), the last
+        segment padded to S items. Segments without a real item are not encoded."""
         batch, length = mask.shape
         segment = self.config.segment_length
         count = -(-length // segment)  # n segments, the last one possibly short
@@ -423,25 +421,26 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
         mask = mask.reshape(batch * count, segment)
         # only segments with a real item are encoded: an all-masked softmax would poison the gradients with NaNs
         active = mask.any(dim=1).nonzero(as_tuple=True)[0]  # (A,)
+        every = active.numel() == batch * count  # the usual case: no gather and scatter of segments
         width = self.config.encoder_config.hidden_size
-        items = torch.zeros(batch * count, segment, width, device=mask.device, dtype=self.dtype)
-        embeds = torch.zeros_like(items)
+        items = None if every else torch.zeros(batch * count, segment, width, device=mask.device, dtype=self.dtype)
         if active.numel():
             kind = "input_features" if segments.is_floating_point() else "input_ids"
-            active_embeds = self.embed_items(**{kind: segments[active]})  # (A, S, E)
-            active_mask = mask[active]
-            encoded = self.encoder(inputs_embeds=active_embeds, attention_mask=active_mask.long()).last_hidden_state
-            keep = active_mask.unsqueeze(-1)  # padded items read as zero
-            # (cast: under autocast the encoder may answer in another dtype than the buffers')
-            items = items.index_copy(0, active, (encoded * keep).to(items.dtype))
-            embeds = embeds.index_copy(0, active, (active_embeds * keep).to(embeds.dtype))
-        shape = (batch, count, segment)
-        return items.view(*shape, width), embeds.view(*shape, width), mask.view(shape)
+            active_mask = mask if every else mask[active]
+            embeds = self.embed_items(**{kind: segments if every else segments[active]})  # (A, S, E)
+            encoded = self.encoder(inputs_embeds=embeds, attention_mask=active_mask.long()).last_hidden_state
+            if not active_mask.all():  # padded items read as zero
+                encoded = encoded * active_mask.unsqueeze(-1)
+            encoded = encoded.to(self.dtype)  # under autocast the encoder may answer in another dtype than the model
+            items = encoded if every else items.index_copy(0, active, encoded)
+        return items.view(batch, count, segment, width), mask.view(batch, count, segment)
 
     def _write_segment(self, memory, items, mask, values):
         """Write one encoded segment: items (B, S, E), mask (B, S) bool, values (B, S) ids or None -> (new memory,
         the memory type's loss sum or None). Rows without a real item keep their memory."""
         active = mask.any(dim=1).nonzero(as_tuple=True)[0]  # (A,)
+        if active.numel() == mask.shape[0]:  # every row writes (the usual case): no gather and scatter of rows
+            return self.bank.write(memory, items, mask, values)
         if active.numel() == 0:
             return memory, None
         values = None if values is None else values[active]
@@ -662,7 +661,9 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
         story_batch = input_ids if input_ids is not None else input_features
         check_qa_batch(story_batch, question_input_ids, labels, self.config.num_labels)
         story = self.story_to_items(input_ids, attention_mask, input_features)
-        written = self.rehearsal_memory(**story, memory=memory, output_item_features=self.rehearsing, return_dict=True)
+        written = self.rehearsal_memory(
+            **story, memory=memory, output_item_features=self.rehearsal_reads_features, return_dict=True
+        )
         query = self.encode_question(question_input_ids, question_attention_mask)  # (B, D)
         logits = self.read(written.memory, query)
         return self.head_output(
@@ -808,7 +809,9 @@ class RehearsalMemoryForClickPrediction(RehearsalMemoryPreTrainedModel):
             target_category=target_category,
         )
         story = self.history_to_items(history_items, history_categories, history_behaviors, attention_mask)
-        written = self.rehearsal_memory(**story, memory=memory, output_item_features=self.rehearsing, return_dict=True)
+        written = self.rehearsal_memory(
+            **story, memory=memory, output_item_features=self.rehearsal_reads_features, return_dict=True
+        )
         query = self.encode_target(target_item, target_category)
         logits = self.read(written.memory, query)
         return self.head_output(

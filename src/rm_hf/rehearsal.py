@@ -39,6 +39,7 @@ from .history_sampler import (
     fragment_summaries,
     valid_starts,
 )
+from .memory_interface import reorder_memory
 
 # Loss weights (the Trainer's defaults): a public re-implementation's 1.0 and 0.5 for recollection and familiarity;
 # the paper's are unknown. The rehearsal terms may be ramped up; the memory type's own loss never is.
@@ -58,12 +59,12 @@ def combine_losses(outputs, weights: dict[str, float] = LOSS_WEIGHTS, rehearsal_
     return loss
 
 
-def gather_items(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """values (B, T, ...) and positions (B, J, R) -> (B, J, R, ...)."""
-    batch, frags, length = positions.shape
-    flat = positions.reshape(batch, frags * length)
-    index = flat.view(batch, -1, *([1] * (values.dim() - 2))).expand(-1, -1, *values.shape[2:])
-    return values.gather(1, index).view(batch, frags, length, *values.shape[2:])
+def gather_items(values: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """values (B, T, ...), rows (N,) and positions (N, J, R) -> (N, J, R, ...): item positions[n, j, r] of sequence
+    rows[n]. One lookup in the flattened batch, so its backward adds into one (B * T, ...) gradient, however many
+    rows and fragments are read."""
+    flat = (rows.view(-1, 1, 1) * values.shape[1] + positions).flatten()  # (N * J * R,)
+    return values.flatten(0, 1).index_select(0, flat).view(*positions.shape, *values.shape[2:])
 
 
 def random_subset(candidates: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -114,24 +115,30 @@ class RehearsalMemoryRehearser(nn.Module):
         init.normal_(self.mask_embedding, std=1.0)  # unit scale, like the normalised items
         init.normal_(self.cls_embedding, std=1.0)
 
-    def forward(self, memory, memory_weights, item_embeddings, targets, attention_mask, starts, token_embeddings=None):
-        """(recollection, familiarity) losses. memory (B, N, D): the entries of a memory's `view`, with their weights
-        (None or (B, N)); item_embeddings (B, T, E): context-free inputs; targets (B, T) token ids or (B, T, F)
-        features; attention_mask (B, T); starts (B, J). `token_embeddings` (V, E): the tied input embedding table,
-        for token targets."""
+    def forward(
+        self, memory, memory_weights, inputs, attention_mask, rows, starts, embed_items, token_embeddings=None
+    ):
+        """(recollection, familiarity) losses of the sequences `rows` (B,) of a batch. memory (B, N, D): their
+        memories' entries (a memory's `view`), with their weights (None or (B, N)); inputs (B0, T) token ids or
+        (B0, T, F) features of the whole batch, which recollection reconstructs (the other sequences give
+        familiarity's negatives); attention_mask (B0, T); starts (B, J); embed_items: the memory machine's
+        context-free item embedding (ids or features -> (..., E)), applied to the few items fragments and negatives
+        hold rather than to the whole input. `token_embeddings` (V, E): the tied input embedding table, for token
+        inputs."""
         batch, num_frags = starts.shape
         offsets = torch.arange(self.fragment_length, device=starts.device)
         positions = (starts.unsqueeze(-1) + offsets).clamp(max=attention_mask.shape[1] - 1)  # (B, J, R)
-        valid = gather_items(attention_mask.bool(), positions) & (
+        valid = gather_items(attention_mask.bool(), rows, positions) & (
             starts.unsqueeze(-1) + offsets < attention_mask.shape[1]
         )
-        items = self.item_projection(gather_items(item_embeddings, positions))  # (B, J, R, H)
+        fragment_inputs = gather_items(inputs, rows, positions)  # (B, J, R) ids or (B, J, R, F)
+        items = self.item_projection(embed_items(fragment_inputs))  # (B, J, R, H)
         masked = random_subset(valid.flatten(0, 1), self.mask_ratio).view_as(valid)  # (B, J, R)
         items = torch.where(masked.unsqueeze(-1), self.mask_embedding.to(items.dtype), items)
 
         replaced = random_subset((valid & ~masked).flatten(0, 1), self.replace_ratio).view_as(valid)
-        donors = self.donor_items(item_embeddings, attention_mask, positions)  # (B, J, R, E)
-        negatives = torch.where(replaced.unsqueeze(-1), self.item_projection(donors), items)
+        donors = self.donor_items(inputs, attention_mask, rows, positions)  # (B, J, R) ids or (B, J, R, F)
+        negatives = torch.where(replaced.unsqueeze(-1), self.item_projection(embed_items(donors)), items)
 
         # positives and negatives in one pass: (2 * B * J, 1 + R, H)
         fragments = torch.cat([items, negatives]).flatten(0, 1)
@@ -159,7 +166,7 @@ class RehearsalMemoryRehearser(nn.Module):
         familiarity = familiarity / real.sum().clamp_min(1)
         predictions = self.recollection_head(hidden[: batch * num_frags, 1:])  # (B * J, R, target_dim)
         predictions = predictions[masked.flatten(0, 1)]  # (N_masked, target_dim)
-        masked_targets = gather_items(targets, positions)[masked]  # (N_masked,) ids or (N_masked, F)
+        masked_targets = fragment_inputs[masked]  # (N_masked,) ids or (N_masked, F)
         if not len(masked_targets):  # no real item in the whole batch: nothing to recollect (a mean would be NaN)
             recollection = predictions.sum()
         elif token_embeddings is not None:
@@ -170,14 +177,13 @@ class RehearsalMemoryRehearser(nn.Module):
             recollection = self.info_nce(predictions, masked_targets.detach())
         return recollection, familiarity
 
-    def donor_items(self, item_embeddings, attention_mask, positions):
+    def donor_items(self, inputs, attention_mask, rows, positions):
         """Items from another sequence of the batch; from another part of the same sequence when the batch has one
-        row or the other row has no real items (an empty history)."""
+        row or the other row has no real items (an empty history). rows (B,), positions (B, J, R) as for `forward`."""
         batch, num_frags, length = positions.shape
-        rows = torch.arange(batch, device=positions.device)
         donors = rows
-        if batch > 1:
-            donors = (rows + torch.randint(1, batch, (batch,), device=positions.device)) % batch
+        if len(inputs) > 1:
+            donors = (rows + torch.randint(1, len(inputs), rows.shape, device=rows.device)) % len(inputs)
             donors = torch.where(attention_mask[donors].bool().any(dim=1), donors, rows)
         real = attention_mask[donors].float().unsqueeze(1).expand(-1, num_frags, -1)  # (B, J, T)
         outside = torch.ones(batch, num_frags, attention_mask.shape[1], device=positions.device)
@@ -188,7 +194,7 @@ class RehearsalMemoryRehearser(nn.Module):
         for fallback in (real, torch.ones_like(outside)):
             weights = torch.where(weights.sum(-1, keepdim=True) > 0, weights, fallback)
         picks = torch.multinomial(weights.reshape(batch * num_frags, -1), length, replacement=True)
-        return gather_items(item_embeddings[donors], picks.view(batch, num_frags, length))
+        return gather_items(inputs, donors, picks.view(batch, num_frags, length))
 
     def info_nce(self, predictions, targets):
         # every other masked item of the batch is a negative for this one, except copies of its own target (the
@@ -230,39 +236,51 @@ class RehearsalMemoryObjective(nn.Module):
         self.batch_fraction = config.rehearsal_batch_fraction
 
     def forward(self, machine, written, story, query=None, labels=None, fragment_weights=None):
-        """Rehearse a batch that `machine` (the RehearsalMemoryModel) has just written with `output_item_features`.
+        """Rehearse a batch that `machine` (the RehearsalMemoryModel) has just written (with `output_item_features`
+        for the teacher, which reads the item features).
 
         written: its output; story: the inputs it wrote (`input_ids` or `input_features`, `attention_mask`);
         query (B, D): the task query, and labels, for the teacher; fragment_weights (B, T): importance per item,
         for `sampler_mode="external"`.
         """
-        targets, attention_mask = story_targets(story)
-        starts, sampler_loss = self.draw_fragments(written, story, query, labels, fragment_weights)
+        # the sequences rehearsed this step: a random share of the batch (all by default); everything below,
+        # sampler and teacher included, sees only them, so its cost scales with the share
+        inputs, attention_mask = story_targets(story)
+        rows = torch.randperm(len(inputs), device=inputs.device)[: math.ceil(self.batch_fraction * len(inputs))]
+        rows = rows.sort().values  # in batch order (all rows: the batch itself)
+        query, labels, fragment_weights, item_features = (
+            None if x is None else x[rows] for x in (query, labels, fragment_weights, written.item_features)
+        )
+        starts, sampler_loss = self.draw_fragments(
+            item_features, attention_mask[rows], query, labels, fragment_weights
+        )
         token_table = machine.get_input_embeddings().weight if story.get("input_features") is None else None
-        entries, weights = machine.view_memory(written.memory)
-        # the sequences rehearsed this step: a random share of the batch (all by default)
-        rows = torch.randperm(len(starts), device=starts.device)[: math.ceil(self.batch_fraction * len(starts))]
+        kind = "input_ids" if token_table is not None else "input_features"
+        entries, weights = machine.view_memory(reorder_memory(written.memory, rows))
         recollection, familiarity = self.rehearser(
-            entries[rows],
-            None if weights is None else weights[rows],
-            written.item_embeddings[rows],
-            targets[rows],
-            attention_mask[rows],
-            starts[rows],
+            entries,
+            weights,
+            inputs,
+            attention_mask,
+            rows,
+            starts,
+            lambda items: machine.embed_items(**{kind: items}),
             token_table,
         )
         return RehearsalMemoryObjectiveOutput(recollection, familiarity, sampler_loss)
 
-    def draw_fragments(self, written, story, query=None, labels=None, fragment_weights=None):
+    def draw_fragments(self, item_features, attention_mask, query=None, labels=None, fragment_weights=None):
         """The fragment starts (B, J) to rehearse, and the sampler's loss (the teacher's task loss, given labels, with
-        `sampler_mode="teacher"`; None otherwise). Arguments as for `forward`."""
-        _, attention_mask = story_targets(story)
+        `sampler_mode="teacher"`; None otherwise). item_features (B, T, E): the memory machine's, for the teacher
+        (None otherwise); attention_mask (B, T); the others as for `forward`."""
         teacher_scores = sampler_loss = None
         if self.teacher is not None:
             if query is None:
                 raise ValueError("sampler_mode='teacher' needs the task query (the head passes it).")
             length = self.sampler.fragment_length
-            summaries = fragment_summaries(written.item_features.detach(), attention_mask, length)  # (B, T, E)
+            if item_features is None:
+                raise ValueError("sampler_mode='teacher' needs the item features (`output_item_features=True`).")
+            summaries = fragment_summaries(item_features.detach(), attention_mask, length)  # (B, T, E)
             teacher_scores, teacher_logits = self.teacher(
                 summaries, valid_starts(attention_mask, length), query.detach(), age_buckets(attention_mask)
             )
