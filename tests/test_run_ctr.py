@@ -275,7 +275,7 @@ def test_run_ctr_builds_rm_on_a_pretrained_encoder(tmp_path):
 def test_every_model_flag_reaches_the_config(tmp_path):
     g = script_globals()
     types = (g["ModelArguments"], g["DataArguments"], g["ClickTrainingArguments"])
-    flags = {"num_rehearsal_fragments": 2, "rehearsal_batch_fraction": 0.25, "rehearsal_num_layers": 1,
+    flags = {"num_rehearsal_fragments": 3, "rehearsal_batch_fraction": 0.5, "rehearsal_num_layers": 2,
              "segment_length": 50, "num_memory_slots": 4, "item_embedding_dim": 8}  # fmt: skip
     argv = ["--output_dir", str(tmp_path), *(f"--{name}={value}" for name, value in flags.items())]
     (model_args, _, _), _ = g["parse_script_args"](types, "", argv)
