@@ -388,12 +388,17 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
             if memory_values is not None:  # (B, n, S), padded like the items
                 values = memory_values[:, span]
                 values = nn.functional.pad(values, (0, mask.shape[1] * segment - values.shape[1])).view(mask.shape)
+            # unbind, not items[:, offset]: the backward of each such slice would allocate (and the engine add) a
+            # zero gradient the size of the whole block, a cost quadratic in the number of segments
+            segment_items, segment_masks = items.unbind(1), mask.unbind(1)
             for offset in range(items.shape[1]):
                 index = block_start // segment + offset
                 if truncate and index and index % truncate == 0:
                     memory = detach_memory(memory)  # earlier segments get no gradient from here on
                 chunk_values = None if values is None else values[:, offset]
-                memory, chunk_loss = self._write_segment(memory, items[:, offset], mask[:, offset], chunk_values)
+                memory, chunk_loss = self._write_segment(
+                    memory, segment_items[offset], segment_masks[offset], chunk_values
+                )
                 if chunk_loss is not None:
                     loss_sum = chunk_loss if loss_sum is None else loss_sum + chunk_loss
             if output_item_features:  # back to (B, T, E), without the last segment's padding
