@@ -5,7 +5,10 @@ the first ~10% of each history, `--early_noise` of those early events are noise,
 late events come from new interests that never serve as targets) for the same budget of training CPU, then its
 AUC on the test users is measured:
 
-- `rm_rehearsal`, `rm_no_rehearsal`: Rehearsal Memory with and without rehearsal; each reads the whole history.
+- `rm_rehearsal`, `rm_no_rehearsal`: Rehearsal Memory with and without rehearsal, trained with its length
+  curriculum (`--rm_history_curriculum`, default 1000:0.4: each history's first 1,000 events for the first 40% of
+  the CPU budget, then whole histories; evaluation reads whole histories). Without it (''), 300 CPU s at 10,000
+  events were ~130 steps and both ended at chance (bench/results/ctr_equal_cpu_whole_histories_partial.json).
 - `target_attention_last100`, `target_attention_last200`: target attention over only the last 100 / 200 events
   (`ClickCollator(max_history=L)`, in training and test), the usual way to bound its request cost. They read
   the same stored whole histories and keep their tails, so fetching a row costs them what it costs the others.
@@ -48,7 +51,12 @@ from cost_utils import RESULTS, TrainingCpuClock, provenance
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import set_seed
 
-from rm_hf.ctr_data import ClickCollator, generate_behavior_histories
+from rm_hf.ctr_data import (
+    ClickCollator,
+    HistoryPrefixCurriculum,
+    generate_behavior_histories,
+    parse_history_curriculum,
+)
 from rm_hf.trainer import RehearsalMemoryTrainer
 
 # name -> (bench_ctr variant, events read: the last L of each history, or None for all)
@@ -89,6 +97,12 @@ def train_and_test(args, system: str, seed: int, datasets, vocab, work_dir: str)
     model_args = run_ctr.ModelArguments(model=model_name, use_rehearsal=use_rehearsal, memory_type=memory_type)
     set_seed(seed)
     model = run_ctr.MODEL_CLASSES[model_name](run_ctr.build_config(model_args, vocab))
+    collator = ClickCollator(max_history=last_events)
+    budget = TrainingCpuClock(args.cpu_seconds)
+    callbacks = [budget]
+    if model_name == "rm" and args.rm_history_curriculum:  # RM's long-input recipe, on the same CPU clock
+        stages = parse_history_curriculum(args.rm_history_curriculum)
+        callbacks.append(HistoryPrefixCurriculum(collator, stages, progress=lambda state: budget.fraction()))
     training_args = run_ctr.ClickTrainingArguments(
         output_dir=f"{work_dir}/{system}_{seed}",
         max_steps=args.max_steps,  # a cap the budget reaches first
@@ -101,15 +115,14 @@ def train_and_test(args, system: str, seed: int, datasets, vocab, work_dir: str)
         disable_tqdm=True,
         report_to="none",
     )
-    budget = TrainingCpuClock(args.cpu_seconds)
     trainer = RehearsalMemoryTrainer(
         model=model,
         args=training_args,
         train_dataset=datasets["train"],
         eval_dataset=datasets["test"],
-        data_collator=ClickCollator(max_history=last_events),
+        data_collator=collator,
         compute_metrics=run_ctr.compute_metrics,
-        callbacks=[budget],
+        callbacks=callbacks,
     )
     trainer.create_optimizer()  # run_ctr's AdamW; the schedule below replaces the step-counting one
     trainer.lr_scheduler = budget_schedule(trainer.optimizer, budget, training_args.warmup_steps)
@@ -212,6 +225,11 @@ def main():
     parser.add_argument("--early_noise", type=float, default=0.3, help="share of the early events that are noise")
     parser.add_argument("--interest_drift", type=float, default=0.5,
                         help="share of the late events from new interests that are never targets")  # fmt: skip
+    parser.add_argument(
+        "--rm_history_curriculum",
+        default="1000:0.4",
+        help="RM's length curriculum (run_ctr --history_curriculum), over the CPU budget; '' for none",
+    )
     parser.add_argument("--data_seed", type=int, default=0, help="the data (the same for every system and seed)")
     parser.add_argument("--max_steps", type=int, default=1_000_000, help="step cap; the CPU budget ends runs first")
     parser.add_argument("--eval_batch_size", type=int, default=64)

@@ -42,10 +42,12 @@ from rm_hf.ctr_data import (
     VOCAB_FILE_NAME,
     BehaviorVocab,
     ClickCollator,
+    HistoryPrefixCurriculum,
     generate_behavior_histories,
     load_behavior_log,
     load_movielens,
     load_taobao,
+    parse_history_curriculum,
 )
 from rm_hf.model_card import local_dataset, write_click_model_card
 from rm_hf.run_record import RunRecorder, check_output_dir, run_arguments
@@ -170,6 +172,15 @@ class DataArguments:
         },
     )
     max_history: int = field(default=1000, metadata={"help": "Real data: keep each history's most recent events."})
+    history_curriculum: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train on history prefixes first: EVENTS:SHARE,... reads only each history's first EVENTS events "
+            "for the first SHARE of the training steps (e.g. 1000:0.4 on 10,000-event histories), whole histories "
+            "after the last stage and in every evaluation. A prefix is an older view of a user than the label's: on "
+            "real logs use it knowingly."
+        },
+    )
     test_fraction: float = field(default=0.2, metadata={"help": "Share of users held out for evaluation."})
     dataset_seed: int = field(default=0, metadata={"help": "Seed of the synthetic data and of the user split."})
     skip_bad_lines: bool = field(default=False, metadata={"help": "Skip malformed CSV lines instead of failing."})
@@ -183,6 +194,8 @@ class DataArguments:
         missing = [f"--{name}" for name in needed.get(self.data, []) if getattr(self, name) is None]
         if missing:
             raise ValueError(f"--data {self.data} needs {' and '.join(missing)}.")
+        if self.history_curriculum is not None:
+            parse_history_curriculum(self.history_curriculum)  # a bad stage fails before anything is loaded
 
 
 @dataclass
@@ -382,14 +395,18 @@ def main(argv: list[str] | None = None) -> None:
             with_encoder_weights(model, encoder)
     logger.info("%s with %.2fM parameters", model_class.__name__, model.num_parameters() / 1e6)
 
+    collator = ClickCollator()
+    callbacks = [RunRecorder(run)] if training_args.do_train else []
+    if training_args.do_train and data_args.history_curriculum:
+        callbacks.append(HistoryPrefixCurriculum(collator, parse_history_curriculum(data_args.history_curriculum)))
     trainer = RehearsalMemoryTrainer(
         model=model,
         args=training_args,
         train_dataset=datasets["train"] if training_args.do_train else None,
         eval_dataset=eval_dataset if training_args.do_eval else None,
-        data_collator=ClickCollator(),
+        data_collator=collator,
         compute_metrics=compute_metrics,
-        callbacks=[RunRecorder(run)] if training_args.do_train else None,
+        callbacks=callbacks,
     )
 
     if training_args.do_train:

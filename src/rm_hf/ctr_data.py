@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from datasets import Dataset, DatasetDict, Features, List, Value
+from transformers import TrainerCallback
 
 from .file_utils import MAX_LINE_BYTES, atomic_path, capped_lines
 
@@ -1089,18 +1090,19 @@ class ClickCollator:
     """Pad click samples into a batch of tensors.
 
     Histories are padded on the right with 0 to the longest in the batch (rounded up to
-    `pad_to_multiple_of`); `max_history` first keeps only each history's most recent events.
+    `pad_to_multiple_of`); `history_prefix` first keeps only each history's first events (the early stages of
+    a `HistoryPrefixCurriculum`), then `max_history` only its most recent ones.
     """
 
     max_history: int | None = None
     pad_to_multiple_of: int | None = None
+    history_prefix: int | None = None
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         columns = ("history_items", "history_categories", "history_behaviors")
-        histories = {
-            column: [list(f[column])[-self.max_history :] if self.max_history else list(f[column]) for f in features]
-            for column in columns
-        }
+        histories = {column: [list(f[column])[: self.history_prefix] for f in features] for column in columns}
+        if self.max_history:
+            histories = {column: [h[-self.max_history :] for h in values] for column, values in histories.items()}
         lengths = [len(h) for h in histories["history_items"]]
         width = max(lengths, default=0)
         if self.pad_to_multiple_of:
@@ -1114,3 +1116,49 @@ class ClickCollator:
         batch["target_category"] = torch.tensor([int(f["target_category"]) for f in features], dtype=torch.long)
         batch["labels"] = torch.tensor([float(f["label"]) for f in features], dtype=torch.float)
         return batch
+
+
+def parse_history_curriculum(text: str) -> list[tuple[int, float]]:
+    """ "EVENTS:SHARE,..." -> [(events, share)]: up to `share` of training (cumulative, increasing, below 1), each
+    history is read only up to its first `events` events; after the last stage, whole."""
+    try:
+        stages = [(int(events), float(share)) for events, share in (stage.split(":") for stage in text.split(","))]
+    except ValueError:
+        raise ValueError(f"a history curriculum is EVENTS:SHARE,... (e.g. 1000:0.4), got {text!r}") from None
+    shares = [share for _, share in stages]
+    if any(events < 1 for events, _ in stages) or shares != sorted(set(shares)) or not 0 < shares[0] <= shares[-1] < 1:
+        raise ValueError(f"history curriculum {text!r}: events must be >= 1 and shares increasing in (0, 1)")
+    return stages
+
+
+class HistoryPrefixCurriculum(TrainerCallback):
+    """A length curriculum for click training on long histories: for the first shares of training the collator
+    reads only each history's first events, then whole histories. On the synthetic task, whose answer lies in the
+    first 10% of a history, a prefix keeps the answer and costs a fraction of the whole: Rehearsal Memory learns
+    what to store on prefixes, then to keep it through the rest (bench/results/ctr_equal_cpu.json). On real logs a
+    prefix is an older view of the user than the label's: use it knowingly.
+
+    Evaluation reads whole histories: the prefix is lifted before an evaluation and restored after it.
+    `progress(state)` is the share of training done (default: optimizer steps over `max_steps`).
+    """
+
+    def __init__(self, collator: ClickCollator, stages: list[tuple[int, float]], progress=None):
+        self.collator, self.stages = collator, stages
+        self.progress = progress or (lambda state: state.global_step / max(state.max_steps, 1))
+
+    def prefix(self, state) -> int | None:
+        done = self.progress(state)
+        return next((events for events, share in self.stages if done < share), None)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.collator.history_prefix = self.prefix(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # an evaluation right after this step (the flow callback, earlier in the list, has decided) reads whole
+        self.collator.history_prefix = None if control.should_evaluate else self.prefix(state)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.collator.history_prefix = self.prefix(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.collator.history_prefix = None

@@ -67,6 +67,15 @@ def gather_items(values: torch.Tensor, rows: torch.Tensor, positions: torch.Tens
     return values.flatten(0, 1).index_select(0, flat).view(*positions.shape, *values.shape[2:])
 
 
+def identity_keys(inputs: torch.Tensor) -> torch.Tensor:
+    """(B, T) ids -> themselves; (B, T, F) features -> (B, T) keys, equal for equal feature vectors: their
+    projection, in float64, on a fixed random direction (two different items share a key with probability ~0)."""
+    if not inputs.is_floating_point():
+        return inputs
+    direction = torch.randn(inputs.shape[-1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return inputs.detach().double() @ direction.to(inputs.device)
+
+
 def random_subset(candidates: torch.Tensor, ratio: float) -> torch.Tensor:
     """Pick about `ratio` of the True entries of each row of (N, R), at least one where any exist."""
     noise = torch.rand(candidates.shape, device=candidates.device).masked_fill(~candidates, 2.0)
@@ -136,8 +145,9 @@ class RehearsalMemoryRehearser(nn.Module):
         masked = random_subset(valid.flatten(0, 1), self.mask_ratio).view_as(valid)  # (B, J, R)
         items = torch.where(masked.unsqueeze(-1), self.mask_embedding.to(items.dtype), items)
 
-        replaced = random_subset((valid & ~masked).flatten(0, 1), self.replace_ratio).view_as(valid)
-        donors = self.donor_items(inputs, attention_mask, rows, positions)  # (B, J, R) ids or (B, J, R, F)
+        donors, foreign = self.donor_items(inputs, attention_mask, rows, positions)  # (B, J, R) ids or (B, J, R, F)
+        # only an item its sequence does not hold makes a fragment unfamiliar: replace among those
+        replaced = random_subset((valid & ~masked & foreign).flatten(0, 1), self.replace_ratio).view_as(valid)
         negatives = torch.where(replaced.unsqueeze(-1), self.item_projection(embed_items(donors)), items)
 
         # positives and negatives in one pass: (2 * B * J, 1 + R, H)
@@ -178,23 +188,38 @@ class RehearsalMemoryRehearser(nn.Module):
         return recollection, familiarity
 
     def donor_items(self, inputs, attention_mask, rows, positions):
-        """Items from another sequence of the batch; from another part of the same sequence when the batch has one
-        row or the other row has no real items (an empty history). rows (B,), positions (B, J, R) as for `forward`."""
+        """Candidate replacements for familiarity's negatives, one per fragment position: (B, J, R) ids or
+        (B, J, R, F), and (B, J, R) bool, whether each is foreign to the fragment's sequence. rows (B,), positions
+        (B, J, R) as for `forward`.
+
+        They come from another sequence of the batch, drawn among the items the fragment's own sequence does not
+        hold: in generated stories of 1,000 sentences, 95% of another story's sentences also occur in the story
+        itself (158-167 distinct sentences each), so a negative made of them is the story's own content and no
+        memory can tell it apart (familiarity stayed at ln 2). With one sequence in the batch, or a partner without
+        foreign items, they come from another part of the same sequence (a negative of misplaced items)."""
         batch, num_frags, length = positions.shape
-        donors = rows
+        keys = identity_keys(inputs)  # (B0, T): equal keys for equal items
+        own_keys = keys[rows].sort(dim=1).values  # (B, T), padding included: it never equals a real item
+        donors, foreign = rows, torch.zeros_like(keys[rows], dtype=torch.bool)
         if len(inputs) > 1:
             donors = (rows + torch.randint(1, len(inputs), rows.shape, device=rows.device)) % len(inputs)
-            donors = torch.where(attention_mask[donors].bool().any(dim=1), donors, rows)
+            found = own_keys.gather(1, torch.searchsorted(own_keys, keys[donors]).clamp(max=keys.shape[1] - 1))
+            foreign = (found != keys[donors]) & attention_mask[donors].bool()  # (B, T) real items rows lack
+            donors = torch.where(foreign.any(dim=1), donors, rows)
+            foreign &= (donors != rows).unsqueeze(1)
         real = attention_mask[donors].float().unsqueeze(1).expand(-1, num_frags, -1)  # (B, J, T)
         outside = torch.ones(batch, num_frags, attention_mask.shape[1], device=positions.device)
         outside.scatter_(2, positions, 0.0)  # 0 on the row's own fragment
-        weights = torch.where((donors == rows)[:, None, None], real * outside, real)
+        own = (donors == rows)[:, None, None]
+        weights = torch.where(own, real * outside, foreign.unsqueeze(1).float())
         # A fragment that covers its whole row draws from itself; a row without real items draws padding, which is
         # never used: it has no items to replace. (multinomial fails on all-zero weights.)
         for fallback in (real, torch.ones_like(outside)):
             weights = torch.where(weights.sum(-1, keepdim=True) > 0, weights, fallback)
         picks = torch.multinomial(weights.reshape(batch * num_frags, -1), length, replacement=True)
-        return gather_items(inputs, donors, picks.view(batch, num_frags, length))
+        picks = picks.view(batch, num_frags, length)
+        usable = own | foreign.gather(1, picks.flatten(1)).view_as(picks)  # a fallback draw may not be foreign
+        return gather_items(inputs, donors, picks), usable & gather_items(attention_mask.bool(), donors, picks)
 
     def info_nce(self, predictions, targets):
         # every other masked item of the batch is a negative for this one, except copies of its own target (the
