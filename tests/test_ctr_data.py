@@ -16,6 +16,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from transformers import TrainerControl, TrainerState
 
 from rm_hf import ctr_data
 from rm_hf.ctr_baselines import MeanPoolClickModel
@@ -873,6 +874,36 @@ def test_collator_pads_right_and_truncates_oldest():
     truncated = ClickCollator(max_history=2)(features)
     assert truncated["history_categories"].tolist() == [[5, 6], [10, 0]]
     assert truncated["attention_mask"].tolist() == [[1, 1], [1, 0]]
+    prefix = ClickCollator(history_prefix=2)(features)  # the oldest two: a curriculum's early stage
+    assert prefix["history_categories"].tolist() == [[4, 5], [10, 0]]
+    assert ClickCollator(history_prefix=2, max_history=1)(features)["history_items"].tolist() == [[2], [9]]
+
+
+def test_history_curriculum_stages_and_whole_histories_for_evaluation():
+    assert ctr_data.parse_history_curriculum("1000:0.4") == [(1000, 0.4)]
+    assert ctr_data.parse_history_curriculum("100:0.2,1000:0.5") == [(100, 0.2), (1000, 0.5)]
+    for bad in ("1000", "1000:1.0", "0:0.5", "100:0.5,1000:0.2", "a:b"):
+        with pytest.raises(ValueError, match="curriculum"):
+            ctr_data.parse_history_curriculum(bad)
+
+    collator = ClickCollator()
+    curriculum = ctr_data.HistoryPrefixCurriculum(collator, [(100, 0.2), (1000, 0.5)])
+    state, control = TrainerState(max_steps=10), TrainerControl()
+    curriculum.on_train_begin(None, state, control)
+    assert collator.history_prefix == 100
+    state.global_step = 3
+    curriculum.on_step_end(None, state, control)
+    assert collator.history_prefix == 1000
+    control.should_evaluate = True  # the flow callback has scheduled an evaluation after this step
+    curriculum.on_step_end(None, state, control)
+    assert collator.history_prefix is None
+    curriculum.on_evaluate(None, state, control)
+    assert collator.history_prefix == 1000
+    state.global_step, control.should_evaluate = 5, False
+    curriculum.on_step_end(None, state, control)
+    assert collator.history_prefix is None
+    curriculum.on_train_end(None, state, control)
+    assert collator.history_prefix is None
 
 
 def test_collator_on_generated_dataset():

@@ -235,6 +235,18 @@ def test_training_defaults_are_the_scripts_and_flags_given_win(tmp_path, capsys)
     assert (args.learning_rate, args.max_steps, args.warmup_steps) == (1e-4, -1, 0.05)
 
 
+def test_history_curriculum_flag_is_checked_first_and_trains(tmp_path):
+    main = example_main("run_ctr")
+    with pytest.raises(ValueError, match="history curriculum '1000:1.5'"):
+        main(["--output_dir", str(tmp_path / "bad"), "--history_curriculum", "1000:1.5"])
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+    output = tmp_path / "ctr"
+    small = ["--num_users", "40", "--history_length", "30", "--max_steps", "4", "--history_curriculum", "10:0.5"]
+    run = ["--save_strategy", "no", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true"]
+    main(["--output_dir", str(output), *small, *run])
+    assert 0 <= json.loads((output / "all_results.json").read_text())["eval_auc"] <= 1
+
+
 @pytest.fixture
 def one_torch_thread():
     """A tiny model trains fastest on one thread: on 2 shared cores, two threads made the test below 10x slower."""

@@ -13,9 +13,10 @@ them with other sequences' memories).
   reconstructed: token ids by cross-entropy through the tied input embeddings, feature vectors by
   InfoNCE against the other masked items of the batch (copies of the item's own target left out).
 - Familiarity: a negative copy of the masked fragment has a fraction of its unmasked items replaced by
-  items of another sequence (or, with batch size 1, of another part of the same sequence); the [CLS]
-  output scores "this fragment is from my memory" with a logistic loss -[log s+ + log(1 - s-)] (the
-  paper prints the sign wrong).
+  items of another sequence that its own sequence does not hold **[our choice: otherwise, in long generated
+  stories, nearly every replacement is a sentence of the story itself]** (with batch size 1, by items of
+  another part of the same sequence); the [CLS] output scores "this fragment is from my memory" with a
+  logistic loss -[log s+ + log(1 - s-)] (the paper prints the sign wrong).
 Recollection is measured in units of its chance level **[our choice]**: each item's cross-entropy divided by the
 log of its number of candidates (the vocabulary, or its InfoNCE target and negatives), so 1 means no better than
 guessing whatever the vocabulary or batch size, and its weight means the same for tokens and features (raw, it
@@ -199,7 +200,7 @@ class RehearsalMemoryRehearser(nn.Module):
         foreign items, they come from another part of the same sequence (a negative of misplaced items)."""
         batch, num_frags, length = positions.shape
         keys = identity_keys(inputs)  # (B0, T): equal keys for equal items
-        own_keys = keys[rows].sort(dim=1).values  # (B, T), padding included: it never equals a real item
+        own_keys = keys[rows].sort(dim=1).values  # (B, T); padding included, which at worst hides a foreign item
         donors, foreign = rows, torch.zeros_like(keys[rows], dtype=torch.bool)
         if len(inputs) > 1:
             donors = (rows + torch.randint(1, len(inputs), rows.shape, device=rows.device)) % len(inputs)
