@@ -128,7 +128,10 @@ def train_and_test(args, system: str, seed: int, datasets, vocab, work_dir: str)
     trainer.lr_scheduler = budget_schedule(trainer.optimizer, budget, training_args.warmup_steps)
     result = trainer.train()
     train_cpu = budget.train_cpu
-    samples = trainer.state.global_step * training_args.per_device_train_batch_size
+    # samples seen: each epoch is ceil(N / batch) steps over the N training rows (the last batch may be short)
+    rows, batch_size = len(datasets["train"]), training_args.per_device_train_batch_size
+    epochs, steps_left = divmod(trainer.state.global_step, -(-rows // batch_size))
+    samples = epochs * rows + min(steps_left * batch_size, rows)
     eval_start = time.process_time()
     metrics = trainer.evaluate()
     return {
