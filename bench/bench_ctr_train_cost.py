@@ -9,7 +9,7 @@ system's ratio to target attention over the whole history. `rm_before` is the mo
 `run_ctr.py` used before this benchmark existed (1 BERT layer, segments of 100, 4 fragments of every history
 through a 2-layer rehearsal model), for the before/after.
 
-    python bench/bench_ctr_train_cost.py                               # about 6 CPU minutes
+    python bench/bench_ctr_train_cost.py                               # about 10 CPU minutes
     python bench/bench_ctr_train_cost.py --lengths 1000 --batch_sizes 16 64 --repeats 40
 
 Writes bench/results/ctr_train_cost.json (or --output_dir).

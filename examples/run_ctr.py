@@ -110,8 +110,7 @@ class ModelArguments:
         default="uniform", metadata={"help": "Which fragments of the history `rm` rehearses."}
     )
     # Rehearsal's size: 2 fragments of a quarter of each batch's histories through a 1-layer rehearsal model keep
-    # a training step with rehearsal within ~1.2x of one without (bench/results/ctr_train_cost.json), where the config's
-    # 4 fragments of every history through 2 layers cost ~1.3-1.5x.
+    # a training step with rehearsal at 1.10-1.31x one without (bench/results/ctr_train_cost.json).
     num_rehearsal_fragments: int = field(default=2, metadata={"help": "Fragments rehearsed per history."})
     rehearsal_batch_fraction: float = field(
         default=0.25, metadata={"help": "Share of each batch's histories rehearsed per step; rehearsal's cost scales."}
@@ -135,8 +134,8 @@ class ModelArguments:
         default=0,
         metadata={
             "help": "Encoder (BERT) layers. 0 by default: behaviours enter the memory through BERT's embeddings "
-            "(position within the segment, layer norm) only. A layer costs more per step than the memory writes "
-            "(bench/results/ctr_train_cost.json) and the default task is learned without one."
+            "(position within the segment, layer norm) only; the default task is learned without a layer "
+            "(bench/results/ctr_defaults.json)."
         },
     )
     num_attention_heads: int = field(default=2, metadata={"help": "Heads of the encoder, memory and rehearsal."})

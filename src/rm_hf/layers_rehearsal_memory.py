@@ -148,6 +148,8 @@ class RehearsalMemoryAttention(nn.Module):
 
         q, k, v = split(self.q_proj(queries)), split(self.k_proj(keys)), split(self.v_proj(keys))
         mask = blind = None
+        if key_weights is not None and key_weights.dtype == torch.bool and key_weights.all():
+            key_weights = None  # every key visible (a full segment): masking the scores would only cost a pass
         if key_weights is not None:
             mask, blind = attention_mask_from_weights(key_weights, q.dtype)
         log_mass = None

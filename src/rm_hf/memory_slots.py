@@ -50,8 +50,6 @@ class RehearsalMemoryWriter(nn.Module):
     def forward(self, memory: torch.Tensor, items: torch.Tensor, item_mask: torch.Tensor) -> torch.Tensor:
         # memory (B, K, D), items (B, S, E), item_mask (B, S); every row has at least one real item
         batch, slots, dim = memory.shape
-        if item_mask.all():  # a full segment: nothing to hide, and masking every score would cost a pass over them
-            item_mask = None
         if self.none_score is None:
             read = self.attention(memory, items, item_mask)  # (B, K, D)
         else:

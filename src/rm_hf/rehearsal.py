@@ -199,13 +199,14 @@ class RehearsalMemoryRehearser(nn.Module):
         memory can tell it apart (familiarity stayed at ln 2). With one sequence in the batch, or a partner without
         foreign items, they come from another part of the same sequence (a negative of misplaced items)."""
         batch, num_frags, length = positions.shape
-        keys = identity_keys(inputs)  # (B0, T): equal keys for equal items
-        own_keys = keys[rows].sort(dim=1).values  # (B, T); padding included, which at worst hides a foreign item
-        donors, foreign = rows, torch.zeros_like(keys[rows], dtype=torch.bool)
+        donors, foreign = rows, torch.zeros(batch, attention_mask.shape[1], dtype=torch.bool, device=rows.device)
         if len(inputs) > 1:
             donors = (rows + torch.randint(1, len(inputs), rows.shape, device=rows.device)) % len(inputs)
-            found = own_keys.gather(1, torch.searchsorted(own_keys, keys[donors]).clamp(max=keys.shape[1] - 1))
-            foreign = (found != keys[donors]) & attention_mask[donors].bool()  # (B, T) real items rows lack
+            keys = identity_keys(inputs)  # (B0, T): equal keys for equal items
+            own_keys = keys[rows].sort(dim=1).values  # (B, T); padding included, which at worst hides a foreign item
+            partner_keys = keys[donors]
+            found = own_keys.gather(1, torch.searchsorted(own_keys, partner_keys).clamp(max=keys.shape[1] - 1))
+            foreign = (found != partner_keys) & attention_mask[donors].bool()  # (B, T) real items the row lacks
             donors = torch.where(foreign.any(dim=1), donors, rows)
             foreign &= (donors != rows).unsqueeze(1)
         real = attention_mask[donors].float().unsqueeze(1).expand(-1, num_frags, -1)  # (B, J, T)
