@@ -11,9 +11,14 @@ chart of the error per task goes next to it (babi.png).
     python bench/bench_babi.py --tasks 1-20 --output bench/results/babi_20tasks.json   # all 20 tasks, same budget
     python bench/bench_babi.py --tasks 1-20 --max_steps 20000 --output ...              # a full-length training run
     python bench/bench_babi.py --variants rehearsal,plain,memn2n --output ...           # and the MemN2N baseline
+    # to convergence: stop a row when accuracy on a held-out tenth of the training stories has not improved for 5
+    # evaluations (every 200 steps), or at 20,000 steps or 600 training CPU seconds; its test error is the best step's
+    python bench/bench_babi.py --tasks 1-20 --variants rehearsal,plain,memn2n --max_steps 20000 \
+        --early_stopping_patience 5 --cpu_cap 600 --output bench/results/babi_converged.json
 
 Task 3 has no en-10k training file; `run_qa.py` reads it from en/ (1k questions). Reference systems are quoted
-from their papers (10k training setting), not re-run here.
+from their papers (10k training setting), not re-run here. Every row records its training CPU seconds (this
+process, one thread: `cost_utils.TrainingCpuClock`), the steps it took and what stopped it.
 """
 
 import argparse
@@ -22,7 +27,7 @@ import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from cost_utils import provenance
+from cost_utils import TrainingCpuClock, provenance
 from tqdm import tqdm
 
 from rm_hf.configuration_rehearsal_memory import MEMORY_TYPE_ALIASES
@@ -77,14 +82,26 @@ def run_row(args, task: int, model: str, rehearsal: bool, memory_type: str | Non
         "--max_steps", str(args.max_steps),
         "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),
         "--warmup_steps", str(args.max_steps // 20), "--seed", str(args.seed), "--use_cpu", "true",
-        "--report_to", "none", "--save_strategy", "no", "--logging_steps", str(max(1, args.max_steps // 10)),
+        "--report_to", "none", "--logging_steps", str(max(1, args.max_steps // 10)),
         "--disable_tqdm", "true", *model_flags,
         "--overwrite_output_dir",  # each row is trained afresh, over the checkpoint an earlier bench left
     ]  # fmt: skip
+    if args.early_stopping_patience:  # run_qa then saves the best checkpoint (only) and scores it on the test split
+        argv += ["--early_stopping_patience", str(args.early_stopping_patience), "--validation_fraction",
+                 str(args.validation_fraction), "--eval_strategy", "steps", "--eval_steps", str(args.eval_steps),
+                 "--per_device_eval_batch_size", "128"]  # fmt: skip
+    else:
+        argv += ["--save_strategy", "no"]
     if args.eval_questions:
         argv += ["--max_eval_samples", str(args.eval_questions)]
-    outcome = run_qa.main(argv)
+    clock = TrainingCpuClock(args.cpu_cap or float("inf"))
+    outcome = run_qa.main(argv, callbacks=[clock])
     accuracy = outcome["results"]["all"]["accuracy"]
+    steps = len(clock.step_seconds)
+    if args.cpu_cap and clock.train_cpu >= args.cpu_cap:
+        stopped_by = "cpu_cap"
+    else:
+        stopped_by = "max_steps" if steps >= args.max_steps else "early_stopping"
     return {
         "task": task,
         "model": model,
@@ -95,7 +112,11 @@ def run_row(args, task: int, model: str, rehearsal: bool, memory_type: str | Non
         "passed": 1 - accuracy < 0.05,
         "test_questions": outcome["results"]["all"]["count"],
         "train_seconds": outcome["metrics"]["train_runtime"],
-        "steps": args.max_steps,
+        "cpu_seconds": clock.train_cpu,
+        "steps": steps,
+        # the step whose model was tested: the best validation step when stopping early, else the last
+        "tested_step": outcome["metrics"].get("best_step", steps),
+        "stopped_by": stopped_by,
     }
 
 
@@ -137,7 +158,9 @@ def summarise(rows: list[dict]) -> dict:
         name: {
             "tasks_run": sorted(row["task"] for row in chosen),
             "mean_error": sum(row["error"] for row in chosen) / len(chosen),
-            "tasks_passed": sum(row["passed"] for row in chosen),
+            "passed": sum(row["passed"] for row in chosen),
+            # rows written before CPU time was recorded count as 0
+            "cpu_seconds": sum(row.get("cpu_seconds", 0) for row in chosen),
         }
         for name, chosen in by_variant(rows).items()
     }
@@ -155,8 +178,13 @@ def plot(rows: list[dict], settings: dict, path: Path) -> None:
         ax.bar(x, [errors[t] for t in tasks if t in errors], width, label=name)
     ax.axhline(0.05, color="k", linestyle=":", label="pass line (5% error)")
     ax.set(xticks=tasks, xlabel="bAbI task", ylabel="test error", ylim=(0, 1))
-    ax.set_title(f"bAbI {settings['babi_subset']}, {settings['story_items']} as items, {settings['max_steps']} steps "
-                 f"of batch {settings['batch_size']}, seed {settings['seed']}", fontsize=10)  # fmt: skip
+    budget = f"{settings['max_steps']} steps"
+    if "early_stopping_patience" in settings:
+        budget = f"up to {budget} (early stopping, patience {settings['early_stopping_patience']})"
+    if "cpu_cap" in settings:
+        budget += f", at most {settings['cpu_cap']:g} CPU s"
+    ax.set_title(f"bAbI {settings['babi_subset']}, {settings['story_items']} as items, {budget} of batch "
+                 f"{settings['batch_size']}, seed {settings['seed']}", fontsize=10)  # fmt: skip
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
@@ -187,6 +215,16 @@ def main():
     parser.add_argument(
         "--memory_capacity", type=int, default=16, help="entries of expire_span/lamemo/key_value (16 = RM's 16 slots)"
     )
+    parser.add_argument(
+        "--early_stopping_patience",
+        type=int,
+        default=None,
+        help="train each row until accuracy on --validation_fraction of the training stories has not improved for "
+        "this many evaluations (every --eval_steps), at most --max_steps; test the best step",
+    )
+    parser.add_argument("--validation_fraction", type=float, default=0.1, help="with --early_stopping_patience")
+    parser.add_argument("--eval_steps", type=int, default=200, help="with --early_stopping_patience")
+    parser.add_argument("--cpu_cap", type=float, default=None, help="training CPU seconds at most per row")
     parser.add_argument("--output", type=Path, default=RESULTS / "babi.json")
     parser.add_argument(
         "--overwrite", action="store_true", help="start --output afresh instead of resuming the rows it holds"
@@ -205,6 +243,11 @@ def main():
 
     keys = ("babi_subset", "story_items", "segment_length", "max_steps", "batch_size", "learning_rate")
     settings = {k: getattr(args, k) for k in (*keys, "eval_questions", "seed")}
+    # stopping rules join the settings only when given, so files written before they existed still resume
+    stopping = {"early_stopping_patience": args.early_stopping_patience, "cpu_cap": args.cpu_cap}
+    if args.early_stopping_patience:
+        stopping.update(validation_fraction=args.validation_fraction, eval_steps=args.eval_steps)
+    settings.update({k: v for k, v in stopping.items() if v is not None})
     resume = args.output.exists() and not args.overwrite
     previous = json.loads(args.output.read_text()) if resume else {"settings": settings}
     stored = previous.get("settings", {})

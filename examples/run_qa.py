@@ -34,14 +34,14 @@ from typing import Literal
 import numpy as np
 import transformers
 from datasets import Dataset, concatenate_datasets
-from transformers import AutoTokenizer, set_seed
+from transformers import AutoTokenizer, EarlyStoppingCallback, set_seed
 
 from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForQuestionAnswering
 from rm_hf.babi import MAX_LINE_BYTES, MAX_MEMBER_BYTES, answer_vocabulary, load_babi
 from rm_hf.configuration_rehearsal_memory import MEMORY_TYPE_ALIASES, MEMORY_TYPES
 from rm_hf.model_card import babi_dataset, local_dataset, write_qa_model_card
 from rm_hf.qa_baselines import MemN2NForQuestionAnswering
-from rm_hf.qa_data import QACollator, encode_qa_dataset
+from rm_hf.qa_data import QACollator, encode_qa_dataset, hold_out_stories
 from rm_hf.run_record import RunRecorder, check_output_dir, run_arguments
 from rm_hf.script_utils import (
     choose_stages,
@@ -153,6 +153,29 @@ class QATrainingArguments(RehearsalTrainingArguments):
 
     learning_rate: float = script_default(RehearsalTrainingArguments, "learning_rate", 1e-3)
     warmup_steps: float = script_default(RehearsalTrainingArguments, "warmup_steps", 0.05)
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop training once validation accuracy (--validation_fraction) has not improved for this many "
+            "evaluations (--eval_strategy steps or epoch); a checkpoint is saved whenever it improves "
+            "(--save_strategy best) and the best one is loaded at the end, so --do_eval scores it on the test split."
+        },
+    )
+
+    def __post_init__(self):
+        if self.early_stopping_patience is not None:
+            if self.early_stopping_patience < 1:
+                raise ValueError(f"--early_stopping_patience must be >= 1, got {self.early_stopping_patience}.")
+            # what the transformers callback needs, set before TrainingArguments checks the strategies
+            self.load_best_model_at_end = True
+            self.metric_for_best_model = self.metric_for_best_model or "accuracy"
+            self.save_strategy = "best"
+            self.save_total_limit = self.save_total_limit or 1  # the best checkpoint is always kept
+        super().__post_init__()
+        if self.early_stopping_patience is not None and self.eval_strategy == "no":
+            raise ValueError(
+                "--early_stopping_patience needs evaluations to watch: pass --eval_strategy steps or epoch."
+            )
 
 
 @dataclass
@@ -176,6 +199,14 @@ class DataArguments:
         },
     )
     max_fact_distance: int | None = field(default=None, metadata={"help": "Furthest supporting fact (sentences)."})
+    validation_fraction: float | None = field(
+        default=None,
+        metadata={
+            "help": "Hold out this share of the training stories (whole stories, drawn under --seed) as the "
+            "validation set that evaluations during training (--eval_strategy) score; without it they score the "
+            "evaluation split. --do_eval always scores the evaluation split (bAbI's test file)."
+        },
+    )
     max_story_tokens: int | None = field(default=None, metadata={"help": "Keep only the most recent story tokens."})
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Evaluate on the first N evaluation questions only."}
@@ -348,6 +379,11 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
             raise ValueError("--curriculum reads its stages in order: it needs --train_sampling_strategy sequential.")
         parse_curriculum(data_args.curriculum)  # a bad stage fails here, before anything is loaded
         training_args.train_sampling_strategy = "sequential"
+    if training_args.early_stopping_patience is not None and not data_args.validation_fraction:
+        raise ValueError(
+            "--early_stopping_patience chooses the training's length on held-out data: pass --validation_fraction "
+            "(stopping on the test split would tune to it)."
+        )
     checkpoint_config, encoder = load_model_source(model_args, given)
     run = run_arguments(model_args, data_args, training_args)
     if training_args.do_train:
@@ -382,11 +418,14 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
             label2id = {answer: i for i, answer in enumerate(answers)}
         if data_args.max_eval_samples:
             raw_eval = raw_eval.select(range(min(data_args.max_eval_samples, len(raw_eval))))
-        train_dataset = (
-            encode_qa_dataset(raw_train, tokenizer, label2id, data_args.max_story_tokens)
-            if training_args.do_train
-            else None
-        )
+        train_dataset = validation_dataset = None
+        if training_args.do_train:
+            if data_args.validation_fraction:
+                raw_train, raw_validation = hold_out_stories(
+                    raw_train, data_args.validation_fraction, training_args.seed
+                )
+                validation_dataset = encode_qa_dataset(raw_validation, tokenizer, label2id, data_args.max_story_tokens)
+            train_dataset = encode_qa_dataset(raw_train, tokenizer, label2id, data_args.max_story_tokens)
         eval_dataset = encode_qa_dataset(raw_eval, tokenizer, label2id, data_args.max_story_tokens)
 
     model_class = MODEL_CLASSES[model_args.model]
@@ -399,11 +438,13 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
         model = model_class(config)
         if encoder is not None:
             with_encoder_weights(model, encoder)
+    if training_args.early_stopping_patience is not None:
+        callbacks = [EarlyStoppingCallback(training_args.early_stopping_patience), *(callbacks or [])]
     trainer = RehearsalMemoryTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
+        eval_dataset=eval_dataset if validation_dataset is None else validation_dataset,
         data_collator=QACollator(
             pad_token_id=tokenizer.pad_token_id, sentence_items=model.config.story_items == "sentences"
         ),
@@ -418,6 +459,9 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
         trainer.save_model()  # model, config, remote code and tokenizer
         metrics = {**train_result.metrics, "train_samples": len(train_dataset)}
         metrics = train_metrics(training_args, metrics, checkpoint, trainer.state.global_step)
+        if training_args.load_best_model_at_end and trainer.state.best_global_step is not None:
+            # the model saved and evaluated below is the best checkpoint's, not the last step's
+            metrics.update(best_step=trainer.state.best_global_step, best_validation_metric=trainer.state.best_metric)
         trainer.save_metrics("train", metrics)
 
     if training_args.do_eval:

@@ -134,6 +134,23 @@ def test_bench_babi_smoke_resumes_per_row(tmp_path, babi_dir):
     assert [(row["steps"], row["rehearsal"]) for row in fourth["rows"]] == [(3, False)]
 
 
+def test_bench_babi_stops_rows_early_or_at_the_cpu_cap(tmp_path, babi_dir):
+    output = tmp_path / "converged.json"
+    tiny = ["--babi_dir", str(babi_dir), "--babi_subset", "en", "--eval_questions", "20", "--variants", "plain",
+            "--output", str(output), "--checkpoint_dir", str(tmp_path / "checkpoints"), "--max_steps", "8"]  # fmt: skip
+    # a learning rate of 0 never improves on the first evaluation: patience 1 stops at the second
+    run_bench("bench_babi.py", *tiny, "--learning_rate", "0", "--early_stopping_patience", "1", "--eval_steps", "2")
+    (row,) = json.loads(output.read_text())["rows"]
+    assert (row["steps"], row["tested_step"], row["stopped_by"]) == (4, 2, "early_stopping")
+    assert row["cpu_seconds"] > 0
+    results = json.loads(output.read_text())
+    assert results["settings"]["validation_fraction"] == 0.1 and results["settings"]["eval_steps"] == 2
+    assert results["summary"]["without rehearsal"]["passed"] in (0, 1)
+    run_bench("bench_babi.py", *tiny, "--cpu_cap", "1e-6", "--output", str(tmp_path / "capped.json"))
+    (row,) = json.loads((tmp_path / "capped.json").read_text())["rows"]
+    assert (row["steps"], row["tested_step"], row["stopped_by"]) == (1, 1, "cpu_cap")
+
+
 def test_bench_forgetting_smoke(tmp_path):
     tiny = ["--curriculum", "4:1", "6:1", "--num_train", "40", "--num_test", "12", "--test_lengths", "6", "20",
             "--output_dir", str(tmp_path)]  # fmt: skip

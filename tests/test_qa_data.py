@@ -1,11 +1,12 @@
-"""Tests of QA encoding (story, question, label, supporting mask, truncation) and of the collator."""
+"""Tests of QA encoding (story, question, label, supporting mask, truncation), of the collator, and of holding out
+whole stories for validation."""
 
 import pytest
 import torch
 from datasets import Dataset
 
 from rm_hf.babi import QA_FEATURES, answer_vocabulary
-from rm_hf.qa_data import QACollator, encode_qa_dataset, encode_qa_example
+from rm_hf.qa_data import QACollator, encode_qa_dataset, encode_qa_example, hold_out_stories
 from rm_hf.story_generator import generate_stories
 from rm_hf.tokenization import build_word_tokenizer
 
@@ -181,3 +182,20 @@ def test_collator_lays_out_one_sentence_per_row(tokenizer):
     assert batch["input_ids"][1, 1].eq(tokenizer.pad_token_id).all()  # the missing second sentence
     assert batch["attention_mask"].tolist() == [[1, 1], [1, 0]]
     assert batch["fragment_weights"].tolist() == [[0.0, 1.0], [1.0, 0.0]]  # supporting sentences
+
+
+def test_hold_out_stories_keeps_each_story_on_one_side():
+    # bAbI-like: 40 stories of 3 questions each, rows of a story adjacent
+    rows = Dataset.from_dict({"story_id": [story for story in range(40) for _ in range(3)], "row": list(range(120))})
+    train, validation = (part.to_dict() for part in hold_out_stories(rows, 0.25, seed=3))
+    assert len(set(validation["story_id"])) == 10 and len(validation["row"]) == 30
+    assert len(train["row"]) == 90 and not set(train["story_id"]) & set(validation["story_id"])
+    assert sorted(train["row"] + validation["row"]) == list(range(120))  # nothing lost, nothing repeated
+    assert train["row"] == sorted(train["row"]) and validation["row"] == sorted(validation["row"])
+    assert list(hold_out_stories(rows, 0.25, seed=3)[1]["row"]) == validation["row"]  # deterministic under the seed
+    assert list(hold_out_stories(rows, 0.25, seed=4)[1]["row"]) != validation["row"]
+    for fraction in (0, 1, 1.5):
+        with pytest.raises(ValueError, match="must be in \\(0, 1\\)"):
+            hold_out_stories(rows, fraction, seed=0)
+    with pytest.raises(ValueError, match="holds out all 2 stories"):
+        hold_out_stories(Dataset.from_dict({"story_id": [0, 1]}), 0.9, seed=0)

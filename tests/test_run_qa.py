@@ -321,6 +321,42 @@ def test_run_qa_refuses_a_bad_curriculum(tmp_path, flags, message):
         example_main("run_qa")(["--output_dir", str(tmp_path / "out"), *TINY_RUN, *flags])
 
 
+def test_run_qa_stops_early_on_held_out_stories_and_keeps_the_best_step(tmp_path):
+    """With a learning rate of 0 the validation accuracy never improves after the first evaluation: patience 2
+    stops training at the third evaluation, the best (first) checkpoint is the one saved, and the evaluations during
+    training score the held-out quarter of the training stories, not the evaluation split."""
+    seen = {}
+
+    class Watch(transformers.TrainerCallback):
+        def on_evaluate(self, args, state, control, eval_dataloader=None, **kwargs):
+            seen.setdefault("evaluated_rows", []).append(len(eval_dataloader.dataset))
+
+        def on_train_end(self, args, state, control, **kwargs):
+            seen["last_step"] = state.global_step
+
+    output = tmp_path / "early"
+    flags = ["--max_steps", "20", "--learning_rate", "0", "--warmup_steps", "0", "--validation_fraction", "0.25",
+             "--early_stopping_patience", "2", "--eval_strategy", "steps", "--eval_steps", "1"]  # fmt: skip
+    example_main("run_qa")(["--output_dir", str(output), *TINY_RUN, *flags], callbacks=[Watch()])
+    assert seen == {"evaluated_rows": [16, 16, 16], "last_step": 3}  # 16 of the 64 training stories held out
+    results = json.loads((output / "all_results.json").read_text())
+    assert results["best_step"] == 1 and results["eval_samples"] == 24  # --do_eval scores the evaluation split
+    assert results["train_samples"] == 48
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--early_stopping_patience", "2", "--eval_strategy", "steps"], "pass --validation_fraction"),
+        (["--early_stopping_patience", "2", "--validation_fraction", "0.2"], "pass --eval_strategy steps or epoch"),
+        (["--early_stopping_patience", "0", "--eval_strategy", "steps"], "must be >= 1"),
+    ],
+)
+def test_run_qa_refuses_early_stopping_without_what_it_needs(tmp_path, flags, message):
+    with pytest.raises(ValueError, match=message):
+        example_main("run_qa")(["--output_dir", str(tmp_path / "out"), *TINY_RUN, *flags])
+
+
 def test_training_and_rehearsal_defaults_are_the_scripts_and_reach_the_config(tmp_path):
     """Trainer's learning rate 5e-5 does not learn qa1 from scratch in reasonable time; the script's rate, warm-up
     and rehearsal size are its own (bench/results/babi_sweep/babi_curves.json), and a flag given still wins."""

@@ -7,6 +7,7 @@ sentences and `sentence_index` says which sentence the token belongs to. The enc
 so training and inference lay out stories and questions identically.
 """
 
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +74,25 @@ def encode_qa_dataset(
         num_proc=num_proc,
         desc="Encoding QA examples",
     )
+
+
+def hold_out_stories(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Split `dataset` into (train, validation) by whole stories: rows that share a `story_id` (bAbI's questions
+    about one story) land on the same side, so validation never asks about a story seen in training. About
+    `fraction` of the stories, drawn under `seed`, go to validation; both sides keep their rows' order."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"the validation fraction must be in (0, 1), got {fraction}")
+    story_ids = list(dataset["story_id"])
+    stories = sorted(set(story_ids))
+    held = max(1, round(fraction * len(stories)))
+    if held >= len(stories):
+        raise ValueError(
+            f"a validation fraction of {fraction} holds out all {len(stories)} stories: nothing is left to train on"
+        )
+    validation = set(random.Random(seed).sample(stories, held))
+    inside = [i for i, story in enumerate(story_ids) if story in validation]
+    outside = [i for i, story in enumerate(story_ids) if story not in validation]
+    return dataset.select(outside), dataset.select(inside)
 
 
 @dataclass
