@@ -39,7 +39,7 @@ import matplotlib.pyplot as plt
 import torch
 from cost_utils import RESULTS, provenance
 from datasets import concatenate_datasets
-from qa_utils import build_task, fragment_coverage, make_model, predict, train
+from qa_utils import BATCH_SIZE, build_task, fragment_coverage, make_model, predict, train
 from tqdm.auto import tqdm
 
 from rm_hf.story_generator import QUESTION_TYPES, generate_stories
@@ -186,7 +186,9 @@ def main():
                         help="Training stages LENGTH:STEPS (sentences per story: batches of 32), in order.")  # fmt: skip
     parser.add_argument("--test_lengths", type=int, nargs="+", default=[30, 100, 300],
                         help="Sentences per test story; one test set per length.")  # fmt: skip
-    parser.add_argument("--num_train", type=int, default=3000, help="Training stories per curriculum stage.")
+    parser.add_argument("--num_train", type=int, default=None,
+                        help="Training stories per curriculum stage (default: as many as the stage reads, 32 per "
+                        "step, so no story is read twice; a few thousand stories read many times over overfit them).")  # fmt: skip
     parser.add_argument("--num_test", type=int, default=300, help="Test stories per test length.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="Model and batch-order seeds.")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
@@ -210,12 +212,16 @@ def main():
     runs = stored_runs(output_dir / "forgetting.json", settings)
 
     story = {"question_types": tuple(args.question_types)}
-    train_raw = [generate_stories(args.num_train, story_length=n, seed=n, **story) for n, _ in args.curriculum]
+    stage_sizes = [args.num_train or BATCH_SIZE * steps for _, steps in args.curriculum]
+    train_raw = [
+        generate_stories(size, story_length=n, seed=n, **story) for size, (n, _) in zip(stage_sizes, args.curriculum)
+    ]
     test_raw = concatenate_datasets(
         [generate_stories(args.num_test, story_length=n, seed=1000 + n, **story) for n in args.test_lengths]
     )
     tokenizer, answers, train_rows, test_rows = build_task(concatenate_datasets(train_raw), test_raw)
-    train_stages = [train_rows[i * args.num_train : (i + 1) * args.num_train] for i in range(len(train_raw))]
+    ends = list(itertools.accumulate(stage_sizes))
+    train_stages = [train_rows[end - size : end] for size, end in zip(stage_sizes, ends)]
     segment_length = make_model(tokenizer, answers, args.story_items).config.segment_length
     lengths = [row["sentence_index"][-1] + 1 for row in test_rows]
     sentence_distance, segment_distance = zip(*(distances(row, segment_length, args.story_items) for row in test_rows))

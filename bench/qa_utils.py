@@ -13,6 +13,8 @@ from rm_hf.qa_data import QACollator, encode_qa_dataset
 from rm_hf.rehearsal import LOSS_WEIGHTS, combine_losses
 from rm_hf.tokenization import build_word_tokenizer
 
+BATCH_SIZE = 32  # stories per training step
+
 
 def build_task(train_raw, test_raw):
     """Word tokenizer (from the training stories), answer list, and the encoded train and test rows."""
@@ -40,8 +42,8 @@ def collator(model) -> QACollator:
     return QACollator(sentence_items=model.config.story_items == "sentences")
 
 
-def train(model, train_rows, steps, seed, batch_size=32, lr=2e-3, final_steps=50) -> dict:
-    """Plain AdamW loop (the Trainer's loss: task + recollection + 0.5 familiarity + sampler + the memory type's
+def train(model, train_rows, steps, seed, batch_size=BATCH_SIZE, lr=2e-3, final_steps=50) -> dict:
+    """Plain AdamW loop over shuffled passes of `train_rows` (the Trainer's loss: task + recollection + 0.5 familiarity + sampler + the memory type's
     own loss); leaves the model in eval mode and returns the median step time, the training's process CPU
     seconds, and each loss term averaged over the last `final_steps` steps."""
     torch.manual_seed(seed)
@@ -50,8 +52,13 @@ def train(model, train_rows, steps, seed, batch_size=32, lr=2e-3, final_steps=50
     step_times, terms = [], {}
     cpu_start = time.process_time()
     model.train()
+    # batches in a shuffled order, reshuffled after each pass: every story is read once before any is read again
+    order = []
     for _ in tqdm(range(steps), desc="train", leave=False):
-        batch = collate([train_rows[i] for i in torch.randint(0, len(train_rows), (batch_size,)).tolist()])
+        while len(order) < batch_size:
+            order += torch.randperm(len(train_rows)).tolist()
+        batch = collate([train_rows[i] for i in order[:batch_size]])
+        del order[:batch_size]
         start = time.perf_counter()
         outputs = model(**batch)
         loss = combine_losses(outputs)  # the Trainer's default weights
@@ -85,7 +92,7 @@ def predict(model, rows, batch_size=128):
     return predictions
 
 
-def train_and_test(model, train_rows, test_rows, steps, seed, batch_size=32, lr=2e-3):
+def train_and_test(model, train_rows, test_rows, steps, seed, batch_size=BATCH_SIZE, lr=2e-3):
     """Train, then return (test accuracy, median training-step seconds)."""
     step_time = train(model, train_rows, steps, seed, batch_size, lr)["median_step_seconds"]
     predictions = predict(model, test_rows)
