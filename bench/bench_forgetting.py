@@ -39,7 +39,7 @@ import matplotlib.pyplot as plt
 import torch
 from cost_utils import RESULTS, provenance
 from datasets import concatenate_datasets
-from qa_utils import BATCH_SIZE, build_task, fragment_coverage, make_model, predict, train
+from qa_utils import BATCH_SIZE, build_task, fragment_coverage, make_model, predict, train_stages
 from tqdm.auto import tqdm
 
 from rm_hf.story_generator import QUESTION_TYPES, generate_stories
@@ -155,23 +155,18 @@ def stored_runs(path: Path, settings: dict) -> dict:
     return earlier.get("runs", {})
 
 
-def run_variant(name, seed, args, tokenizer, answers, train_stages, test_rows, labels, coverage_rows) -> dict:
+def run_variant(name, seed, args, tokenizer, answers, stage_rows, test_rows, labels, coverage_rows) -> dict:
     """Train one model through the curriculum, test it; the run's record (hits as a 0/1 string)."""
     torch.manual_seed(seed)
     model = make_model(tokenizer, answers, args.story_items, **(VARIANTS[name][1] | args.config))
-    cpu, step_times = 0.0, []
-    for stage, (rows, (_, steps)) in enumerate(zip(train_stages, args.curriculum)):
-        record = train(model, rows, steps, seed + stage)
-        model.train()
-        cpu += record["train_cpu_seconds"]
-        step_times.append(record["median_step_seconds"])
-    model.eval()
+    stages = [(rows, steps) for rows, (_, steps) in zip(stage_rows, args.curriculum)]
+    record = train_stages(model, stages, seed, schedule=args.lr_schedule)
     start = time.perf_counter()
     hits = [p == y for p, y in zip(predict(model, test_rows), labels)]
     run = {
         "hits": "".join("1" if hit else "0" for hit in hits),
-        "train_cpu_seconds": cpu,
-        "median_step_seconds_last_stage": step_times[-1],
+        "train_cpu_seconds": record["train_cpu_seconds"],
+        "median_step_seconds_last_stage": record["median_step_seconds"],
         "eval_seconds": time.perf_counter() - start,
         "final_losses": record["final_losses"],
     }
@@ -184,6 +179,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--curriculum", type=parse_stage, nargs="+", default=[(4, 100), (10, 300), (30, 200)],
                         help="Training stages LENGTH:STEPS (sentences per story: batches of 32), in order.")  # fmt: skip
+    parser.add_argument("--lr_schedule", choices=["linear", "constant"], default="linear",
+                        help="Learning rate 2e-3: 5%% warm-up and linear decay over the whole curriculum, or constant "
+                        "(the runs recorded before 2026-12-02 evening; each stage then had its own optimizer).")  # fmt: skip
     parser.add_argument("--test_lengths", type=int, nargs="+", default=[30, 100, 300],
                         help="Sentences per test story; one test set per length.")  # fmt: skip
     parser.add_argument("--num_train", type=int, default=None,
@@ -221,7 +219,7 @@ def main():
     )
     tokenizer, answers, train_rows, test_rows = build_task(concatenate_datasets(train_raw), test_raw)
     ends = list(itertools.accumulate(stage_sizes))
-    train_stages = [train_rows[end - size : end] for size, end in zip(stage_sizes, ends)]
+    stage_rows = [train_rows[end - size : end] for size, end in zip(stage_sizes, ends)]
     segment_length = make_model(tokenizer, answers, args.story_items).config.segment_length
     lengths = [row["sentence_index"][-1] + 1 for row in test_rows]
     sentence_distance, segment_distance = zip(*(distances(row, segment_length, args.story_items) for row in test_rows))
@@ -246,7 +244,7 @@ def main():
 
     todo = [(name, seed) for name in args.variants for seed in args.seeds if f"{name}/{seed}" not in runs]
     for name, seed in tqdm(todo, desc="bench_forgetting", unit="model"):
-        run = run_variant(name, seed, args, tokenizer, answers, train_stages, test_rows, labels, coverage_rows)
+        run = run_variant(name, seed, args, tokenizer, answers, stage_rows, test_rows, labels, coverage_rows)
         runs[f"{name}/{seed}"] = run
         results = save()
         overall = results["accuracy"][name]["overall"][-1]

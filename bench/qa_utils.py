@@ -42,34 +42,55 @@ def collator(model) -> QACollator:
     return QACollator(sentence_items=model.config.story_items == "sentences")
 
 
-def train(model, train_rows, steps, seed, batch_size=BATCH_SIZE, lr=2e-3, final_steps=50) -> dict:
-    """Plain AdamW loop over shuffled passes of `train_rows` (the Trainer's loss: task + recollection + 0.5 familiarity + sampler + the memory type's
-    own loss); leaves the model in eval mode and returns the median step time, the training's process CPU
-    seconds, and each loss term averaged over the last `final_steps` steps."""
+def train(model, train_rows, steps, seed, batch_size=BATCH_SIZE, lr=2e-3, final_steps=50, schedule="constant") -> dict:
+    """`train_stages` on one stage."""
+    return train_stages(model, [(train_rows, steps)], seed, batch_size, lr, final_steps, schedule)
+
+
+def train_stages(model, stages, seed, batch_size=BATCH_SIZE, lr=2e-3, final_steps=50, schedule="constant") -> dict:
+    """Plain AdamW loop through `stages` [(rows, steps), ...] in order, each read in shuffled passes (the Trainer's
+    loss: task + recollection + 0.5 familiarity + sampler + the memory type's own loss). `schedule`: a constant
+    learning rate, or "linear": 5% warm-up, then linear decay to 0 at the last step of the last stage (one optimizer
+    and one schedule across the stages). Leaves the model in eval mode and returns the median step time of the last
+    stage, the training's process CPU seconds, and each loss term averaged over the last `final_steps` steps."""
     torch.manual_seed(seed)
     collate = collator(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    step_times, terms = [], {}
+    total = sum(steps for _, steps in stages)
+    warmup = max(1, total // 20)
+    if schedule == "linear":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup)))
+        )
+    elif schedule == "constant":
+        scheduler = None
+    else:
+        raise ValueError(f"schedule must be constant or linear, got {schedule!r}")
+    terms = {}
     cpu_start = time.process_time()
     model.train()
-    # batches in a shuffled order, reshuffled after each pass: every story is read once before any is read again
-    order = []
-    for _ in tqdm(range(steps), desc="train", leave=False):
-        while len(order) < batch_size:
-            order += torch.randperm(len(train_rows)).tolist()
-        batch = collate([train_rows[i] for i in order[:batch_size]])
-        del order[:batch_size]
-        start = time.perf_counter()
-        outputs = model(**batch)
-        loss = combine_losses(outputs)  # the Trainer's default weights
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        step_times.append(time.perf_counter() - start)
-        for name in ("loss", *LOSS_WEIGHTS):
-            if outputs.get(name) is not None:
-                terms.setdefault(name, []).append(outputs[name].item())
+    for rows, steps in stages:
+        step_times = []
+        # batches in a shuffled order, reshuffled after each pass: every story is read once before any is read again
+        order = []
+        for _ in tqdm(range(steps), desc="train", leave=False):
+            while len(order) < batch_size:
+                order += torch.randperm(len(rows)).tolist()
+            batch = collate([rows[i] for i in order[:batch_size]])
+            del order[:batch_size]
+            start = time.perf_counter()
+            outputs = model(**batch)
+            loss = combine_losses(outputs)  # the Trainer's default weights
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            step_times.append(time.perf_counter() - start)
+            for name in ("loss", *LOSS_WEIGHTS):
+                if outputs.get(name) is not None:
+                    terms.setdefault(name, []).append(outputs[name].item())
     model.eval()
     return {
         "median_step_seconds": statistics.median(step_times) if step_times else float("nan"),
