@@ -183,8 +183,8 @@ def plot(rows: list[dict], settings: dict, path: Path) -> None:
         budget = f"up to {budget} (early stopping, patience {settings['early_stopping_patience']})"
     if "cpu_cap" in settings:
         budget += f", at most {settings['cpu_cap']:g} CPU s"
-    ax.set_title(f"bAbI {settings['babi_subset']}, {settings['story_items']} as items, {budget} of batch "
-                 f"{settings['batch_size']}, seed {settings['seed']}", fontsize=10)  # fmt: skip
+    ax.set_title(f"bAbI {settings['babi_subset']}, {settings['story_items']} as items, seed {settings['seed']}\n"
+                 f"{budget}, batch {settings['batch_size']}", fontsize=10)  # fmt: skip
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
