@@ -1,12 +1,14 @@
 """BABILong-style benchmark: bAbI questions whose facts hide in 0 to 1M tokens of book text (`rm_hf.babilong`).
 
 Per task, each model is trained with a length curriculum (--train_lengths, at most 16k tokens: the train split at
-each length in turn, shortest first, --steps batches each), then tested at every --test_lengths length on the test
-split, whose background text comes from other books. Every model reads one item per story sentence:
+each length in turn, shortest first, --steps batches at each; one AdamW throughout, --lr_schedule constant or linear
+decay), then tested at every --test_lengths length on the test split, whose background text comes from other
+books. Every model reads one item per story sentence:
 
 - rm: `RehearsalMemoryForQuestionAnswering` as bench/qa_utils.py `make_model` builds it (items written 4 per
-  segment into 16 gated slots, trained with rehearsal), answering from its memory alone. It reads a test story
-  in one streaming pass, --chunk_sentences items per `write` call, so its memory use does not grow with the story.
+  segment into 16 gated slots, trained with rehearsal of run_qa.py's default size), answering from its memory
+  alone. It reads a test story in one streaming pass, --chunk_sentences items per `write` call, so its memory use
+  does not grow with the story.
 - rm_no_rehearsal: the same model trained without rehearsal (the ablation).
 - memn2n: `MemN2NForQuestionAnswering`, the full-access baseline: the question attends over every sentence of the
   story, so its cost grows with the story. It is run wherever the story fits: lengths whose stories have more than
@@ -51,7 +53,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 from cost_utils import RESULTS, current_rss_mib, peak_rss_mib, provenance, reset_peak_rss, run_in_fresh_process
-from qa_utils import make_model, train
+from qa_utils import make_model, train_stages
 from transformers import PreTrainedTokenizerFast
 
 from rm_hf import MemN2NForQuestionAnswering
@@ -63,7 +65,7 @@ from rm_hf.tokenization import build_word_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from prepare_babilong import parse_tasks  # noqa: E402
-from run_qa import MODEL_CLASSES  # noqa: E402
+from run_qa import MODEL_CLASSES, ModelArguments  # noqa: E402
 
 # the models this benchmark trains: run_qa.py's, and RM without rehearsal (the ablation)
 MODELS = {"rm": "rm", "rm_no_rehearsal": "rm", "memn2n": "memn2n"}  # name -> its MODEL_CLASSES key
@@ -104,6 +106,17 @@ QUOTED = {
 
 def parse_lengths(text: str) -> list[int]:
     return sorted({parse_length(piece) for piece in text.split(",")})
+
+
+def parse_steps(text: str, num_lengths: int) -> list[int]:
+    """Steps per curriculum length: one number for all, or one per length."""
+    try:
+        steps = [int(piece) for piece in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--steps takes whole numbers separated by commas, got {text!r}") from None
+    if len(steps) not in (1, num_lengths):
+        raise ValueError(f"--steps takes one number or one per --train_lengths length ({num_lengths}), got {text}")
+    return steps * num_lengths if len(steps) == 1 else steps
 
 
 def saved_lengths(data_dir: Path, task: int) -> set[int]:
@@ -153,7 +166,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="training curriculum, shortest first, each at most 16k (default: 0,1k,4k)")  # fmt: skip
     parser.add_argument("--test_lengths", default="all", help="e.g. 0,16k,128k (default: every length saved)")
     parser.add_argument("--num_test", type=int, default=100, help="test questions per length, at most")
-    parser.add_argument("--steps", type=int, default=300, help="training steps per curriculum length")
+    parser.add_argument(
+        "--steps",
+        default="300",
+        help="training steps per curriculum length: one number for every length, or one per length "
+        "(e.g. 2000,1500,800)",
+    )
+    parser.add_argument(
+        "--lr_schedule",
+        choices=["constant", "linear"],
+        default="constant",
+        help="one AdamW through the curriculum at a constant learning rate, or with 5%% warm-up and "
+        "linear decay to 0 at the last step",
+    )
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--seeds", default="0", help="comma-separated model and batch-order seeds")
@@ -173,6 +198,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.tasks = parse_tasks(args.tasks)
         args.train_lengths = parse_lengths(args.train_lengths)
         args.seeds = [int(seed) for seed in args.seeds.split(",")]
+        args.steps = parse_steps(args.steps, len(args.train_lengths))
         args.models = args.models.split(",")
         args.test_lengths = (
             lengths_in(args.data_dir, args.tasks) if args.test_lengths == "all" else parse_lengths(args.test_lengths)
@@ -181,7 +207,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             raise ValueError(f"--models takes {', '.join(MODELS)}, got {sorted(unknown)}")
         if args.train_lengths[-1] > MAX_TRAIN_LENGTH:
             raise ValueError(f"--train_lengths go up to 16k tokens, got {length_name(args.train_lengths[-1])}")
-        for name in ("num_test", "steps", "batch_size", "min_word_frequency", "max_item_tokens", "chunk_sentences",
+        if min(args.steps) < 1:
+            raise ValueError(f"--steps must be at least 1, got {min(args.steps)}")
+        for name in ("num_test", "batch_size", "min_word_frequency", "max_item_tokens", "chunk_sentences",
                      "full_access_max_sentences", "threads"):  # fmt: skip
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -226,8 +254,17 @@ def prepare_task(args, task: int) -> dict:
     return {"tokenizer": tokenizer, "answers": answers, "stages": stages}
 
 
+# run_qa.py's rehearsal size (2 fragments for a quarter of the stories, a 1-layer rehearsal model): at equal CPU it
+# learnt bAbI qa1 far faster than the config's (README, "Training question answering")
+REHEARSAL_SIZE = {
+    name: ModelArguments.__dataclass_fields__[name].default
+    for name in ("num_rehearsal_fragments", "rehearsal_batch_fraction", "rehearsal_num_layers")
+}
+
+
 def build_model(name: str, tokenizer, answers: list[str], max_item_tokens: int):
-    rm = make_model(tokenizer, answers, "sentences", max_sentence_tokens=max_item_tokens, use_rehearsal=name == "rm")
+    rm = make_model(tokenizer, answers, "sentences", max_sentence_tokens=max_item_tokens, use_rehearsal=name == "rm",
+                    **REHEARSAL_SIZE)  # fmt: skip
     return MemN2NForQuestionAnswering(rm.config) if name == "memn2n" else rm
 
 
@@ -346,7 +383,13 @@ def in_fresh_process(job: dict) -> dict:
 
 
 def curriculum_name(args) -> str:
-    return f"train {','.join(length_name(length) for length in args.train_lengths)} x{args.steps}"
+    """E.g. "train 0k,1k,4k x300" (the same steps at every length), "train 0k x2000, 1k x800, linear lr"."""
+    lengths = [length_name(length) for length in args.train_lengths]
+    if len(set(args.steps)) == 1:
+        name = f"train {','.join(lengths)} x{args.steps[0]}"
+    else:
+        name = "train " + ", ".join(f"{length} x{steps}" for length, steps in zip(lengths, args.steps))
+    return name if args.lr_schedule == "constant" else f"{name}, {args.lr_schedule} lr"
 
 
 def test_at(args, name: str, folder: str, task: int, length: int) -> dict:
@@ -368,10 +411,10 @@ def run_one(args, name: str, task: int, seed: int, data: dict) -> dict:
     """Train one model through the curriculum, then test it at every test length; the run's record."""
     torch.manual_seed(seed)
     model = build_model(name, data["tokenizer"], data["answers"], args.max_item_tokens)
-    stages = []
-    for stage, (length, rows) in enumerate(zip(args.train_lengths, data["stages"])):
-        record = train(model, rows, args.steps, seed + stage, args.batch_size, args.learning_rate)
-        stages.append({"length": length_name(length), "train_samples": len(rows), **record})
+    record = train_stages(model, list(zip(data["stages"], args.steps)), seed, args.batch_size, args.learning_rate,
+                          schedule=args.lr_schedule)  # fmt: skip
+    stages = [{"length": length_name(length), "steps": steps, "train_samples": len(rows), **stage}
+              for length, steps, rows, stage in zip(args.train_lengths, args.steps, data["stages"], record["stages"])]  # fmt: skip
     run = {
         "model": name,
         "task": task,

@@ -52,7 +52,8 @@ def train_stages(model, stages, seed, batch_size=BATCH_SIZE, lr=2e-3, final_step
     loss: task + recollection + 0.5 familiarity + sampler + the memory type's own loss). `schedule`: a constant
     learning rate, or "linear": 5% warm-up, then linear decay to 0 at the last step of the last stage (one optimizer
     and one schedule across the stages). Leaves the model in eval mode and returns the median step time of the last
-    stage, the training's process CPU seconds, and each loss term averaged over the last `final_steps` steps."""
+    stage, the training's process CPU seconds, and each loss term averaged over the last `final_steps` steps; under
+    "stages", the same three for each stage."""
     torch.manual_seed(seed)
     collate = collator(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -66,11 +67,11 @@ def train_stages(model, stages, seed, batch_size=BATCH_SIZE, lr=2e-3, final_step
         scheduler = None
     else:
         raise ValueError(f"schedule must be constant or linear, got {schedule!r}")
-    terms = {}
-    cpu_start = time.process_time()
+    records = []
     model.train()
     for rows, steps in stages:
-        step_times = []
+        step_times, terms = [], {}
+        cpu_start = time.process_time()
         # batches in a shuffled order, reshuffled after each pass: every story is read once before any is read again
         order = []
         for _ in tqdm(range(steps), desc="train", leave=False):
@@ -91,12 +92,13 @@ def train_stages(model, stages, seed, batch_size=BATCH_SIZE, lr=2e-3, final_step
             for name in ("loss", *LOSS_WEIGHTS):
                 if outputs.get(name) is not None:
                     terms.setdefault(name, []).append(outputs[name].item())
+        records.append({
+            "median_step_seconds": statistics.median(step_times) if step_times else float("nan"),
+            "train_cpu_seconds": time.process_time() - cpu_start,
+            "final_losses": {name: statistics.fmean(values[-final_steps:]) for name, values in terms.items()},
+        })  # fmt: skip
     model.eval()
-    return {
-        "median_step_seconds": statistics.median(step_times) if step_times else float("nan"),
-        "train_cpu_seconds": time.process_time() - cpu_start,
-        "final_losses": {name: statistics.fmean(values[-final_steps:]) for name, values in terms.items()},
-    }
+    return {**records[-1], "train_cpu_seconds": sum(r["train_cpu_seconds"] for r in records), "stages": records}
 
 
 def predict(model, rows, batch_size=128):

@@ -30,8 +30,9 @@ TASK_TEXT = babi_text(
 )
 
 
-def tiny_babilong(tmp_path):
-    """qa1 at 0 and 200 tokens: 6 training (at 0 only) and 4 test questions; book sentences of 11 tokens."""
+def tiny_babilong(tmp_path, max_train_length="0"):
+    """qa1 at 0 and 200 tokens: 6 training (up to `max_train_length`) and 4 test questions; book sentences of 11
+    tokens."""
     write(tmp_path / "babi", "qa1_single-supporting-fact_train.txt", TASK_TEXT)
     write(tmp_path / "babi", "qa1_single-supporting-fact_test.txt", TASK_TEXT)
     for book in range(4):
@@ -50,7 +51,7 @@ def tiny_babilong(tmp_path):
             "--num_test_samples",
             "4",
             "--max_train_length",
-            "0",
+            max_train_length,
             "--output_dir",
             str(tmp_path / "babilong"),
         ]  # fmt: skip
@@ -109,3 +110,20 @@ def test_train_split_stops_at_the_longest_training_length(tmp_path):
     assert len(load_babilong(data_dir, [1], 200, "test")) == 4
     with pytest.raises(ValueError, match="no 'train' split"):
         load_babilong(data_dir, [1], 200, "train")
+
+
+def test_bench_babilong_steps_per_length_and_schedule(tmp_path):
+    data_dir, output_dir = tiny_babilong(tmp_path, max_train_length="200"), tmp_path / "results"
+    tiny = ["--data_dir", str(data_dir), "--train_lengths", "0,200", "--batch_size", "4", "--max_item_tokens", "8",
+            "--chunk_sentences", "4", "--models", "rm", "--test_lengths", "0", "--output_dir", str(output_dir)]  # fmt: skip
+    run_bench("bench_babilong.py", *tiny, "--steps", "3,1", "--lr_schedule", "linear")
+    runs = json.loads((output_dir / "babilong.json").read_text())["runs"]
+    run = runs["rm, train 0k x3, 200 x1, linear lr, qa1, seed 0"]
+    assert [(stage["length"], stage["steps"], stage["train_samples"]) for stage in run["training"]] == [
+        ("0k", 3, 6),
+        ("200", 1, 6),
+    ]
+    assert run["train_cpu_seconds"] == pytest.approx(sum(stage["train_cpu_seconds"] for stage in run["training"]))
+    for steps in ("3,1,2", "3,x"):
+        stderr = run_bench("bench_babilong.py", *tiny, "--steps", steps, returncode=2)
+        assert "--steps takes" in stderr
