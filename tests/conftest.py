@@ -47,12 +47,17 @@ def tiny_config(**overrides) -> RehearsalMemoryConfig:
     return RehearsalMemoryConfig(**values)
 
 
-def example_main(name: str):
-    """`main(argv)` of examples/<name>.py, to run a script in-process (several times faster than a subprocess)."""
+def example_module(name: str):
+    """examples/<name>.py, imported."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main
+    return module
+
+
+def example_main(name: str):
+    """`main(argv)` of examples/<name>.py, to run a script in-process (several times faster than a subprocess)."""
+    return example_module(name).main
 
 
 # Each rank runs the script as `__main__`, then reports in a file of its own whether the gloo process group outlived

