@@ -242,9 +242,13 @@ def encode(row: dict, tokenizer, label2id: dict, max_item_tokens: int) -> dict:
 
 
 def prepare_task(args, task: int) -> dict:
-    """The tokenizer (from the training stories), the answers (of every split and length) and the encoded rows of
-    each curriculum length."""
-    train_sets = [load_babilong(args.data_dir, [task], length, "train") for length in args.train_lengths]
+    """The tokenizer (from the training stories read), the answers (of every split and length) and the encoded rows
+    of each curriculum length: the first steps x batch size of them where a stage reads fewer than its split holds
+    (a 16k-token row takes ~200 KB encoded)."""
+    train_sets = []
+    for length, steps in zip(args.train_lengths, args.steps):
+        data = load_babilong(args.data_dir, [task], length, "train")
+        train_sets.append(data.select(range(min(len(data), steps * args.batch_size))))
     test_sets = [load_babilong(args.data_dir, [task], length, "test") for length in args.test_lengths]
     texts = (text for data in train_sets for row in data for text in (*row["story"], row["question"]))
     tokenizer = build_word_tokenizer(texts, args.min_word_frequency)
