@@ -533,7 +533,7 @@ def plot(summary: dict, path: Path) -> None:
     fig.suptitle("RM (memory only) vs MemN2N (full access); dashed: quoted, not re-run (lengths in GPT-2 tokens)",
                  fontsize=9)  # fmt: skip
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # the legend below the axes stays whole
     plt.close(fig)
 
 
