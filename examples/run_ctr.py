@@ -53,6 +53,7 @@ from rm_hf.model_card import local_dataset, write_click_model_card
 from rm_hf.run_record import RunRecorder, check_output_dir, run_arguments
 from rm_hf.script_utils import (
     choose_stages,
+    freeze_encoder,
     load_pretrained_encoder,
     parse_script_args,
     refuse_fixed_flags,
@@ -100,6 +101,13 @@ class ModelArguments:
         metadata={
             "help": "A pretrained Hugging Face encoder (folder or Hub id) for the backbone of a new `rm` model; it "
             "fixes --hidden_size and --num_layers (--num_attention_heads then sets the memory's and rehearsal's)."
+        },
+    )
+    freeze_encoder: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the encoder backbone's weights (e.g. the pretrained --encoder_name_or_path) as they are and "
+            "train the rest: a step then costs the backbone's forward pass only."
         },
     )
     model: Literal["rm", "mean_pool", "target_attention"] = field(
@@ -392,6 +400,8 @@ def main(argv: list[str] | None = None) -> None:
         model = model_class(build_config(model_args, vocab, encoder.config if encoder is not None else None))
         if encoder is not None:
             with_encoder_weights(model, encoder)
+    if model_args.freeze_encoder:
+        freeze_encoder(model, model_args.model)
     logger.info("%s with %.2fM parameters", model_class.__name__, model.num_parameters() / 1e6)
 
     collator = ClickCollator()

@@ -45,6 +45,7 @@ from rm_hf.qa_data import QACollator, encode_qa_dataset, hold_out_stories
 from rm_hf.run_record import RunRecorder, check_output_dir, run_arguments
 from rm_hf.script_utils import (
     choose_stages,
+    freeze_encoder,
     load_pretrained_encoder,
     parse_script_args,
     refuse_fixed_flags,
@@ -92,6 +93,13 @@ class ModelArguments:
             "help": "A pretrained Hugging Face encoder (folder or Hub id; e.g. all-MiniLM-L6-v2) for the backbone of "
             "a new model; its tokenizer replaces the word-level one, and it fixes --hidden_size, "
             "--num_hidden_layers and --num_attention_heads."
+        },
+    )
+    freeze_encoder: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the encoder backbone's weights (e.g. the pretrained --encoder_name_or_path) as they are and "
+            "train the rest: a step then costs the backbone's forward pass only."
         },
     )
     model: Literal["rm", "memn2n"] = field(
@@ -438,6 +446,8 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
         model = model_class(config)
         if encoder is not None:
             with_encoder_weights(model, encoder)
+    if model_args.freeze_encoder:
+        freeze_encoder(model, model_args.model)
     if training_args.early_stopping_patience is not None:
         callbacks = [EarlyStoppingCallback(training_args.early_stopping_patience), *(callbacks or [])]
     trainer = RehearsalMemoryTrainer(

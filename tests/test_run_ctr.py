@@ -277,11 +277,17 @@ def test_run_ctr_builds_rm_on_a_pretrained_encoder(tmp_path):
     main(["--output_dir", str(output), *run])
     assert_backbone_is(encoder, output)
     assert 0 <= json.loads((output / "all_results.json").read_text())["eval_auc"] <= 1
+    # --freeze_encoder keeps the pretrained backbone through training at a real learning rate
+    frozen = ["--learning_rate", "0.01", "--max_steps", "2", "--freeze_encoder"]
+    main(["--output_dir", str(tmp_path / "frozen"), *run[:-2], *frozen])
+    assert_backbone_is(encoder, tmp_path / "frozen")
 
     with pytest.raises(ValueError, match=rf"--hidden_size 16 \(the encoder {encoder} has 32\)"):
         main(["--output_dir", str(tmp_path / "no"), *run, "--hidden_size", "16"])
     with pytest.raises(ValueError, match="--model mean_pool has no encoder"):
         main(["--output_dir", str(tmp_path / "no"), *run, "--model", "mean_pool"])
+    with pytest.raises(ValueError, match="--freeze_encoder: --model mean_pool has no encoder"):
+        main(["--output_dir", str(tmp_path / "no"), *RM_RUN, "--model", "mean_pool", "--freeze_encoder"])
 
 
 def test_every_model_flag_reaches_the_config(tmp_path):

@@ -287,6 +287,19 @@ def test_run_qa_builds_on_a_pretrained_encoder_and_its_tokenizer(tmp_path):
     assert 0 <= json.loads((output / "all_results.json").read_text())["eval_all_accuracy"] <= 1
 
     main = example_main("run_qa")
+    # --freeze_encoder: the backbone stays the pretrained one while the rest learns at a real learning rate
+    frozen = tmp_path / "frozen"
+    trained = [*run[:-2], "--learning_rate", "0.01", "--max_steps", "2", "--freeze_encoder"]
+    main(["--output_dir", str(frozen), *trained])
+    assert_backbone_is(encoder, frozen)
+    moved = (
+        load_file(frozen / "model.safetensors")["classifier.weight"]
+        - load_file(output / "model.safetensors")["classifier.weight"]
+    )
+    assert moved.abs().max() > 1e-3  # the head did train (the lr-0 run above is the same model, untrained)
+    with pytest.raises(ValueError, match="--freeze_encoder: --model memn2n has no encoder"):
+        main(["--output_dir", str(tmp_path / "no"), "--model", "memn2n", "--story_items", "sentences",
+              *TINY_RUN, "--freeze_encoder"])  # fmt: skip
     with pytest.raises(ValueError, match=rf"--num_hidden_layers 2 \(the encoder {encoder} has 1\)"):
         main(["--output_dir", str(tmp_path / "no"), *run, "--num_hidden_layers", "2"])
     with pytest.raises(ValueError, match="--model_name_or_path and --encoder_name_or_path exclude each other"):

@@ -140,6 +140,16 @@ def with_encoder_weights(model: PreTrainedModel, encoder: PreTrainedModel) -> Pr
     return model
 
 
+def freeze_encoder(model: PreTrainedModel, model_name: str) -> None:
+    """`--freeze_encoder`: the backbone `model.rehearsal_memory.encoder` (e.g. a pretrained one) keeps its weights
+    while the rest trains. Its parameters take no gradient, so the optimizer leaves them out, and with token inputs
+    autograd keeps none of its activations: a step costs the backbone's forward pass only."""
+    backbone = getattr(getattr(model, "rehearsal_memory", None), "encoder", None)
+    if backbone is None:
+        raise ValueError(f"--freeze_encoder: --model {model_name} has no encoder (only rm has).")
+    backbone.requires_grad_(False)
+
+
 def train_metrics(args: TrainingArguments, metrics: dict[str, float], checkpoint: str | None, steps: int) -> dict:
     """The training metrics to report. A retried finished run (resumed from a checkpoint already at its last step:
     `steps`, the step count after training, is the checkpoint's) trained nothing, and Trainer then reports a loss of
