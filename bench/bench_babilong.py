@@ -10,6 +10,10 @@ books. Every model reads one item per story sentence:
   alone. It reads a test story in one streaming pass, --chunk_sentences items per `write` call, so its memory use
   does not grow with the story.
 - rm_no_rehearsal: the same model trained without rehearsal (the ablation).
+- rm_teacher: rm with `sampler_mode="teacher"`: fragments to rehearse drawn from the attention of a full-access
+  teacher that sees the question (training only; the test is the same memory-alone pass).
+- rm_supporting: rm with `sampler_mode="external"` and the question's supporting facts as the weights: an oracle
+  sampler (it is told where the facts are), the upper bound of what a fact-seeking sampler can give; not a method.
 - memn2n: `MemN2NForQuestionAnswering`, the full-access baseline: the question attends over every sentence of the
   story, so its cost grows with the story. It is run wherever the story fits: lengths whose stories have more than
   --full_access_max_sentences sentences are "not run", and running out of memory is recorded, so the crossover
@@ -67,8 +71,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from prepare_babilong import parse_tasks  # noqa: E402
 from run_qa import MODEL_CLASSES, ModelArguments  # noqa: E402
 
-# the models this benchmark trains: run_qa.py's, and RM without rehearsal (the ablation)
-MODELS = {"rm": "rm", "rm_no_rehearsal": "rm", "memn2n": "memn2n"}  # name -> its MODEL_CLASSES key
+# the models this benchmark trains: run_qa.py's, RM without rehearsal (the ablation) and with other samplers
+MODELS = {"rm": "rm", "rm_no_rehearsal": "rm", "rm_teacher": "rm", "rm_supporting": "rm", "memn2n": "memn2n"}
+# each RM name's rehearsal settings
+RM_REHEARSAL = {
+    "rm": {"use_rehearsal": True},
+    "rm_no_rehearsal": {"use_rehearsal": False},
+    "rm_teacher": {"use_rehearsal": True, "sampler_mode": "teacher"},
+    "rm_supporting": {"use_rehearsal": True, "sampler_mode": "external"},  # the collator's supporting facts
+}
 
 MAX_TRAIN_LENGTH = 16_000
 # What the numbers measure, stored with them.
@@ -267,8 +278,8 @@ REHEARSAL_SIZE = {
 
 
 def build_model(name: str, tokenizer, answers: list[str], max_item_tokens: int):
-    rm = make_model(tokenizer, answers, "sentences", max_sentence_tokens=max_item_tokens, use_rehearsal=name == "rm",
-                    **REHEARSAL_SIZE)  # fmt: skip
+    rehearsal = {**RM_REHEARSAL.get(name, {"use_rehearsal": False}), **REHEARSAL_SIZE}
+    rm = make_model(tokenizer, answers, "sentences", max_sentence_tokens=max_item_tokens, **rehearsal)
     return MemN2NForQuestionAnswering(rm.config) if name == "memn2n" else rm
 
 
@@ -426,6 +437,7 @@ def run_one(args, name: str, task: int, seed: int, data: dict) -> dict:
         "curriculum": curriculum_name(args),
         "vocabulary_size": len(data["tokenizer"]),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "rehearsal_sampler": model.config.sampler_mode if model.config.use_rehearsal else None,
         "train_cpu_seconds": sum(stage["train_cpu_seconds"] for stage in stages),
         "training": stages,
         "test": {},

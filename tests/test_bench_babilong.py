@@ -95,14 +95,21 @@ def test_bench_babilong_smoke_and_resume(tmp_path):
     run_bench("bench_babilong.py", *tiny)
     assert json.loads((output_dir / "babilong.json").read_text())["runs"] == results["runs"]
 
-    # another model adds its run beside them: RM trained without rehearsal has no rehearsal losses
-    run_bench("bench_babilong.py", *tiny, "--models", "rm_no_rehearsal")
+    # other models add their runs beside them: RM trained without rehearsal has no rehearsal losses; with the
+    # teacher sampler it trains the teacher too; the supporting-fact oracle draws from the collator's weights
+    run_bench("bench_babilong.py", *tiny, "--models", "rm_no_rehearsal,rm_teacher,rm_supporting")
     again = json.loads((output_dir / "babilong.json").read_text())["runs"]
-    assert again.keys() == {*results["runs"], "rm_no_rehearsal, train 0k x2, qa1, seed 0"}
-    ablation = again["rm_no_rehearsal, train 0k x2, qa1, seed 0"]
+    added = {f"{name}, train 0k x2, qa1, seed 0" for name in ("rm_no_rehearsal", "rm_teacher", "rm_supporting")}
+    assert again.keys() == {*results["runs"], *added}
+    ablation, teacher, oracle = (again[f"{name}, train 0k x2, qa1, seed 0"]
+                                 for name in ("rm_no_rehearsal", "rm_teacher", "rm_supporting"))  # fmt: skip
     assert set(ablation["training"][0]["final_losses"]) == {"loss"}
     assert "recollection_loss" in run["training"][0]["final_losses"]
-    assert ablation["parameters"] < run["parameters"]
+    assert ablation["parameters"] < run["parameters"] == oracle["parameters"] < teacher["parameters"]
+    samplers = [r["rehearsal_sampler"] for r in (run, ablation, teacher, oracle)]
+    assert samplers == ["uniform", None, "teacher", "external"]
+    assert "sampler_loss" in teacher["training"][0]["final_losses"]
+    assert all(cell["status"] == "ok" for r in (teacher, oracle) for cell in r["test"].values())
 
 
 def test_train_split_stops_at_the_longest_training_length(tmp_path):
