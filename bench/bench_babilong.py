@@ -29,7 +29,9 @@ peak memory per sample. Both cover one sample from its token ids to its answer (
 memory or embedded whole, the question answered), at batch size 1 with --threads torch threads; tokenization is
 left out. Each (run, length) is tested in a fresh process, so no earlier length's allocator cache hides growth; per
 sample, the peak RSS minus the RSS just before it (the kernel's high-water mark, reset per sample as
-bench/cost_utils.py does), and the largest over the samples is reported.
+bench/cost_utils.py does), and the largest over the samples is reported. Per run with rehearsal, after training:
+the share of fragments its sampler draws that hold a supporting fact (`supporting_fact_coverage`, on the first 64
+training stories of each curriculum length).
 
 Every run is stored in OUTPUT_DIR/babilong.json as soon as it ends. A rerun with the same settings skips the runs
 there (other seeds, tasks, models or curricula add runs); one with other settings stops unless --overwrite. The JSON
@@ -57,7 +59,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 from cost_utils import RESULTS, current_rss_mib, peak_rss_mib, provenance, reset_peak_rss, run_in_fresh_process
-from qa_utils import make_model, train_stages
+from qa_utils import fragment_coverage, make_model, train_stages
 from transformers import PreTrainedTokenizerFast
 
 from rm_hf import MemN2NForQuestionAnswering
@@ -82,6 +84,8 @@ RM_REHEARSAL = {
 }
 
 MAX_TRAIN_LENGTH = 16_000
+# training stories per curriculum stage on which the trained sampler's supporting-fact coverage is measured
+COVERAGE_ROWS = 64
 # What the numbers measure, stored with them.
 MEASURED = {
     "accuracy": "share of the test questions answered right (mean over seeds in `results`)",
@@ -442,6 +446,11 @@ def run_one(args, name: str, task: int, seed: int, data: dict) -> dict:
         "training": stages,
         "test": {},
     }
+    if model.config.use_rehearsal:  # does the sampler find the facts among the book sentences?
+        run["supporting_fact_coverage"] = {
+            length_name(length): fragment_coverage(model, rows[:COVERAGE_ROWS])
+            for length, rows in zip(args.train_lengths, data["stages"])
+        }
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
         data["tokenizer"].save_pretrained(folder)

@@ -109,6 +109,9 @@ def test_bench_babilong_smoke_and_resume(tmp_path):
     samplers = [r["rehearsal_sampler"] for r in (run, ablation, teacher, oracle)]
     assert samplers == ["uniform", None, "teacher", "external"]
     assert "sampler_loss" in teacher["training"][0]["final_losses"]
+    assert "supporting_fact_coverage" not in ablation
+    # bAbI stories alone (at most 6 items): every fragment of 8 items holds the whole story, facts included
+    assert [r["supporting_fact_coverage"] for r in (run, teacher, oracle)] == [{"0k": 1.0}] * 3
     assert all(cell["status"] == "ok" for r in (teacher, oracle) for cell in r["test"].values())
 
 
@@ -122,10 +125,13 @@ def test_train_split_stops_at_the_longest_training_length(tmp_path):
 def test_bench_babilong_steps_per_length_and_schedule(tmp_path):
     data_dir, output_dir = tiny_babilong(tmp_path, max_train_length="200"), tmp_path / "results"
     tiny = ["--data_dir", str(data_dir), "--train_lengths", "0,200", "--batch_size", "4", "--max_item_tokens", "8",
-            "--chunk_sentences", "4", "--models", "rm", "--test_lengths", "0", "--output_dir", str(output_dir)]  # fmt: skip
-    run_bench("bench_babilong.py", *tiny, "--steps", "3,1", "--lr_schedule", "linear")
+            "--chunk_sentences", "4", "--test_lengths", "0", "--output_dir", str(output_dir)]  # fmt: skip
+    run_bench("bench_babilong.py", *tiny, "--models", "rm,rm_supporting", "--steps", "3,1", "--lr_schedule", "linear")
     runs = json.loads((output_dir / "babilong.json").read_text())["runs"]
     run = runs["rm, train 0k x3, 200 x1, linear lr, qa1, seed 0"]
+    # among 30+ book items, uniform draws seldom hold the fact; the oracle sampler, told where it is, mostly does
+    oracle = runs["rm_supporting, train 0k x3, 200 x1, linear lr, qa1, seed 0"]["supporting_fact_coverage"]["200"]
+    assert run["supporting_fact_coverage"]["200"] < 0.5 < oracle
     assert [(stage["length"], stage["steps"], stage["train_samples"]) for stage in run["training"]] == [
         ("0k", 3, 6),
         ("200", 1, 4),  # one batch of 4 reads 4 of the 6 rows: only those are encoded
