@@ -73,15 +73,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from prepare_babilong import parse_tasks  # noqa: E402
 from run_qa import MODEL_CLASSES, ModelArguments  # noqa: E402
 
-# the models this benchmark trains: run_qa.py's, RM without rehearsal (the ablation) and with other samplers
-MODELS = {"rm": "rm", "rm_no_rehearsal": "rm", "rm_teacher": "rm", "rm_supporting": "rm", "memn2n": "memn2n"}
-# each RM name's rehearsal settings
+# the RM models this benchmark trains, by their rehearsal settings: run_qa.py's, without rehearsal (the ablation),
+# and with other samplers
 RM_REHEARSAL = {
     "rm": {"use_rehearsal": True},
     "rm_no_rehearsal": {"use_rehearsal": False},
     "rm_teacher": {"use_rehearsal": True, "sampler_mode": "teacher"},
     "rm_supporting": {"use_rehearsal": True, "sampler_mode": "external"},  # the collator's supporting facts
 }
+MODELS = {**dict.fromkeys(RM_REHEARSAL, "rm"), "memn2n": "memn2n"}  # name -> its MODEL_CLASSES key
 
 MAX_TRAIN_LENGTH = 16_000
 # training stories per curriculum stage on which the trained sampler's supporting-fact coverage is measured
