@@ -205,6 +205,11 @@ def prepare_task(args, task: int, books: dict, num_samples: dict) -> dict:
     """Samples of one task at every length, saved; returns its part of the manifest."""
     read = DataArguments(babi_dir=str(args.babi_dir), babi_subset=args.babi_subset, tasks=str(task))
     rows = {split: load_babi_tasks(read, split)[0] for split in SPLITS}
+    # a task with fewer bAbI questions than asked for (en-10k has no task-3 train file; en/ holds 1,000) gives them all
+    asked, num_samples = num_samples, {split: min(count, len(rows[split])) for split, count in num_samples.items()}
+    for split in SPLITS:
+        if num_samples[split] < asked[split]:
+            logger.warning("qa%d %s: %d samples per length, all its bAbI questions", task, split, num_samples[split])
     entities = task_entities(*rows.values())
     backgrounds = {split: BackgroundText(books[split], entities) for split in SPLITS}
     report = {
@@ -252,8 +257,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_LENGTHS,
         help=f"story lengths in tokens, 0 = bAbI alone (default: {DEFAULT_LENGTHS})",
     )
-    parser.add_argument("--num_train_samples", type=int, default=100, help="questions per length (default: 100)")
-    parser.add_argument("--num_test_samples", type=int, default=100, help="questions per length (default: 100)")
+    parser.add_argument(
+        "--num_train_samples", type=int, default=100, help="questions per length, at most the task's (default: 100)"
+    )
+    parser.add_argument(
+        "--num_test_samples", type=int, default=100, help="questions per length, at most the task's (default: 100)"
+    )
     parser.add_argument(
         "--max_train_length",
         default="16k",

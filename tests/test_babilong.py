@@ -284,6 +284,16 @@ def test_prepare_script_writes_datasets_and_a_manifest(task_dir, books_dir, tmp_
         example_main("prepare_babilong")(argv)
 
 
+def test_a_task_with_fewer_questions_than_asked_gives_them_all(task_dir, rows, books_dir, tmp_path, caplog):
+    # en-10k has no task-3 train file and en/ holds 1,000 questions: --num_train_samples 10000 must not stop there
+    argv = ["--books_dir", str(books_dir), "--babi_dir", str(task_dir), "--lengths", "0", "--num_train_samples",
+            "1000", "--num_test_samples", "2", "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    manifest = example_main("prepare_babilong")(argv)
+    samples = manifest["tasks"]["qa1"]["lengths"]["0k"]
+    assert [samples[split]["samples"] for split in ("train", "test")] == [len(rows), 2] and len(rows) < 1000
+    assert f"qa1 train: {len(rows)} samples per length, all its bAbI questions" in caplog.text
+
+
 def test_train_room_is_checked_only_up_to_the_longest_training_length(task_dir, books_dir, tmp_path):
     # three books for test (about 2,400 tokens), one for training (570): room for 1k-token test samples, none for
     # 1k-token training samples, which --max_train_length 0 does not ask for
