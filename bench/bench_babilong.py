@@ -33,6 +33,9 @@ bench/cost_utils.py does), and the largest over the samples is reported. Per run
 the share of fragments its sampler draws that hold a supporting fact (`supporting_fact_coverage`, on the first 64
 training stories of each curriculum length).
 
+--config KEY=VALUE sets `RehearsalMemoryConfig` fields for every model (e.g. rehearsal_fragment_length=1, fragments
+of one item); it is a setting of the whole results file, so each set of values needs its own --output_dir.
+
 Every run is stored in OUTPUT_DIR/babilong.json as soon as it ends. A rerun with the same settings skips the runs
 there (other seeds, tasks, models or curricula add runs); one with other settings stops unless --overwrite. The JSON
 and the printed table also hold the BABILong numbers quoted from the paper and leaderboard (not re-run; their
@@ -59,7 +62,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 from cost_utils import RESULTS, current_rss_mib, peak_rss_mib, provenance, reset_peak_rss, run_in_fresh_process
-from qa_utils import fragment_coverage, make_model, train_stages
+from qa_utils import check_overrides, fragment_coverage, make_model, parse_override, train_stages
 from transformers import PreTrainedTokenizerFast
 
 from rm_hf import MemN2NForQuestionAnswering
@@ -204,12 +207,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="items per `write` as rm streams a story (rounded up to whole segments)")  # fmt: skip
     parser.add_argument("--full_access_max_sentences", type=int, default=100_000,
                         help="memn2n is not run on lengths whose stories have more sentences")  # fmt: skip
+    parser.add_argument("--config", type=parse_override, nargs="+", default=[], metavar="KEY=VALUE",
+                        help="RehearsalMemoryConfig fields set for every model, e.g. rehearsal_fragment_length=2 "
+                        "(a setting of the whole file: runs with other values go to another --output_dir)")  # fmt: skip
     parser.add_argument("--output_dir", type=Path, default=RESULTS / "babilong")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared 2-core machine more threads ran slower)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace runs stored with other settings")
     args = parser.parse_args(argv)
     try:
+        args.config = check_overrides(dict(args.config))
         args.tasks = parse_tasks(args.tasks)
         args.train_lengths = parse_lengths(args.train_lengths)
         args.seeds = [int(seed) for seed in args.seeds.split(",")]
@@ -281,9 +288,9 @@ REHEARSAL_SIZE = {
 }
 
 
-def build_model(name: str, tokenizer, answers: list[str], max_item_tokens: int):
+def build_model(name: str, tokenizer, answers: list[str], max_item_tokens: int, config: dict):
     rehearsal = {**RM_REHEARSAL.get(name, {"use_rehearsal": False}), **REHEARSAL_SIZE}
-    rm = make_model(tokenizer, answers, "sentences", max_sentence_tokens=max_item_tokens, **rehearsal)
+    rm = make_model(tokenizer, answers, "sentences", max_sentence_tokens=max_item_tokens, **(rehearsal | config))
     return MemN2NForQuestionAnswering(rm.config) if name == "memn2n" else rm
 
 
@@ -429,7 +436,7 @@ def test_at(args, name: str, folder: str, task: int, length: int) -> dict:
 def run_one(args, name: str, task: int, seed: int, data: dict) -> dict:
     """Train one model through the curriculum, then test it at every test length; the run's record."""
     torch.manual_seed(seed)
-    model = build_model(name, data["tokenizer"], data["answers"], args.max_item_tokens)
+    model = build_model(name, data["tokenizer"], data["answers"], args.max_item_tokens, args.config)
     record = train_stages(model, list(zip(data["stages"], args.steps)), seed, args.batch_size, args.learning_rate,
                           schedule=args.lr_schedule)  # fmt: skip
     stages = [{"length": length_name(length), "steps": steps, "train_samples": len(rows), **stage}
@@ -611,6 +618,8 @@ def main(argv: list[str] | None = None) -> dict:
     # what makes runs comparable: everything but which runs are made now (models, seeds, tasks, curriculum) and how
     comparable = ("test_lengths", "num_test", "batch_size", "learning_rate", "min_word_frequency", "max_item_tokens",
                   "chunk_sentences", "full_access_max_sentences")  # fmt: skip
+    # (--config only when given: the settings of runs stored before the flag existed stay equal)
+    comparable += ("config",) if args.config else ()
     settings = json.loads(json.dumps({name: getattr(args, name) for name in comparable} | {"data": manifest}))
     output = args.output_dir / "babilong.json"
     runs = stored_runs(output, settings, args.overwrite)

@@ -39,7 +39,16 @@ import matplotlib.pyplot as plt
 import torch
 from cost_utils import RESULTS, provenance
 from datasets import concatenate_datasets
-from qa_utils import BATCH_SIZE, build_task, fragment_coverage, make_model, predict, train_stages
+from qa_utils import (
+    BATCH_SIZE,
+    build_task,
+    check_overrides,
+    fragment_coverage,
+    make_model,
+    parse_override,
+    predict,
+    train_stages,
+)
 from tqdm.auto import tqdm
 
 from rm_hf.story_generator import QUESTION_TYPES, generate_stories
@@ -131,19 +140,6 @@ def parse_stage(text: str) -> tuple[int, int]:
     return int(length), int(steps)
 
 
-def parse_override(text: str) -> tuple[str, object]:
-    """KEY=VALUE, the value read as JSON where it parses (numbers, true/false), else as a string."""
-    key, sep, value = text.partition("=")
-    if not (sep and key):
-        raise argparse.ArgumentTypeError(
-            f"a config override is KEY=VALUE (e.g. rehearsal_replace_ratio=1.0), got {text!r}"
-        )
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def stored_runs(path: Path, settings: dict) -> dict:
     """The runs of an earlier invocation with the same settings (resume), else none."""
     if not path.exists():
@@ -199,7 +195,10 @@ def main():
                         help="RehearsalMemoryConfig fields set for every variant (a sweep of settings).")  # fmt: skip
     parser.add_argument("--output_dir", default=str(RESULTS))
     args = parser.parse_args()
-    args.config = dict(args.config)
+    try:
+        args.config = check_overrides(dict(args.config))
+    except ValueError as error:
+        parser.error(str(error))
     torch.set_num_threads(args.threads)
     output_dir = Path(args.output_dir)
     # what makes runs comparable: everything but which variants and seeds run now, and where they go

@@ -1,6 +1,10 @@
-"""Helpers shared by `bench_rehearsal.py` and `bench_forgetting.py`: the small QA task and model, a plain
-training loop, batched predictions under `torch.inference_mode()`, and the sampler's supporting-fact coverage."""
+"""Helpers shared by `bench_rehearsal.py`, `bench_forgetting.py` and `bench_babilong.py`: the small QA task and
+model, --config overrides of its config, a plain training loop, batched predictions under `torch.inference_mode()`,
+and the sampler's supporting-fact coverage."""
 
+import argparse
+import dataclasses
+import json
 import statistics
 import time
 
@@ -36,6 +40,27 @@ def make_model(tokenizer, answers, story_items="tokens", **overrides):
         segment_length=4 if story_items == "sentences" else 32, **overrides,
     )  # fmt: skip
     return RehearsalMemoryForQuestionAnswering(config)
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """KEY=VALUE, the value read as JSON where it parses (numbers, true/false), else as a string."""
+    key, sep, value = text.partition("=")
+    if not (sep and key):
+        raise argparse.ArgumentTypeError(
+            f"a config override is KEY=VALUE (e.g. rehearsal_replace_ratio=1.0), got {text!r}"
+        )
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def check_overrides(overrides: dict) -> dict:
+    """`overrides` if every key is a `RehearsalMemoryConfig` field: the config keeps an unknown keyword as a plain
+    attribute, so a misspelt override would change nothing and say nothing."""
+    if unknown := sorted(set(overrides) - {field.name for field in dataclasses.fields(RehearsalMemoryConfig)}):
+        raise ValueError(f"--config: not RehearsalMemoryConfig fields: {', '.join(unknown)}")
+    return overrides
 
 
 def collator(model) -> QACollator:

@@ -203,3 +203,5 @@ def test_bench_forgetting_smoke(tmp_path):
     )
     sweep = json.loads((tmp_path / "sweep" / "forgetting.json").read_text())
     assert sweep["settings"]["config"] == {"num_memory_slots": 4} and set(sweep["runs"]) == {"no_rehearsal/0"}
+    stderr = run_bench("bench_forgetting.py", *tiny, "--config", "num_memory_slot=4", returncode=2)
+    assert "not RehearsalMemoryConfig fields: num_memory_slot" in stderr  # a misspelt field would change nothing

@@ -140,3 +140,25 @@ def test_bench_babilong_steps_per_length_and_schedule(tmp_path):
     for steps in ("3,1,2", "3,x"):
         stderr = run_bench("bench_babilong.py", *tiny, "--steps", steps, returncode=2)
         assert "--steps takes" in stderr
+
+
+def test_bench_babilong_config_overrides_reach_the_model_and_bind_the_file(tmp_path):
+    data_dir = tiny_babilong(tmp_path)
+    tiny = ["--data_dir", str(data_dir), "--train_lengths", "0", "--steps", "2", "--batch_size", "4",
+            "--max_item_tokens", "8", "--test_lengths", "0", "--models", "rm"]  # fmt: skip
+    run_bench("bench_babilong.py", *tiny, "--output_dir", str(tmp_path / "default"))
+    overridden = tmp_path / "two_layers"
+    run_bench("bench_babilong.py", *tiny, "--output_dir", str(overridden), "--config", "rehearsal_num_layers=2")
+    default, two_layers = (
+        json.loads((folder / "babilong.json").read_text()) for folder in (tmp_path / "default", overridden)
+    )
+    assert "config" not in default["settings"] and two_layers["settings"]["config"] == {"rehearsal_num_layers": 2}
+    key = "rm, train 0k x2, qa1, seed 0"
+    assert two_layers["runs"][key]["parameters"] > default["runs"][key]["parameters"]  # run_qa.py's rehearser has 1
+    # runs made with other config values never mix in one file
+    stderr = run_bench("bench_babilong.py", *tiny, "--output_dir", str(overridden), returncode=1)
+    assert "other settings (config)" in stderr
+    stderr = run_bench("bench_babilong.py", *tiny, "--output_dir", str(overridden), "--config", "oops", returncode=2)
+    assert "a config override is KEY=VALUE" in stderr
+    stderr = run_bench("bench_babilong.py", *tiny, "--config", "rehearsal_fragment_lenght=2", returncode=2)
+    assert "not RehearsalMemoryConfig fields: rehearsal_fragment_lenght" in stderr
