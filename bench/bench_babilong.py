@@ -33,8 +33,9 @@ bench/cost_utils.py does), and the largest over the samples is reported. Per run
 the share of fragments its sampler draws that hold a supporting fact (`supporting_fact_coverage`, on the first 64
 training stories of each curriculum length).
 
---config KEY=VALUE sets `RehearsalMemoryConfig` fields for every model (e.g. rehearsal_fragment_length=1, fragments
-of one item); it is a setting of the whole results file, so each set of values needs its own --output_dir.
+--config KEY=VALUE sets `RehearsalMemoryConfig` fields for every model (e.g. rehearsal_fragment_length=2: fragments
+of two items; with one, familiarity has no item left to replace, so no negatives); it is a setting of the whole
+results file, so each set of values needs its own --output_dir.
 
 Every run is stored in OUTPUT_DIR/babilong.json as soon as it ends. A rerun with the same settings skips the runs
 there (other seeds, tasks, models or curricula add runs); one with other settings stops unless --overwrite. The JSON
