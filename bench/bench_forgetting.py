@@ -16,7 +16,8 @@ shows the mean accuracy over seeds with a min-max band, one line per variant:
 The dotted reference is the majority answer per question type of the training set (what a model that ignores
 the story gets). Same data, seeds and steps for every variant. Per variant the JSON also holds the curve of
 each question type, the final loss terms (mean of the last 50 steps), the training CPU seconds, and with
-rehearsal the share of sampled fragments that cover the supporting fact (on the shortest test stories).
+rehearsal the share of sampled fragments that cover the supporting fact (on the shortest test stories); each run
+also keeps its step time, CPU seconds and final losses per curriculum stage.
 Every (variant, seed) run is stored as soon as it ends; a rerun with the same settings skips the runs already
 there (so a long run can be stopped and continued), a rerun with other settings starts the file afresh.
 
@@ -165,6 +166,8 @@ def run_variant(name, seed, args, tokenizer, answers, stage_rows, test_rows, lab
         "median_step_seconds_last_stage": record["median_step_seconds"],
         "eval_seconds": time.perf_counter() - start,
         "final_losses": record["final_losses"],
+        # per stage: step time, CPU seconds and final losses, to tell which length a run's cost or loss comes from
+        "stages": [{"length": length, **stage} for (length, _), stage in zip(args.curriculum, record["stages"])],
     }
     if model.config.use_rehearsal:
         run["supporting_fact_coverage"] = fragment_coverage(model, coverage_rows)

@@ -189,6 +189,11 @@ def test_bench_forgetting_smoke(tmp_path):
     assert all(cpu > 0 for cost in costs.values() for cpu in cost["train_cpu_seconds"])
     assert all(0 <= c <= 1 for c in costs["rehearsal_teacher"]["supporting_fact_coverage"])
     assert {"loss", "recollection_loss", "familiarity_loss"} <= set(costs["rehearsal_uniform"]["final_losses"][0])
+    stages = results["runs"]["rehearsal_uniform/0"]["stages"]
+    assert [stage["length"] for stage in stages] == [4, 6] and all(stage["train_cpu_seconds"] > 0 for stage in stages)
+    assert sum(stage["train_cpu_seconds"] for stage in stages) == pytest.approx(
+        costs["rehearsal_uniform"]["train_cpu_seconds"][0]
+    )
     # a rerun with the same settings keeps every stored run and adds only the new seed
     first = results["runs"]
     run_bench("bench_forgetting.py", *tiny, "--seeds", "0", "2", "--variants", "no_rehearsal")
