@@ -222,7 +222,7 @@ def main():
     tokenizer, answers, train_rows, test_rows = build_task(concatenate_datasets(train_raw), test_raw)
     ends = list(itertools.accumulate(stage_sizes))
     stage_rows = [train_rows[end - size : end] for size, end in zip(stage_sizes, ends)]
-    segment_length = make_model(tokenizer, answers, args.story_items).config.segment_length
+    segment_length = make_model(tokenizer, answers, args.story_items, **args.config).config.segment_length
     lengths = [row["sentence_index"][-1] + 1 for row in test_rows]
     sentence_distance, segment_distance = zip(*(distances(row, segment_length, args.story_items) for row in test_rows))
     types = [row["question_type"] for row in test_rows]

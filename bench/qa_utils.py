@@ -32,12 +32,12 @@ def build_task(train_raw, test_raw):
 
 def make_model(tokenizer, answers, story_items="tokens", **overrides):
     """A small QA model; with `story_items="sentences"` each sentence is one item, written 4 per segment (the
-    setting that learns bAbI task 1), otherwise tokens, 32 per segment."""
+    setting that learns bAbI task 1), otherwise tokens, 32 per segment; `overrides` may change either."""
     config = RehearsalMemoryConfig(
         encoder_config={"vocab_size": len(tokenizer), "hidden_size": 64, "num_hidden_layers": 2,
                         "num_attention_heads": 4, "intermediate_size": 256, "max_position_embeddings": 64},
         id2label=dict(enumerate(answers)), story_items=story_items,
-        segment_length=4 if story_items == "sentences" else 32, **overrides,
+        **{"segment_length": 4 if story_items == "sentences" else 32, **overrides},
     )  # fmt: skip
     return RehearsalMemoryForQuestionAnswering(config)
 

@@ -203,10 +203,11 @@ def test_bench_forgetting_smoke(tmp_path):
     assert (tmp_path / "forgetting.png").stat().st_size > 0
     # config fields set for every variant are part of the settings: runs made without them are not mixed in
     tiny[-1] = str(tmp_path / "sweep")
-    run_bench(
-        "bench_forgetting.py", *tiny, "--seeds", "0", "--variants", "no_rehearsal", "--config", "num_memory_slots=4"
-    )
+    # (segment_length too: the segments-back bins follow it)
+    run_bench("bench_forgetting.py", *tiny, "--seeds", "0", "--variants", "no_rehearsal",
+              "--config", "num_memory_slots=4", "segment_length=1")  # fmt: skip
     sweep = json.loads((tmp_path / "sweep" / "forgetting.json").read_text())
-    assert sweep["settings"]["config"] == {"num_memory_slots": 4} and set(sweep["runs"]) == {"no_rehearsal/0"}
+    assert sweep["settings"]["config"] == {"num_memory_slots": 4, "segment_length": 1}
+    assert set(sweep["runs"]) == {"no_rehearsal/0"} and sweep["segment_length"] == 1
     stderr = run_bench("bench_forgetting.py", *tiny, "--config", "num_memory_slot=4", returncode=2)
     assert "not RehearsalMemoryConfig fields: num_memory_slot" in stderr  # a misspelt field would change nothing
