@@ -38,7 +38,9 @@ of two items; with one, familiarity has no item left to replace, so no negatives
 results file, so each set of values needs its own --output_dir.
 
 Every run is stored in OUTPUT_DIR/babilong.json as soon as it ends. A rerun with the same settings skips the runs
-there (other seeds, tasks, models or curricula add runs); one with other settings stops unless --overwrite. The JSON
+there (other seeds, tasks, models or curricula add runs); one with other settings stops unless --overwrite. With
+--models_dir the trained models are kept, and a run whose model is kept there is tested without training it again,
+so testing at new lengths (into another --output_dir) or after an interruption costs no retraining. The JSON
 and the printed table also hold the BABILong numbers quoted from the paper and leaderboard (not re-run; their
 lengths count GPT-2 tokens, ours words and punctuation marks); babilong.png plots accuracy against length.
 
@@ -48,6 +50,7 @@ lengths count GPT-2 tokens, ours words and punctuation marks); babilong.png plot
 """
 
 import argparse
+import functools
 import gc
 import itertools
 import json
@@ -212,6 +215,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="RehearsalMemoryConfig fields set for every model, e.g. rehearsal_fragment_length=2 "
                         "(a setting of the whole file: runs with other values go to another --output_dir)")  # fmt: skip
     parser.add_argument("--output_dir", type=Path, default=RESULTS / "babilong")
+    parser.add_argument("--models_dir", type=Path, default=None,
+                        help="keep each trained model in MODELS_DIR/<model>_qa<task>_seed<seed> with its training "
+                        "record; a later invocation with the same training settings tests the kept model instead of "
+                        "training it again (e.g. at other --test_lengths, or after testing was cut short)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared 2-core machine more threads ran slower)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace runs stored with other settings")
@@ -434,8 +441,8 @@ def test_at(args, name: str, folder: str, task: int, length: int) -> dict:
     return in_fresh_process(job)
 
 
-def run_one(args, name: str, task: int, seed: int, data: dict) -> dict:
-    """Train one model through the curriculum, then test it at every test length; the run's record."""
+def train_one(args, name: str, task: int, seed: int, data: dict, folder: Path) -> dict:
+    """Train one model through the curriculum and save it (and its tokenizer) in `folder`; the run's record."""
     torch.manual_seed(seed)
     model = build_model(name, data["tokenizer"], data["answers"], args.max_item_tokens, args.config)
     record = train_stages(model, list(zip(data["stages"], args.steps)), seed, args.batch_size, args.learning_rate,
@@ -452,24 +459,61 @@ def run_one(args, name: str, task: int, seed: int, data: dict) -> dict:
         "rehearsal_sampler": model.config.sampler_mode if model.config.use_rehearsal else None,
         "train_cpu_seconds": sum(stage["train_cpu_seconds"] for stage in stages),
         "training": stages,
-        "test": {},
     }
     if model.config.use_rehearsal:  # does the sampler find the facts among the book sentences?
         run["supporting_fact_coverage"] = {
             length_name(length): fragment_coverage(model, rows[:COVERAGE_ROWS])
             for length, rows in zip(args.train_lengths, data["stages"])
         }
-    with tempfile.TemporaryDirectory() as folder:
-        model.save_pretrained(folder)
-        data["tokenizer"].save_pretrained(folder)
+    model.save_pretrained(folder)
+    data["tokenizer"].save_pretrained(folder)
+    return run
+
+
+# what a run's test does not depend on: a kept model is reused whatever they are
+TEST_SETTINGS = ("test_lengths", "num_test", "chunk_sentences", "full_access_max_sentences")
+KEPT_RECORD = "training_record.json"
+
+
+def kept_run(folder: Path, training: dict) -> dict | None:
+    """The training record of the model kept in `folder` (--models_dir), None if none is kept there; stops if that
+    model was trained with other settings rather than test it under this run's name."""
+    path = folder / KEPT_RECORD
+    if not path.exists():
+        return None
+    kept = json.loads(path.read_text())
+    if kept["settings"] != training:
+        sys.exit(f"{folder} keeps a model trained with other settings ({', '.join(differing(training, kept['settings']))}"
+                 f"): choose another --models_dir")  # fmt: skip
+    print(f"testing the model kept in {folder} (trained earlier, not retrained)", flush=True)
+    return kept["run"]
+
+
+def run_one(args, name: str, task: int, seed: int, prepared, settings: dict) -> dict:
+    """Train one model (or take the one kept in --models_dir), then test it at every test length; the run's record.
+    `prepared()` gives the task's data, read only when a model is trained."""
+    training = {key: value for key, value in settings.items() if key not in TEST_SETTINGS}
+    training |= {"model": name, "task": task, "seed": seed, "curriculum": curriculum_name(args)}
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) if args.models_dir is None else args.models_dir / f"{name}_qa{task}_seed{seed}"
+        run = kept_run(folder, training)
+        if run is None:
+            run = train_one(args, name, task, seed, prepared(), folder)
+            if args.models_dir is not None:  # written last: a folder without it holds no finished model
+                (folder / KEPT_RECORD).write_text(json.dumps({"settings": training, "run": run}, indent=2) + "\n")
+        run["test"] = {}
         for length in args.test_lengths:
-            run["test"][length_name(length)] = cell = test_at(args, name, folder, task, length)
+            run["test"][length_name(length)] = cell = test_at(args, name, str(folder), task, length)
             shown = "" if cell["status"] != "ok" else (
                 f"accuracy {cell['accuracy']:.3f} (n={cell['num_test']}), {cell['seconds_per_sample']:.3f} s and "
                 f"{cell['peak_memory_mib']:.1f} MiB per sample"
             )  # fmt: skip
             print(f"{name} qa{task} seed {seed} at {length_name(length)}: {shown or cell['status']}", flush=True)
     return run
+
+
+def differing(settings: dict, stored: dict) -> list[str]:
+    return sorted(key for key in settings.keys() | stored.keys() if settings.get(key) != stored.get(key))
 
 
 def stored_runs(path: Path, settings: dict, overwrite: bool) -> dict:
@@ -479,8 +523,7 @@ def stored_runs(path: Path, settings: dict, overwrite: bool) -> dict:
         return {}
     earlier = json.loads(path.read_text())
     if earlier.get("settings") != settings:
-        stored = earlier.get("settings") or {}
-        differ = sorted(key for key in settings.keys() | stored.keys() if settings.get(key) != stored.get(key))
+        differ = differing(settings, earlier.get("settings") or {})
         sys.exit(f"{path} holds runs made with other settings ({', '.join(differ)}): pass --overwrite to replace "
                  f"them, or choose another --output_dir")  # fmt: skip
     return earlier["runs"]
@@ -630,9 +673,9 @@ def main(argv: list[str] | None = None) -> dict:
         keys = {(name, seed): f"{name}, {curriculum_name(args)}, qa{task}, seed {seed}"
                 for name in args.models for seed in args.seeds}  # fmt: skip
         todo = [(name, seed) for (name, seed), key in keys.items() if key not in runs]
-        data = prepare_task(args, task) if todo else None
+        prepared = functools.cache(functools.partial(prepare_task, args, task))
         for name, seed in todo:
-            runs[keys[name, seed]] = run_one(args, name, task, seed, data)
+            runs[keys[name, seed]] = run_one(args, name, task, seed, prepared, settings)
             output.write_text(json.dumps(results(args, settings, manifest, runs), indent=2) + "\n")
     final = results(args, settings, manifest, runs)
     output.write_text(json.dumps(final, indent=2) + "\n")

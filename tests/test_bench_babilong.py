@@ -162,3 +162,28 @@ def test_bench_babilong_config_overrides_reach_the_model_and_bind_the_file(tmp_p
     assert "a config override is KEY=VALUE" in stderr
     stderr = run_bench("bench_babilong.py", *tiny, "--config", "rehearsal_fragment_lenght=2", returncode=2)
     assert "not RehearsalMemoryConfig fields: rehearsal_fragment_lenght" in stderr
+
+
+def test_bench_babilong_keeps_models_and_tests_them_again_without_training(tmp_path):
+    data_dir, models_dir = tiny_babilong(tmp_path), tmp_path / "models"
+    tiny = ["--data_dir", str(data_dir), "--train_lengths", "0", "--steps", "2", "--batch_size", "4",
+            "--max_item_tokens", "8", "--chunk_sentences", "4", "--models", "rm_teacher",
+            "--models_dir", str(models_dir)]  # fmt: skip
+    run_bench("bench_babilong.py", *tiny, "--test_lengths", "0", "--output_dir", str(tmp_path / "short"))
+    kept = models_dir / "rm_teacher_qa1_seed0"
+    assert (kept / "config.json").exists() and (kept / "training_record.json").exists()
+    # other test lengths, into another results file: the kept model is tested, not trained again
+    run_bench("bench_babilong.py", *tiny, "--test_lengths", "0,200", "--output_dir", str(tmp_path / "long"))
+    key = "rm_teacher, train 0k x2, qa1, seed 0"
+    short, long = (
+        json.loads((tmp_path / name / "babilong.json").read_text())["runs"][key] for name in ("short", "long")
+    )
+    # (a measured CPU time comes back to the last digit: read from the record, not measured again)
+    assert long["training"] == short["training"] and long["train_cpu_seconds"] == short["train_cpu_seconds"]
+    assert long["supporting_fact_coverage"] == short["supporting_fact_coverage"]
+    assert long["test"]["0k"]["accuracy"] == short["test"]["0k"]["accuracy"]  # the same weights answer the same
+    assert set(long["test"]) == {"0k", "200"} and set(short["test"]) == {"0k"}
+    # a model trained with another curriculum is never tested under this run's name
+    stderr = run_bench("bench_babilong.py", *tiny, "--steps", "3", "--output_dir", str(tmp_path / "other"),
+                       returncode=1)  # fmt: skip
+    assert f"{kept} keeps a model trained with other settings (curriculum)" in stderr
