@@ -50,6 +50,7 @@ lengths count GPT-2 tokens, ours words and punctuation marks); babilong.png plot
 """
 
 import argparse
+import contextlib
 import functools
 import gc
 import itertools
@@ -494,12 +495,13 @@ def run_one(args, name: str, task: int, seed: int, prepared, settings: dict) -> 
     `prepared()` gives the task's data, read only when a model is trained."""
     training = {key: value for key, value in settings.items() if key not in TEST_SETTINGS}
     training |= {"model": name, "task": task, "seed": seed, "curriculum": curriculum_name(args)}
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch) if args.models_dir is None else args.models_dir / f"{name}_qa{task}_seed{seed}"
+    kept = None if args.models_dir is None else args.models_dir / f"{name}_qa{task}_seed{seed}"
+    with tempfile.TemporaryDirectory() if kept is None else contextlib.nullcontext(kept) as folder:
+        folder = Path(folder)
         run = kept_run(folder, training)
         if run is None:
             run = train_one(args, name, task, seed, prepared(), folder)
-            if args.models_dir is not None:  # written last: a folder without it holds no finished model
+            if kept is not None:  # written last: a folder without it holds no finished model
                 (folder / KEPT_RECORD).write_text(json.dumps({"settings": training, "run": run}, indent=2) + "\n")
         run["test"] = {}
         for length in args.test_lengths:
