@@ -27,10 +27,12 @@ import argparse
 import json
 import logging
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -122,13 +124,18 @@ def archive_texts(archive: Path) -> dict[str, bytes]:
 
 
 def write_books_folder(books_dir: Path, texts: dict[str, bytes]) -> None:
-    """The texts as files of `books_dir`, written beside it first and then renamed: an interrupted writing leaves
-    no half-filled folder for a later run to take as complete."""
-    partial = books_dir.with_name(books_dir.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
+    """The texts as files of `books_dir`, written into a folder of this process's own beside it and then renamed:
+    an interrupted writing leaves no half-filled folder for a later run to take as complete, and two runs
+    preparing data at once do not write into one folder; the first to finish is kept."""
+    partial = Path(tempfile.mkdtemp(prefix=books_dir.name + ".partial-", dir=books_dir.parent))
     for name, data in texts.items():
         (partial / name).write_bytes(data)
-    partial.rename(books_dir)
+    try:
+        partial.rename(books_dir)
+    except OSError:
+        if not books_dir.is_dir():
+            raise
+        shutil.rmtree(partial)  # another run wrote the same texts first
 
 
 def fetch_shakespeare_books(cache_dir: Path) -> Path:

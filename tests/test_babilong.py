@@ -345,6 +345,17 @@ def test_kjv_books_come_in_order_without_verse_numbers(tmp_path):
     assert prepare.fetch_kjv_books(cache) == books_dir
 
 
+def test_books_folders_written_at_once_by_two_runs_keep_the_first(tmp_path):
+    # two prepare_babilong.py runs sharing a cache: each writes into its own folder; the one that finishes second
+    # finds the books already there and leaves them, and no half-written folder stays behind
+    write_books_folder = example_module("prepare_babilong").write_books_folder
+    books_dir = tmp_path / "books"
+    write_books_folder(books_dir, {"a_gut.txt": b"First run."})
+    write_books_folder(books_dir, {"a_gut.txt": b"Second run."})
+    assert (books_dir / "a_gut.txt").read_bytes() == b"First run."
+    assert [path.name for path in tmp_path.iterdir()] == ["books"]
+
+
 @pytest.mark.parametrize("flag, value", [("--tasks", "21"), ("--tasks", "one"), ("--lengths", "1kb")])
 def test_prepare_script_refuses_bad_flags_before_reading_anything(flag, value, tmp_path, capsys):
     with pytest.raises(SystemExit):
