@@ -211,3 +211,19 @@ def test_bench_forgetting_smoke(tmp_path):
     assert set(sweep["runs"]) == {"no_rehearsal/0"} and sweep["segment_length"] == 1
     stderr = run_bench("bench_forgetting.py", *tiny, "--config", "num_memory_slot=4", returncode=2)
     assert "not RehearsalMemoryConfig fields: num_memory_slot" in stderr  # a misspelt field would change nothing
+
+
+def test_bench_gpu_smoke_on_the_cpu(tmp_path, babi_dir):
+    # the GPU check's every part runs on the CPU too (torchrun over gloo), so the script a GPU user runs works
+    run_bench("bench_gpu.py", "--babi_dir", str(babi_dir), "--babi_subset", "en", "--device", "cpu", "--smoke",
+              "--output_dir", str(tmp_path))  # fmt: skip
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert result["correctness"]["streamed_vs_one_pass_max_abs_diff"] <= 1e-4
+    assert result["correctness"]["parameters_with_non_finite_gradient"] == []
+    speeds = result["training_speed"]
+    assert {(row["bf16"], row["use_rehearsal"]) for row in speeds} == {(b, r) for b in (0, 1) for r in (0, 1)}
+    assert all(row["examples_per_second"] > 0 for row in speeds)
+    assert result["long_write_speed"]["sentences_per_second"] > 0
+    end_to_end = result["run_qa_end_to_end"]
+    assert end_to_end["returncode"] == 0 and 0 <= end_to_end["eval_accuracy"] <= 1
+    assert len(end_to_end["pipeline_answers"]) == 2 and all(a["answer"] for a in end_to_end["pipeline_answers"])

@@ -626,7 +626,8 @@ class RehearsalMemoryForQuestionAnswering(RehearsalMemoryPreTrainedModel):
 
     def write(self, memory=None, input_ids=None, attention_mask=None, input_features=None):
         """Write (a chunk of) stories into `memory` (None: the initial memory) and return the new memory; the
-        inputs are those of `forward`. Streaming a story in chunks gives the memory of writing it at once."""
+        inputs are those of `forward`. Streaming a story in chunks that fill whole segments of `config.segment_length`
+        items (the last may be short) gives the memory of writing it at once."""
         return self.rehearsal_memory.write(memory, **self.story_to_items(input_ids, attention_mask, input_features))
 
     def answer(self, memory, question_input_ids, question_attention_mask=None) -> torch.Tensor:
