@@ -154,13 +154,16 @@ class ModelArguments:
 
 @dataclass
 class QATrainingArguments(RehearsalTrainingArguments):
-    """Trainer's flags, with this script's learning rate and warm-up: Trainer's 5e-5 left a model trained from
+    """Trainer's flags, with this script's learning rate, warm-up and batch: Trainer's 5e-5 left a model trained from
     scratch at 0.46 on qa1 after 60 CPU seconds (bench/results/babi_sweep/lr5e-5_trial.json), where 1e-3 with
     warm-up learns it (bench/results/babi_sweep/babi_curves.json: 3e-3 and 1e-2 left the model without rehearsal at
-    0.26 and 0.15, 2e-3 reached 0.99)."""
+    0.26 and 0.15, 2e-3 reached 0.99). Trainer's batch of 8 left qa1 at 0.61 after 3,000 steps of the README's
+    command, where 32 (the batch of every recorded bAbI result) reached 1.00 in 150 s of training against 88 s
+    (bench/results/run_qa_batch_size.json; on a GPU a step of 32 costs what one of 256 does, bench/results/gpu/)."""
 
     learning_rate: float = script_default(RehearsalTrainingArguments, "learning_rate", 1e-3)
     warmup_steps: float = script_default(RehearsalTrainingArguments, "warmup_steps", 0.05)
+    per_device_train_batch_size: int = script_default(RehearsalTrainingArguments, "per_device_train_batch_size", 32)
     early_stopping_patience: int | None = field(
         default=None,
         metadata={

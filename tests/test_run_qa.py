@@ -371,15 +371,18 @@ def test_run_qa_refuses_early_stopping_without_what_it_needs(tmp_path, flags, me
 
 
 def test_training_and_rehearsal_defaults_are_the_scripts_and_reach_the_config(tmp_path):
-    """Trainer's learning rate 5e-5 does not learn qa1 from scratch in reasonable time; the script's rate, warm-up
-    and rehearsal size are its own (bench/results/babi_sweep/babi_curves.json), and a flag given still wins."""
+    """Trainer's learning rate 5e-5 and batch of 8 do not learn qa1 from scratch in reasonable time; the script's rate,
+    warm-up, batch and rehearsal size are its own (bench/results/babi_sweep/babi_curves.json), and a flag given
+    still wins."""
     g = example_main("run_qa").__wrapped__.__globals__
     types = (g["ModelArguments"], g["DataArguments"], g["QATrainingArguments"])
     (model_args, _, args), _ = g["parse_script_args"](types, "", ["--output_dir", str(tmp_path)])
-    assert (args.learning_rate, args.warmup_steps) == (1e-3, 0.05)
+    assert (args.learning_rate, args.warmup_steps, args.per_device_train_batch_size) == (1e-3, 0.05, 32)
     rehearsal = {"num_rehearsal_fragments": 2, "rehearsal_batch_fraction": 0.25, "rehearsal_num_layers": 1}
     config = g["build_config"](model_args, vocab_size=20, pad_token_id=0, answers=["a", "b"])
     assert {name: getattr(config, name) for name in rehearsal} == rehearsal
-    argv = ["--output_dir", str(tmp_path), "--learning_rate", "2e-3", "--rehearsal_batch_fraction", "1"]
+    argv = ["--output_dir", str(tmp_path), "--learning_rate", "2e-3", "--rehearsal_batch_fraction", "1",
+            "--per_device_train_batch_size", "8"]  # fmt: skip
     (model_args, _, args), _ = g["parse_script_args"](types, "", argv)
-    assert args.learning_rate == 2e-3 and g["build_config"](model_args, 20, 0, ["a"]).rehearsal_batch_fraction == 1
+    assert (args.learning_rate, args.per_device_train_batch_size) == (2e-3, 8)
+    assert g["build_config"](model_args, 20, 0, ["a"]).rehearsal_batch_fraction == 1
