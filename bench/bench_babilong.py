@@ -461,7 +461,7 @@ def train_one(args, name: str, task: int, seed: int, data: dict, folder: Path) -
         "train_cpu_seconds": sum(stage["train_cpu_seconds"] for stage in stages),
         "training": stages,
         # the file's own "command" is the latest invocation's; a resumed file keeps runs of several
-        "trained_by": {"command": provenance()["command"], "date": time.strftime("%Y-%m-%d")},
+        "trained_by": {**provenance(), "date": time.strftime("%Y-%m-%d")},
     }
     if model.config.use_rehearsal:  # does the sampler find the facts among the book sentences?
         run["supporting_fact_coverage"] = {

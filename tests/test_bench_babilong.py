@@ -108,8 +108,8 @@ def test_bench_babilong_smoke_and_resume(tmp_path):
     assert ablation["parameters"] < run["parameters"] == oracle["parameters"] < teacher["parameters"]
     samplers = [r["rehearsal_sampler"] for r in (run, ablation, teacher, oracle)]
     assert samplers == ["uniform", None, "teacher", "external"]
-    # each run keeps the command that trained it; the file's own command is the latest invocation's
-    assert "--models" not in run["trained_by"]["command"]
+    # each run keeps the command and machine that trained it; the file's own command is the latest invocation's
+    assert "--models" not in run["trained_by"]["command"] and run["trained_by"]["machine"]["cores"] >= 1
     assert "--models rm_no_rehearsal,rm_teacher,rm_supporting" in teacher["trained_by"]["command"]
     assert "sampler_loss" in teacher["training"][0]["final_losses"]
     assert "supporting_fact_coverage" not in ablation
