@@ -1,7 +1,7 @@
 """What the CPU machines of CI cannot check: Rehearsal Memory on a CUDA GPU, in one short run.
 
 On `--device` (default cuda), with the benchmarks' bAbI qa1 model of sentence items (`qa_utils.make_model`):
-1. Correctness. Stories streamed into memory a few sentences at a time give the answers of one pass; a saved model
+1. Correctness. Stories streamed into memory in whole segments give the answers of one pass; a saved model
    loads back (`AutoModelForQuestionAnswering`) with the same logits; under bf16 autocast the loss and the answers
    stay close to fp32's; a training step with rehearsal gives every parameter a finite gradient.
 2. Speed. Examples per second of a whole training step (forward, backward, AdamW) with and without rehearsal, in
@@ -12,7 +12,7 @@ On `--device` (default cuda), with the benchmarks' bAbI qa1 model of sentence it
    status, test accuracy and training samples per second; its folder then answers through the QA pipeline
    (remote code) on the device.
 
-    python bench/bench_gpu.py --babi_dir ../shared/data/babi                 # about 4 minutes on one H200
+    python bench/bench_gpu.py --babi_dir ../shared/data/babi                 # about 3.5 minutes on one H200
     python bench/bench_gpu.py --babi_dir ../shared/data/babi --device cpu --smoke   # CI: that it runs
 
 Writes gpu.json to --output_dir (default bench/results/gpu); each part records its error instead of stopping the
@@ -219,10 +219,9 @@ def main():
     device = torch.device(args.device)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    results = {**provenance(), "command": " ".join(["python", *sys.argv]), "torch": torch.__version__,
+    results = {**provenance(), "torch": torch.__version__,
                "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None}  # fmt: skip
-    subset = args.babi_subset
-    task = build_task(load_babi(args.babi_dir, [1], "train", subset), load_babi(args.babi_dir, [1], "test", subset))
+    task = build_task(*(load_babi(args.babi_dir, [1], split, args.babi_subset) for split in ("train", "test")))
     if args.smoke:
         task = (*task[:2], task[2][:64], task[3][:64])
     work = Path(tempfile.mkdtemp(prefix="bench_gpu_"))
