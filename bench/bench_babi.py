@@ -32,6 +32,7 @@ from cost_utils import TrainingCpuClock, provenance
 from tqdm import tqdm
 
 from rm_hf.configuration_rehearsal_memory import MEMORY_TYPE_ALIASES
+from rm_hf.qa_data import BABI_NAME_TASKS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import run_qa  # noqa: E402
@@ -95,6 +96,8 @@ def run_row(args, task: int, model: str, rehearsal: bool, memory_type: str | Non
         argv += ["--save_strategy", "no"]
     if args.eval_questions:
         argv += ["--max_eval_samples", str(args.eval_questions)]
+    if args.permute_names:
+        argv += ["--permute_names"]
     clock = TrainingCpuClock(args.cpu_cap or float("inf"))
     outcome = run_qa.main(argv, callbacks=[clock])
     accuracy = outcome["results"]["all"]["accuracy"]
@@ -226,6 +229,8 @@ def main():
     parser.add_argument("--validation_fraction", type=float, default=0.1, help="with --early_stopping_patience")
     parser.add_argument("--eval_steps", type=int, default=200, help="with --early_stopping_patience")
     parser.add_argument("--cpu_cap", type=float, default=None, help="training CPU seconds at most per row")
+    parser.add_argument("--permute_names", action="store_true",
+                        help="run_qa.py's --permute_names: rename the names at random in training (tasks 1-5)")  # fmt: skip
     parser.add_argument("--output", type=Path, default=RESULTS / "babi.json")
     parser.add_argument(
         "--overwrite", action="store_true", help="start --output afresh instead of resuming the rows it holds"
@@ -242,6 +247,10 @@ def main():
     if "memn2n" in variants and args.story_items != "sentences":
         sys.exit("--variants memn2n reads sentence items: use --story_items sentences, or leave memn2n out")
 
+    if args.permute_names and (others := [task for task in parse_tasks(args.tasks) if task not in BABI_NAME_TASKS]):
+        sys.exit(
+            f"--permute_names renames the names of tasks 1-5 only, where they mean nothing more; not task {others[0]}"
+        )
     keys = ("babi_subset", "story_items", "segment_length", "max_steps", "batch_size", "learning_rate")
     settings = {k: getattr(args, k) for k in (*keys, "eval_questions", "seed")}
     # stopping rules join the settings only when given, so files written before they existed still resume
@@ -249,6 +258,8 @@ def main():
     if args.early_stopping_patience:
         stopping.update(validation_fraction=args.validation_fraction, eval_steps=args.eval_steps)
     settings.update({k: v for k, v in stopping.items() if v is not None})
+    if args.permute_names:  # like the stopping rules: only when given
+        settings["permute_names"] = True
     resume = args.output.exists() and not args.overwrite
     previous = json.loads(args.output.read_text()) if resume else {"settings": settings}
     stored = previous.get("settings", {})

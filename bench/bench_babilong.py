@@ -74,7 +74,7 @@ from rm_hf import MemN2NForQuestionAnswering
 from rm_hf.babi import answer_vocabulary
 from rm_hf.babilong import babilong_folder, length_name, load_babilong, parse_length
 from rm_hf.pipeline_rehearsal_memory import group_sentences, pad_sentences
-from rm_hf.qa_data import encode_qa_example
+from rm_hf.qa_data import BABI_NAME_GROUPS, BABI_NAME_TASKS, NamePermutation, encode_qa_example
 from rm_hf.tokenization import build_word_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -222,6 +222,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "training it again (e.g. at other --test_lengths, or after testing was cut short)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared 2-core machine more threads ran slower)")  # fmt: skip
+    parser.add_argument("--permute_names", action="store_true",
+                        help="rename bAbI's names (places, people, objects) at random in each training example, "
+                        "consistently in story, question and answer (rm_hf.qa_data.NamePermutation; qa1-qa5 only)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace runs stored with other settings")
     args = parser.parse_args(argv)
     try:
@@ -244,6 +247,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      "full_access_max_sentences", "threads"):  # fmt: skip
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+        if args.permute_names and (others := [task for task in args.tasks if task not in BABI_NAME_TASKS]):
+            raise ValueError(f"--permute_names renames the names of bAbI qa1-qa5, where they mean nothing more than "
+                             f"the story says; not of task {others[0]}")  # fmt: skip
         if not args.test_lengths:
             raise ValueError(f"No length is saved for every task of {args.tasks} in {args.data_dir}")
         check_data(args)
@@ -275,7 +281,7 @@ def encode(row: dict, tokenizer, label2id: dict, max_item_tokens: int) -> dict:
 def prepare_task(args, task: int) -> dict:
     """The tokenizer (from the training stories read), the answers (of every split and length) and the encoded rows
     of each curriculum length: the first steps x batch size of them where a stage reads fewer than its split holds
-    (a 16k-token row takes ~200 KB encoded)."""
+    (a 16k-token row takes ~200 KB encoded); with --permute_names, the `NamePermutation` training renames with."""
     train_sets = []
     for length, steps in zip(args.train_lengths, args.steps):
         data = load_babilong(args.data_dir, [task], length, "train")
@@ -286,7 +292,8 @@ def prepare_task(args, task: int) -> dict:
     answers = answer_vocabulary([*train_sets, *test_sets])
     label2id = {answer: i for i, answer in enumerate(answers)}
     stages = [[encode(row, tokenizer, label2id, args.max_item_tokens) for row in data] for data in train_sets]
-    return {"tokenizer": tokenizer, "answers": answers, "stages": stages}
+    rename = NamePermutation.from_words(tokenizer, label2id, BABI_NAME_GROUPS) if args.permute_names else None
+    return {"tokenizer": tokenizer, "answers": answers, "stages": stages, "rename": rename}
 
 
 # run_qa.py's rehearsal size (2 fragments for a quarter of the stories, a 1-layer rehearsal model): at equal CPU it
@@ -447,7 +454,7 @@ def train_one(args, name: str, task: int, seed: int, data: dict, folder: Path) -
     torch.manual_seed(seed)
     model = build_model(name, data["tokenizer"], data["answers"], args.max_item_tokens, args.config)
     record = train_stages(model, list(zip(data["stages"], args.steps)), seed, args.batch_size, args.learning_rate,
-                          schedule=args.lr_schedule)  # fmt: skip
+                          schedule=args.lr_schedule, rename=data["rename"])  # fmt: skip
     stages = [{"length": length_name(length), "steps": steps, "train_samples": len(rows), **stage}
               for length, steps, rows, stage in zip(args.train_lengths, args.steps, data["stages"], record["stages"])]  # fmt: skip
     run = {
@@ -666,8 +673,9 @@ def main(argv: list[str] | None = None) -> dict:
     # what makes runs comparable: everything but which runs are made now (models, seeds, tasks, curriculum) and how
     comparable = ("test_lengths", "num_test", "batch_size", "learning_rate", "min_word_frequency", "max_item_tokens",
                   "chunk_sentences", "full_access_max_sentences")  # fmt: skip
-    # (--config only when given: the settings of runs stored before the flag existed stay equal)
+    # (--config and --permute_names only when given: the settings of runs stored before the flag existed stay equal)
     comparable += ("config",) if args.config else ()
+    comparable += ("permute_names",) if args.permute_names else ()
     settings = json.loads(json.dumps({name: getattr(args, name) for name in comparable} | {"data": manifest}))
     output = args.output_dir / "babilong.json"
     runs = stored_runs(output, settings, args.overwrite)

@@ -8,6 +8,7 @@ import json
 import statistics
 import time
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -72,14 +73,18 @@ def train(model, train_rows, steps, seed, batch_size=BATCH_SIZE, lr=2e-3, final_
     return train_stages(model, [(train_rows, steps)], seed, batch_size, lr, final_steps, schedule)
 
 
-def train_stages(model, stages, seed, batch_size=BATCH_SIZE, lr=2e-3, final_steps=50, schedule="constant") -> dict:
+def train_stages(
+    model, stages, seed, batch_size=BATCH_SIZE, lr=2e-3, final_steps=50, schedule="constant", rename=None
+) -> dict:
     """Plain AdamW loop through `stages` [(rows, steps), ...] in order, each read in shuffled passes (the Trainer's
     loss: task + recollection + 0.5 familiarity + sampler + the memory type's own loss). `schedule`: a constant
     learning rate, or "linear": 5% warm-up, then linear decay to 0 at the last step of the last stage (one optimizer
-    and one schedule across the stages). Leaves the model in eval mode and returns the median step time of the last
+    and one schedule across the stages). `rename` (a `NamePermutation`) renames each training example's names at
+    random every time it is read. Leaves the model in eval mode and returns the median step time of the last
     stage, the training's process CPU seconds, and each loss term averaged over the last `final_steps` steps; under
     "stages", the same three for each stage."""
     torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     collate = collator(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     total = sum(steps for _, steps in stages)
@@ -102,7 +107,8 @@ def train_stages(model, stages, seed, batch_size=BATCH_SIZE, lr=2e-3, final_step
         for _ in tqdm(range(steps), desc="train", leave=False):
             while len(order) < batch_size:
                 order += torch.randperm(len(rows)).tolist()
-            batch = collate([rows[i] for i in order[:batch_size]])
+            examples = [rows[i] for i in order[:batch_size]]
+            batch = collate(examples if rename is None else [rename(example, rng) for example in examples])
             del order[:batch_size]
             start = time.perf_counter()
             outputs = model(**batch)

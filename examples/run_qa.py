@@ -41,7 +41,15 @@ from rm_hf.babi import MAX_LINE_BYTES, MAX_MEMBER_BYTES, answer_vocabulary, load
 from rm_hf.configuration_rehearsal_memory import MEMORY_TYPE_ALIASES, MEMORY_TYPES
 from rm_hf.model_card import babi_dataset, local_dataset, write_qa_model_card
 from rm_hf.qa_baselines import MemN2NForQuestionAnswering
-from rm_hf.qa_data import QACollator, encode_qa_dataset, hold_out_stories
+from rm_hf.qa_data import (
+    BABI_NAME_GROUPS,
+    BABI_NAME_TASKS,
+    NamePermutation,
+    QACollator,
+    encode_qa_dataset,
+    hold_out_stories,
+    renamed_when_read,
+)
 from rm_hf.run_record import RunRecorder, check_output_dir, run_arguments
 from rm_hf.script_utils import (
     choose_stages,
@@ -219,6 +227,14 @@ class DataArguments:
         },
     )
     max_story_tokens: int | None = field(default=None, metadata={"help": "Keep only the most recent story tokens."})
+    permute_names: bool = field(
+        default=False,
+        metadata={
+            "help": "Rename bAbI's places, people and objects at random each time a training question is read, "
+            "alike in story, question and answer (rm_hf.qa_data.NamePermutation): fewer stories learnt by heart "
+            "where a task has few (qa3: 1,000). bAbI tasks 1-5 only, where a name means no more than the story says."
+        },
+    )
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Evaluate on the first N evaluation questions only."}
     )
@@ -390,6 +406,13 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
             raise ValueError("--curriculum reads its stages in order: it needs --train_sampling_strategy sequential.")
         parse_curriculum(data_args.curriculum)  # a bad stage fails here, before anything is loaded
         training_args.train_sampling_strategy = "sequential"
+    if data_args.permute_names and not (
+        data_args.babi_dir and {int(task) for task in data_args.tasks.split(",")} <= set(BABI_NAME_TASKS)
+    ):
+        raise ValueError(
+            f"--permute_names renames the names of bAbI tasks 1-5 (--babi_dir), where a name means no more than the "
+            f"story says; got {f'--tasks {data_args.tasks}' if data_args.babi_dir else 'generated stories'}."
+        )
     if training_args.early_stopping_patience is not None and not data_args.validation_fraction:
         raise ValueError(
             "--early_stopping_patience chooses the training's length on held-out data: pass --validation_fraction "
@@ -437,6 +460,9 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
                 )
                 validation_dataset = encode_qa_dataset(raw_validation, tokenizer, label2id, data_args.max_story_tokens)
             train_dataset = encode_qa_dataset(raw_train, tokenizer, label2id, data_args.max_story_tokens)
+            if data_args.permute_names:
+                rename = NamePermutation.from_words(tokenizer, label2id, BABI_NAME_GROUPS)
+                train_dataset = renamed_when_read(train_dataset, rename, training_args.seed)
         eval_dataset = encode_qa_dataset(raw_eval, tokenizer, label2id, data_args.max_story_tokens)
 
     model_class = MODEL_CLASSES[model_args.model]

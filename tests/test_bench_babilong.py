@@ -165,6 +165,11 @@ def test_bench_babilong_config_overrides_reach_the_model_and_bind_the_file(tmp_p
     assert "a config override is KEY=VALUE" in stderr
     stderr = run_bench("bench_babilong.py", *tiny, "--config", "rehearsal_fragment_lenght=2", returncode=2)
     assert "not RehearsalMemoryConfig fields: rehearsal_fragment_lenght" in stderr
+    # renaming bAbI's names in training is a setting of the file too, and only for the tasks whose names mean nothing
+    run_bench("bench_babilong.py", *tiny, "--output_dir", str(tmp_path / "renamed"), "--permute_names")
+    assert json.loads((tmp_path / "renamed" / "babilong.json").read_text())["settings"]["permute_names"] is True
+    stderr = run_bench("bench_babilong.py", *tiny, "--tasks", "20", "--permute_names", returncode=2)
+    assert "not of task 20" in stderr
 
 
 def test_bench_babilong_keeps_models_and_tests_them_again_without_training(tmp_path):

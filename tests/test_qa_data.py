@@ -1,12 +1,13 @@
 """Tests of QA encoding (story, question, label, supporting mask, truncation), of the collator, and of holding out
 whole stories for validation."""
 
+import numpy as np
 import pytest
 import torch
 from datasets import Dataset
 
 from rm_hf.babi import QA_FEATURES, answer_vocabulary
-from rm_hf.qa_data import QACollator, encode_qa_dataset, encode_qa_example, hold_out_stories
+from rm_hf.qa_data import NamePermutation, QACollator, encode_qa_dataset, encode_qa_example, hold_out_stories
 from rm_hf.story_generator import generate_stories
 from rm_hf.tokenization import build_word_tokenizer
 
@@ -199,3 +200,60 @@ def test_hold_out_stories_keeps_each_story_on_one_side():
             hold_out_stories(rows, fraction, seed=0)
     with pytest.raises(ValueError, match="holds out all 2 stories"):
         hold_out_stories(Dataset.from_dict({"story_id": [0, 1]}), 0.9, seed=0)
+
+
+RENAMING_STORY = ["Mary went to the kitchen.", "John took the apple.", "John went to the garden."]
+RENAMING_GROUPS = (
+    ("kitchen", "garden", "office", "cellar"),
+    ("mary", "john", "sandra"),
+    ("apple", "milk"),
+    ("atlantis",),
+)
+
+
+@pytest.fixture(scope="module")
+def renaming():
+    """A tokenizer that knows the three groups' names (not "atlantis"), their labels, and the permutation."""
+    words = [*RENAMING_STORY, "Where is the apple?", "Sandra took the milk to the office.", "Down to the cellar."]
+    tokenizer = build_word_tokenizer(words)
+    label2id = {"garden": 0, "kitchen": 1, "office": 2, "no": 3}
+    return tokenizer, label2id, NamePermutation.from_words(tokenizer, label2id, RENAMING_GROUPS)
+
+
+def test_name_permutation_renames_story_question_and_answer_alike(renaming):
+    tokenizer, label2id, rename = renaming
+    id2label = {label: answer for answer, label in label2id.items()}
+    row = {**make_row([2], answer="garden", story=RENAMING_STORY), "question": "Where is the apple?"}
+    example = encode_qa_example(row, tokenizer, label2id)
+    rng, seen = np.random.default_rng(0), set()
+    for _ in range(50):
+        renamed = rename(example, rng)
+        story, question = tokens(tokenizer, renamed["input_ids"]), tokens(tokenizer, renamed["question_input_ids"])
+        first, holder, carried, place = story[0], story[7], story[10], story[17]
+        assert {first, holder} <= {"mary", "john", "sandra"} and first != holder  # two people stay two people
+        assert story[13] == holder and carried in {"apple", "milk"} and question[4] == carried
+        assert id2label[renamed["labels"]] == place != story[4]  # the answer follows its place's new name
+        # everything else is as it was, and the example itself is left alone
+        assert [t for i, t in enumerate(story) if i not in (0, 4, 7, 10, 13, 17)] == [
+            t for i, t in enumerate(tokens(tokenizer, example["input_ids"])) if i not in (0, 4, 7, 10, 13, 17)
+        ]
+        seen.add((first, holder, carried, place))
+    assert tokens(tokenizer, example["input_ids"])[:5] == ["mary", "went", "to", "the", "kitchen"]
+    assert len(seen) > 10  # the names really are drawn at random
+    # an answer that is no name ("no") stays; rows without an answer get none
+    assert rename({**example, "labels": 3}, rng)["labels"] == 3
+    assert "labels" not in rename({k: v for k, v in example.items() if k != "labels"}, rng)
+
+
+def test_name_permutation_refuses_what_it_cannot_rename(renaming):
+    tokenizer, label2id, rename = renaming
+    # "atlantis" is unknown: its group renames nothing; "cellar" is no answer, so no answer may become it, and no
+    # other place that is not an answer is there to trade names with
+    assert sorted(map(len, rename.token_groups)) == [2, 3, 3]
+    assert tokenizer.convert_tokens_to_ids("cellar") not in {t for group in rename.token_groups for t in group}
+    with pytest.raises(ValueError, match="'john' is in more than one group"):
+        NamePermutation.from_words(tokenizer, label2id, [("mary", "john"), ("john", "sandra")])
+    with pytest.raises(ValueError, match="'new york' is 2 tokens"):
+        NamePermutation.from_words(tokenizer, label2id, [("new york", "kitchen")])
+    with pytest.raises(ValueError, match="the answer 'apple,milk' holds a name"):
+        NamePermutation.from_words(tokenizer, {"apple,milk": 0}, RENAMING_GROUPS)

@@ -386,3 +386,42 @@ def test_training_and_rehearsal_defaults_are_the_scripts_and_reach_the_config(tm
     (model_args, _, args), _ = g["parse_script_args"](types, "", argv)
     assert (args.learning_rate, args.per_device_train_batch_size) == (2e-3, 8)
     assert g["build_config"](model_args, 20, 0, ["a"]).rehearsal_batch_fraction == 1
+
+
+def test_run_qa_renames_babi_names_in_training_only(tmp_path):
+    """--permute_names: each read of a training question renames its names afresh (story, question and answer
+    alike); the evaluation split is read as it is; tasks whose names mean something are refused."""
+    story = "1 Mary went to the kitchen.\n2 John went to the garden.\n3 Where is Mary?\tkitchen\t1\n"
+    other = "1 John went to the office.\n2 Where is John?\toffice\t1\n"  # "office": the places answered are two
+    write(tmp_path / "babi" / "en-10k", "qa1_single-supporting-fact_train.txt", story * 7 + other)
+    write(tmp_path / "babi" / "en-10k", "qa1_single-supporting-fact_test.txt", story)
+    seen = {}
+
+    class Watch(transformers.TrainerCallback):
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+            seen["train"] = [train_dataloader.dataset[0] for _ in range(20)]
+
+        def on_evaluate(self, args, state, control, eval_dataloader=None, **kwargs):
+            seen["eval"] = [eval_dataloader.dataset[0] for _ in range(3)]
+
+    at = TINY_RUN.index("--story_length")
+    args = ["--babi_dir", str(tmp_path / "babi"), "--tasks", "1", *TINY_RUN[:at], *TINY_RUN[at + 2 :]]
+    output = tmp_path / "renamed"
+    main = example_main("run_qa")
+    main(["--output_dir", str(output), *args, "--permute_names", "--eval_strategy", "steps", "--eval_steps", "3"],
+         callbacks=[Watch()])  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    id2label = RehearsalMemoryConfig.from_pretrained(output).id2label
+    readings = set()
+    for row in seen["train"]:
+        words = tokenizer.convert_ids_to_tokens(row["input_ids"])
+        question = tokenizer.convert_ids_to_tokens(row["question_input_ids"])
+        assert words[0] == question[3] and words[4] == id2label[row["labels"]]  # the answer follows its place
+        assert {words[0], words[7]} <= {"mary", "john"} and words[0] != words[7]
+        readings.add((words[0], words[4]))
+    assert len(readings) > 1  # the 8 known names are drawn anew at each read
+    assert all(tokenizer.convert_ids_to_tokens(row["input_ids"])[:5] == ["mary", "went", "to", "the", "kitchen"]
+               for row in seen["eval"])  # fmt: skip
+    for flags, given in ((["--tasks", "6"], "--tasks 6"), ([], "generated stories")):
+        with pytest.raises(ValueError, match=f"bAbI tasks 1-5 .*got {given}"):
+            main(["--output_dir", str(tmp_path / "no"), *(args if flags else TINY_RUN), *flags, "--permute_names"])

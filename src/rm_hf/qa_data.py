@@ -5,6 +5,9 @@ the answer, when the row has one, is a class label. Per story token, `supporting
 sentences and `sentence_index` says which sentence the token belongs to. The encoding itself is
 `pipeline_rehearsal_memory.encode_story`, which the pipelines use at inference (and which ships with checkpoints),
 so training and inference lay out stories and questions identically.
+
+`NamePermutation` is a training-time augmentation for tasks whose names are interchangeable (bAbI qa1-qa5): each
+example gets its names renamed at random, consistently in story, question and answer.
 """
 
 import random
@@ -12,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
@@ -74,6 +78,88 @@ def encode_qa_dataset(
         num_proc=num_proc,
         desc="Encoding QA examples",
     )
+
+
+# bAbI qa1-qa5's names by kind: in those tasks a name means nothing beyond what the story says of it, so renaming
+# them consistently keeps every answer right. Not so in every task: in qa20 the hungry go to the kitchen.
+BABI_NAME_GROUPS = (
+    ("bathroom", "bedroom", "garden", "hallway", "kitchen", "office"),
+    ("bill", "daniel", "fred", "jeff", "john", "mary", "sandra"),
+    ("apple", "football", "milk"),
+)
+BABI_NAME_TASKS = (1, 2, 3, 4, 5)  # the tasks whose names `BABI_NAME_GROUPS` may rename
+
+
+@dataclass
+class NamePermutation:
+    """Rename interchangeable names at random, one permutation per group and example, in the story, the question
+    and the answer; a training-time augmentation (`__call__` on one encoded example).
+
+    A task with few training stories (bAbI's qa3 has 1,000 questions) lets a model learn which names its answers
+    tend to be instead of how the story decides them; renamed copies of the same stories take that shortcut away.
+    Only right where the names carry no meaning of their own in the task (`BABI_NAME_GROUPS` for bAbI qa1-qa5).
+
+    `token_groups`: token ids, each group permuted among itself; `label_of_token`: the answer label of a token that
+    is itself an answer (its label follows the token's new name).
+    """
+
+    token_groups: list[list[int]]
+    label_of_token: dict[int, int]
+    vocab_size: int
+
+    @classmethod
+    def from_words(
+        cls, tokenizer: PreTrainedTokenizerBase, label2id: Mapping[str, int], groups: Sequence[Sequence[str]]
+    ) -> "NamePermutation":
+        """Groups of words -> token ids. Words the tokenizer does not know (names of other tasks) are left out. A
+        name that is an answer is renamed only to another answer (a label must stay a label), so each group splits
+        into its answers and the rest; a part with fewer than two known words permutes nothing. Each word must be one token; an answer of several
+        words that holds a name (e.g. "apple,milk") could not follow the renaming and is refused."""
+        vocabulary = tokenizer.get_vocab()
+        seen, token_groups = set(), []
+        for group in groups:
+            answers, others = [], []
+            for word in group:
+                if word in seen:
+                    raise ValueError(f"the name {word!r} is in more than one group of names to permute")
+                seen.add(word)
+                ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+                if len(ids) != 1:
+                    raise ValueError(f"the name {word!r} is {len(ids)} tokens for this tokenizer: names must be one")
+                if word in vocabulary:
+                    (answers if word in label2id else others).append(ids[0])
+            token_groups += [known for known in (answers, others) if len(known) > 1]
+        for answer in label2id:
+            if answer not in seen and seen.intersection(answer.replace(",", " ").split()):
+                raise ValueError(f"the answer {answer!r} holds a name to permute but is not one name itself")
+        permuted = {token for group in token_groups for token in group}
+        label_of_token = {vocabulary[answer]: label for answer, label in label2id.items() if answer in seen}
+        return cls(token_groups, {t: label for t, label in label_of_token.items() if t in permuted}, len(tokenizer))
+
+    def __call__(self, example: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """A copy of `example` (`encode_qa_example`'s columns) with its names renamed."""
+        table = np.arange(self.vocab_size)
+        for group in self.token_groups:
+            table[group] = rng.permutation(group)
+        renamed = dict(example)
+        for name in ("input_ids", "question_input_ids"):
+            renamed[name] = table[np.asarray(example[name])]
+        if "labels" in example:
+            new_label = {self.label_of_token[t]: self.label_of_token[int(table[t])] for t in self.label_of_token}
+            renamed["labels"] = new_label.get(int(example["labels"]), int(example["labels"]))
+        return renamed
+
+
+def renamed_when_read(dataset: Dataset, rename: NamePermutation, seed: int) -> Dataset:
+    """`dataset` (encoded) whose rows come out renamed by `rename`, drawn anew each time a row is read (a
+    `datasets` transform: nothing is stored, so every pass over the data sees other names)."""
+    rng = np.random.default_rng(seed)
+
+    def transform(batch: dict[str, list]) -> dict[str, list]:
+        rows = [rename(dict(zip(batch, values)), rng) for values in zip(*batch.values())]
+        return {name: [row[name] for row in rows] for name in batch}
+
+    return dataset.with_transform(transform)
 
 
 def hold_out_stories(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
