@@ -111,11 +111,23 @@ class NamePermutation:
     def from_words(
         cls, tokenizer: PreTrainedTokenizerBase, label2id: Mapping[str, int], groups: Sequence[Sequence[str]]
     ) -> "NamePermutation":
-        """Groups of words -> token ids. Words the tokenizer does not know (names of other tasks) are left out. A
-        name that is an answer is renamed only to another answer (a label must stay a label), so each group splits
-        into its answers and the rest; a part with fewer than two known words permutes nothing. Each word must be one token; an answer of several
-        words that holds a name (e.g. "apple,milk") could not follow the renaming and is refused."""
-        vocabulary = tokenizer.get_vocab()
+        """Groups of words -> token ids, words and answers matched through the tokenizer (bAbI writes "Fred" as an
+        answer and the word tokenizer reads "fred"). Words the tokenizer does not know (names of other tasks) are
+        left out. A name that is an answer is renamed only to another answer (a label must stay a label), so each
+        group splits into its answers and the rest; a part with fewer than two known words renames nothing. Each name
+        must be one token; an answer of several tokens that holds a name (e.g. "apple,milk") could not follow the
+        renaming and is refused."""
+
+        def token_ids(text: str) -> list[int]:
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+        label_of_answer_token, longer_answers = {}, {}
+        for answer, label in label2id.items():
+            ids = token_ids(answer)
+            if len(ids) == 1:
+                label_of_answer_token[ids[0]] = label
+            else:
+                longer_answers[answer] = ids
         seen, token_groups = set(), []
         for group in groups:
             answers, others = [], []
@@ -123,18 +135,18 @@ class NamePermutation:
                 if word in seen:
                     raise ValueError(f"the name {word!r} is in more than one group of names to permute")
                 seen.add(word)
-                ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+                ids = token_ids(word)
                 if len(ids) != 1:
                     raise ValueError(f"the name {word!r} is {len(ids)} tokens for this tokenizer: names must be one")
-                if word in vocabulary:
-                    (answers if word in label2id else others).append(ids[0])
+                if ids[0] != tokenizer.unk_token_id:
+                    (answers if ids[0] in label_of_answer_token else others).append(ids[0])
             token_groups += [known for known in (answers, others) if len(known) > 1]
-        for answer in label2id:
-            if answer not in seen and seen.intersection(answer.replace(",", " ").split()):
+        renamed = {token for group in token_groups for token in group}
+        for answer, ids in longer_answers.items():
+            if renamed.intersection(ids):
                 raise ValueError(f"the answer {answer!r} holds a name to permute but is not one name itself")
-        permuted = {token for group in token_groups for token in group}
-        label_of_token = {vocabulary[answer]: label for answer, label in label2id.items() if answer in seen}
-        return cls(token_groups, {t: label for t, label in label_of_token.items() if t in permuted}, len(tokenizer))
+        label_of_token = {token: label for token, label in label_of_answer_token.items() if token in renamed}
+        return cls(token_groups, label_of_token, len(tokenizer))
 
     def __call__(self, example: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         """A copy of `example` (`encode_qa_example`'s columns) with its names renamed."""
