@@ -546,6 +546,11 @@ def write_card(training_args, data_args, trainer, results, training, raw_eval, t
             f"of the test split of {dataset.name} (Facebook's release, read from `--babi_dir`; on the Hub as "
             f"`{dataset.hub_id}`)."
         )
+        if data_args.permute_names:
+            data += (
+                " Each time a training question was read, its places, people and objects were renamed at random, "
+                "alike in story, question and answer (`--permute_names`)."
+            )
     else:
         dataset = local_dataset(dataset_name, "generated-stories")
         stages = story_stages(data_args)

@@ -410,6 +410,7 @@ def test_run_qa_renames_babi_names_in_training_only(tmp_path):
     main = example_main("run_qa")
     main(["--output_dir", str(output), *args, "--permute_names", "--eval_strategy", "steps", "--eval_steps", "3"],
          callbacks=[Watch()])  # fmt: skip
+    assert "were renamed at random" in (output / "README.md").read_text()  # the model card says how it was trained
     tokenizer = AutoTokenizer.from_pretrained(output)
     id2label = RehearsalMemoryConfig.from_pretrained(output).id2label
     readings = set()
