@@ -32,7 +32,7 @@ from cost_utils import TrainingCpuClock, provenance
 from tqdm import tqdm
 
 from rm_hf.configuration_rehearsal_memory import MEMORY_TYPE_ALIASES
-from rm_hf.qa_data import BABI_NAME_TASKS
+from rm_hf.qa_data import check_renamable_tasks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import run_qa  # noqa: E402
@@ -247,10 +247,11 @@ def main():
     if "memn2n" in variants and args.story_items != "sentences":
         sys.exit("--variants memn2n reads sentence items: use --story_items sentences, or leave memn2n out")
 
-    if args.permute_names and (others := [task for task in parse_tasks(args.tasks) if task not in BABI_NAME_TASKS]):
-        sys.exit(
-            f"--permute_names renames the names of tasks 1-5 only, where they mean nothing more; not task {others[0]}"
-        )
+    if args.permute_names:
+        try:
+            check_renamable_tasks(parse_tasks(args.tasks))
+        except ValueError as error:
+            sys.exit(str(error))
     keys = ("babi_subset", "story_items", "segment_length", "max_steps", "batch_size", "learning_rate")
     settings = {k: getattr(args, k) for k in (*keys, "eval_questions", "seed")}
     # stopping rules join the settings only when given, so files written before they existed still resume

@@ -74,7 +74,7 @@ from rm_hf import MemN2NForQuestionAnswering
 from rm_hf.babi import answer_vocabulary
 from rm_hf.babilong import babilong_folder, length_name, load_babilong, parse_length
 from rm_hf.pipeline_rehearsal_memory import group_sentences, pad_sentences
-from rm_hf.qa_data import BABI_NAME_GROUPS, BABI_NAME_TASKS, NamePermutation, encode_qa_example
+from rm_hf.qa_data import BABI_NAME_GROUPS, NamePermutation, check_renamable_tasks, encode_qa_example
 from rm_hf.tokenization import build_word_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -247,9 +247,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      "full_access_max_sentences", "threads"):  # fmt: skip
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
-        if args.permute_names and (others := [task for task in args.tasks if task not in BABI_NAME_TASKS]):
-            raise ValueError(f"--permute_names renames the names of bAbI qa1-qa5, where they mean nothing more than "
-                             f"the story says; not of task {others[0]}")  # fmt: skip
+        if args.permute_names:
+            check_renamable_tasks(args.tasks)
         if not args.test_lengths:
             raise ValueError(f"No length is saved for every task of {args.tasks} in {args.data_dir}")
         check_data(args)

@@ -43,9 +43,9 @@ from rm_hf.model_card import babi_dataset, local_dataset, write_qa_model_card
 from rm_hf.qa_baselines import MemN2NForQuestionAnswering
 from rm_hf.qa_data import (
     BABI_NAME_GROUPS,
-    BABI_NAME_TASKS,
     NamePermutation,
     QACollator,
+    check_renamable_tasks,
     encode_qa_dataset,
     hold_out_stories,
     renamed_when_read,
@@ -406,13 +406,12 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
             raise ValueError("--curriculum reads its stages in order: it needs --train_sampling_strategy sequential.")
         parse_curriculum(data_args.curriculum)  # a bad stage fails here, before anything is loaded
         training_args.train_sampling_strategy = "sequential"
-    if data_args.permute_names and not (
-        data_args.babi_dir and {int(task) for task in data_args.tasks.split(",")} <= set(BABI_NAME_TASKS)
-    ):
-        raise ValueError(
-            f"--permute_names renames the names of bAbI tasks 1-5 (--babi_dir), where a name means no more than the "
-            f"story says; got {f'--tasks {data_args.tasks}' if data_args.babi_dir else 'generated stories'}."
-        )
+    if data_args.permute_names:
+        if not data_args.babi_dir:
+            raise ValueError(
+                "--permute_names renames the names of bAbI tasks 1-5 (--babi_dir), not of generated stories."
+            )
+        check_renamable_tasks(int(task) for task in data_args.tasks.split(","))
     if training_args.early_stopping_patience is not None and not data_args.validation_fraction:
         raise ValueError(
             "--early_stopping_patience chooses the training's length on held-out data: pass --validation_fraction "

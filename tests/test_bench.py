@@ -143,7 +143,7 @@ def test_bench_babi_passes_permute_names_on_and_keeps_it_in_the_settings(tmp_pat
     recorded = json.loads((tmp_path / "checkpoints" / "plain-qa1" / "run_arguments.json").read_text())
     assert recorded["permute_names"] is True  # what run_qa.py was asked to do
     error = run_bench("bench_babi.py", *tiny, "--tasks", "1,20", "--permute_names", returncode=1)
-    assert "not task 20" in error
+    assert "not of task 20" in error
 
 
 def test_bench_babi_stops_rows_early_or_at_the_cpu_cap(tmp_path, babi_dir):

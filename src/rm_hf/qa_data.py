@@ -11,7 +11,7 @@ example gets its names renamed at random, consistently in story, question and an
 """
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +90,15 @@ BABI_NAME_GROUPS = (
 BABI_NAME_TASKS = (1, 2, 3, 4, 5)  # the tasks whose names `BABI_NAME_GROUPS` may rename
 
 
+def check_renamable_tasks(tasks: Iterable[int]) -> None:
+    """Refuse renaming names (`--permute_names`) for a bAbI task outside `BABI_NAME_TASKS`."""
+    if others := [task for task in tasks if task not in BABI_NAME_TASKS]:
+        raise ValueError(
+            f"--permute_names renames the names of bAbI tasks 1-5, where a name means no more than the story says; "
+            f"not of task {others[0]}"
+        )
+
+
 @dataclass
 class NamePermutation:
     """Rename interchangeable names at random, one permutation per group and example, in the story, the question
@@ -106,6 +115,9 @@ class NamePermutation:
     token_groups: list[list[int]]
     label_of_token: dict[int, int]
     vocab_size: int
+
+    def __post_init__(self):
+        self._token_of_label = {label: token for token, label in self.label_of_token.items()}
 
     @classmethod
     def from_words(
@@ -156,9 +168,9 @@ class NamePermutation:
         renamed = dict(example)
         for name in ("input_ids", "question_input_ids"):
             renamed[name] = table[np.asarray(example[name])]
-        if "labels" in example:
-            new_label = {self.label_of_token[t]: self.label_of_token[int(table[t])] for t in self.label_of_token}
-            renamed["labels"] = new_label.get(int(example["labels"]), int(example["labels"]))
+        answer = self._token_of_label.get(int(example["labels"])) if "labels" in example else None
+        if answer is not None:  # the answer is a name: its label follows the name's new spelling
+            renamed["labels"] = self.label_of_token[int(table[answer])]
         return renamed
 
 
