@@ -14,6 +14,9 @@ books. Every model reads one item per story sentence:
   teacher that sees the question (training only; the test is the same memory-alone pass).
 - rm_supporting: rm with `sampler_mode="external"` and the question's supporting facts as the weights: an oracle
   sampler (it is told where the facts are), the upper bound of what a fact-seeking sampler can give; not a method.
+- rm_memn2n_teacher: rm with `sampler_mode="external"` and, as the weights, the attention (summed over hops) of the
+  memn2n model of the same task, seed and curriculum, trained first: the paper's two-stage teacher. Needs
+  --models_dir, where that memn2n model is kept (run memn2n first, in this invocation or an earlier one).
 - memn2n: `MemN2NForQuestionAnswering`, the full-access baseline: the question attends over every sentence of the
   story, so its cost grows with the story. It is run wherever the story fits: lengths whose stories have more than
   --full_access_max_sentences sentences are "not run", and running out of memory is recorded, so the crossover
@@ -88,6 +91,7 @@ RM_REHEARSAL = {
     "rm_no_rehearsal": {"use_rehearsal": False},
     "rm_teacher": {"use_rehearsal": True, "sampler_mode": "teacher"},
     "rm_supporting": {"use_rehearsal": True, "sampler_mode": "external"},  # the collator's supporting facts
+    "rm_memn2n_teacher": {"use_rehearsal": True, "sampler_mode": "external"},  # a trained memn2n's attention
 }
 MODELS = {**dict.fromkeys(RM_REHEARSAL, "rm"), "memn2n": "memn2n"}  # name -> its MODEL_CLASSES key
 
@@ -239,6 +243,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
         if unknown := set(args.models) - set(MODELS):
             raise ValueError(f"--models takes {', '.join(MODELS)}, got {sorted(unknown)}")
+        if "rm_memn2n_teacher" in args.models:
+            if args.models_dir is None:
+                raise ValueError("rm_memn2n_teacher draws from a memn2n model kept in --models_dir: give one")
+            # its teacher is trained first
+            args.models.sort(key=lambda name: name != "memn2n")
         if args.train_lengths[-1] > MAX_TRAIN_LENGTH:
             raise ValueError(f"--train_lengths go up to 16k tokens, got {length_name(args.train_lengths[-1])}")
         if min(args.steps) < 1:
@@ -448,12 +457,26 @@ def test_at(args, name: str, folder: str, task: int, length: int) -> dict:
     return in_fresh_process(job)
 
 
-def train_one(args, name: str, task: int, seed: int, data: dict, folder: Path) -> dict:
+def fragment_teacher(args, task: int, seed: int, training: dict) -> MemN2NForQuestionAnswering:
+    """rm_memn2n_teacher's teacher: the memn2n model kept in --models_dir for this task, seed and training settings."""
+    folder = args.models_dir / f"memn2n_qa{task}_seed{seed}"
+    record = folder / KEPT_RECORD
+    if not record.exists():
+        sys.exit(f"rm_memn2n_teacher needs the memn2n model of qa{task}, seed {seed} in {folder}: run memn2n first "
+                 f"(--models memn2n,rm_memn2n_teacher)")  # fmt: skip
+    if (kept := json.loads(record.read_text())["settings"]) != {**training, "model": "memn2n"}:
+        sys.exit(f"{folder} keeps a memn2n model trained with other settings "
+                 f"({', '.join(differing({**training, 'model': 'memn2n'}, kept))}): it cannot be this run's teacher")  # fmt: skip
+    return MemN2NForQuestionAnswering.from_pretrained(folder).eval()
+
+
+def train_one(args, name: str, task: int, seed: int, data: dict, folder: Path, training: dict) -> dict:
     """Train one model through the curriculum and save it (and its tokenizer) in `folder`; the run's record."""
     torch.manual_seed(seed)
     model = build_model(name, data["tokenizer"], data["answers"], args.max_item_tokens, args.config)
+    teacher = fragment_teacher(args, task, seed, training) if name == "rm_memn2n_teacher" else None
     record = train_stages(model, list(zip(data["stages"], args.steps)), seed, args.batch_size, args.learning_rate,
-                          schedule=args.lr_schedule, rename=data["rename"])  # fmt: skip
+                          schedule=args.lr_schedule, rename=data["rename"], fragment_teacher=teacher)  # fmt: skip
     stages = [{"length": length_name(length), "steps": steps, "train_samples": len(rows), **stage}
               for length, steps, rows, stage in zip(args.train_lengths, args.steps, data["stages"], record["stages"])]  # fmt: skip
     run = {
@@ -471,7 +494,7 @@ def train_one(args, name: str, task: int, seed: int, data: dict, folder: Path) -
     }
     if model.config.use_rehearsal:  # does the sampler find the facts among the book sentences?
         run["supporting_fact_coverage"] = {
-            length_name(length): fragment_coverage(model, rows[:COVERAGE_ROWS])
+            length_name(length): fragment_coverage(model, rows[:COVERAGE_ROWS], fragment_teacher=teacher)
             for length, rows in zip(args.train_lengths, data["stages"])
         }
     model.save_pretrained(folder)
@@ -508,7 +531,7 @@ def run_one(args, name: str, task: int, seed: int, prepared, settings: dict) -> 
         folder = Path(folder)
         run = kept_run(folder, training)
         if run is None:
-            run = train_one(args, name, task, seed, prepared(), folder)
+            run = train_one(args, name, task, seed, prepared(), folder, training)
             if kept is not None:  # written last: a folder without it holds no finished model
                 (folder / KEPT_RECORD).write_text(json.dumps({"settings": training, "run": run}, indent=2) + "\n")
         run["test"] = {}

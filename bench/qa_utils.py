@@ -74,13 +74,22 @@ def train(model, train_rows, steps, seed, batch_size=BATCH_SIZE, lr=2e-3, final_
 
 
 def train_stages(
-    model, stages, seed, batch_size=BATCH_SIZE, lr=2e-3, final_steps=50, schedule="constant", rename=None
+    model,
+    stages,
+    seed,
+    batch_size=BATCH_SIZE,
+    lr=2e-3,
+    final_steps=50,
+    schedule="constant",
+    rename=None,
+    fragment_teacher=None,
 ) -> dict:
     """Plain AdamW loop through `stages` [(rows, steps), ...] in order, each read in shuffled passes (the Trainer's
     loss: task + recollection + 0.5 familiarity + sampler + the memory type's own loss). `schedule`: a constant
     learning rate, or "linear": 5% warm-up, then linear decay to 0 at the last step of the last stage (one optimizer
     and one schedule across the stages). `rename` (a `NamePermutation`) renames each training example's names at
-    random every time it is read. Leaves the model in eval mode and returns the median step time of the last
+    random every time it is read. `fragment_teacher` (a trained `MemN2NForQuestionAnswering`) gives each batch's
+    fragment weights, for `sampler_mode="external"` (the two-stage teacher). Leaves the model in eval mode and returns the median step time of the last
     stage, the training's process CPU seconds, and each loss term averaged over the last `final_steps` steps; under
     "stages", the same three for each stage."""
     torch.manual_seed(seed)
@@ -109,6 +118,8 @@ def train_stages(
                 order += torch.randperm(len(rows)).tolist()
             examples = [rows[i] for i in order[:batch_size]]
             batch = collate(examples if rename is None else [rename(example, rng) for example in examples])
+            if fragment_teacher is not None:
+                batch["fragment_weights"] = fragment_teacher.sentence_importance(**batch)
             del order[:batch_size]
             start = time.perf_counter()
             outputs = model(**batch)
@@ -154,8 +165,10 @@ def train_and_test(model, train_rows, test_rows, steps, seed, batch_size=BATCH_S
     return correct / len(test_rows), step_time
 
 
-def fragment_coverage(model, rows, draws=5):
-    """Share of fragments drawn by the model's sampler that contain a supporting-fact item (token or sentence)."""
+def fragment_coverage(model, rows, draws=5, fragment_teacher=None):
+    """Share of fragments drawn by the model's sampler that contain a supporting-fact item (token or sentence).
+    `fragment_teacher`: the two-stage teacher the model was trained with, whose weights an external sampler draws
+    from (without one, an external sampler draws from the supporting facts themselves)."""
     collate = collator(model)
     length = model.config.rehearsal_fragment_length
     covered = total = 0
@@ -166,9 +179,10 @@ def fragment_coverage(model, rows, draws=5):
             written = model.rehearsal_memory(**story, output_item_features=True)
             query = model.encode_question(batch["question_input_ids"], batch["question_attention_mask"])
             support = batch["fragment_weights"]  # (B, T) 1 on supporting-fact items
+            weights = support if fragment_teacher is None else fragment_teacher.sentence_importance(**batch)
             for _ in range(draws):
                 starts, _ = model.rehearsal.draw_fragments(
-                    written.item_features, story["attention_mask"], query, fragment_weights=support
+                    written.item_features, story["attention_mask"], query, fragment_weights=weights
                 )
                 positions = (starts.unsqueeze(-1) + torch.arange(length)).clamp(max=support.shape[1] - 1)
                 hits = support.gather(1, positions.flatten(1)).view_as(positions).amax(-1)  # (B, J)

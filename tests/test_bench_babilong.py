@@ -3,6 +3,7 @@ and a bAbI-style task of our own: the numbers mean nothing; the JSON's layout, v
 checked."""
 
 import json
+import shutil
 
 import pytest
 
@@ -195,3 +196,27 @@ def test_bench_babilong_keeps_models_and_tests_them_again_without_training(tmp_p
     stderr = run_bench("bench_babilong.py", *tiny, "--steps", "3", "--output_dir", str(tmp_path / "other"),
                        returncode=1)  # fmt: skip
     assert f"{kept} keeps a model trained with other settings (curriculum)" in stderr
+
+
+def test_bench_babilong_two_stage_teacher_draws_from_the_kept_memn2n(tmp_path):
+    data_dir, models_dir = tiny_babilong(tmp_path, max_train_length="200"), tmp_path / "models"
+    tiny = ["--data_dir", str(data_dir), "--train_lengths", "0,200", "--steps", "2", "--batch_size", "4",
+            "--max_item_tokens", "8", "--chunk_sentences", "4", "--test_lengths", "0",
+            "--output_dir", str(tmp_path / "results")]  # fmt: skip
+    stderr = run_bench("bench_babilong.py", *tiny, "--models", "rm_memn2n_teacher", returncode=2)
+    assert "rm_memn2n_teacher draws from a memn2n model kept in --models_dir" in stderr
+    stderr = run_bench("bench_babilong.py", *tiny, "--models", "rm_memn2n_teacher", "--models_dir", str(models_dir),
+                       returncode=1)  # fmt: skip
+    assert "run memn2n first" in stderr
+    # named after it, the teacher is still trained first
+    run_bench("bench_babilong.py", *tiny, "--models", "rm_memn2n_teacher,memn2n", "--models_dir", str(models_dir))
+    assert (models_dir / "memn2n_qa1_seed0" / "training_record.json").exists()
+    runs = json.loads((tmp_path / "results" / "babilong.json").read_text())["runs"]
+    run = runs["rm_memn2n_teacher, train 0k,200 x2, qa1, seed 0"]
+    assert run["rehearsal_sampler"] == "external" and "sampler_loss" not in run["training"][0]["final_losses"]
+    assert set(run["supporting_fact_coverage"]) == {"0k", "200"} and run["test"]["0k"]["status"] == "ok"
+    # a memn2n trained with another curriculum is no teacher for this one
+    shutil.rmtree(models_dir / "rm_memn2n_teacher_qa1_seed0")
+    stderr = run_bench("bench_babilong.py", *tiny, "--steps", "3", "--models", "rm_memn2n_teacher", "--models_dir",
+                       str(models_dir), "--output_dir", str(tmp_path / "other"), returncode=1)  # fmt: skip
+    assert "keeps a memn2n model trained with other settings (curriculum)" in stderr

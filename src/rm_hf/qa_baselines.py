@@ -54,12 +54,13 @@ def sentence_ages(mask: torch.Tensor) -> torch.Tensor:
     return later.clamp(max=MAX_SENTENCE_AGE - 1)
 
 
-def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """One hop's read: query (B, D), keys and values (B, N, D), mask (B, N) bool -> (B, D)."""
+def attend(query, keys, values, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """One hop's read: query (B, D), keys and values (B, N, D), mask (B, N) bool -> what it read (B, D) and its
+    attention over the sentences (B, N)."""
     scores = torch.einsum("bd,bnd->bn", query, keys)
     # a finite fill, then zeroed: a story with no real sentence reads nothing instead of NaN
     weights = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(-1) * mask
-    return torch.einsum("bn,bnd->bd", weights, values)
+    return torch.einsum("bn,bnd->bd", weights, values), weights
 
 
 class MemN2NSentenceEncoder(RehearsalMemorySentenceEncoder):
@@ -119,6 +120,7 @@ class MemN2NForQuestionAnswering(RehearsalMemoryCheckpointMixin, PreTrainedModel
         question_attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         fragment_weights: torch.FloatTensor | None = None,
+        output_attentions: bool | None = None,
     ) -> RehearsalMemoryQuestionAnsweringOutput:
         r"""
         input_ids (`(batch_size, sentences, sentence_length)`), attention_mask (`(batch_size, sentences)`): the story,
@@ -128,16 +130,39 @@ class MemN2NForQuestionAnswering(RehearsalMemoryCheckpointMixin, PreTrainedModel
             and not needed: padding embeds to zero.
         labels (`(batch_size,)`): answer ids in `config.id2label`.
         fragment_weights: accepted (the collator gives them for Rehearsal Memory's sampler) and ignored.
+        output_attentions (`bool`): also return each hop's attention over the story sentences, `attentions`: one
+            `(batch_size, sentences)` tensor per hop, 0 on padding.
         """
         mask = self._story_mask(input_ids, attention_mask, question_input_ids, labels)
         ages = sentence_ages(mask)
         story = [embedding(input_ids, ages) for embedding in self.embeddings]  # K + 1 x (B, N, D)
         query = self.embeddings[0].sentences(question_input_ids, "question_input_ids")  # (B, D)
+        attentions = []
         for keys, values in zip(story[:-1], story[1:]):  # adjacent tying: hop k reads with set k + 1
-            query = query + attend(query, keys, values, mask)
+            read, weights = attend(query, keys, values, mask)
+            query = query + read
+            attentions.append(weights)
         logits = self.classifier(query)  # (B, num_labels)
         loss = task_loss(logits, labels) if labels is not None else None
-        return RehearsalMemoryQuestionAnsweringOutput(loss=loss, logits=logits)
+        return RehearsalMemoryQuestionAnsweringOutput(
+            loss=loss, logits=logits, attentions=tuple(attentions) if output_attentions else None
+        )
+
+    @torch.no_grad()
+    def sentence_importance(self, input_ids, attention_mask, question_input_ids, **batch) -> torch.Tensor:
+        """How much each story sentence matters to the question, by this (trained) model's reading: its attention
+        summed over the hops, (B, N), 0 on padding. A question that needs two facts (bAbI qa2: who took the
+        object, then where that person went) finds one per hop, so both weigh. These are the per-item weights
+        that Rehearsal Memory's `sampler_mode="external"` draws fragments from: the paper's two-stage teacher,
+        a full-access model trained first whose attention says what to rehearse. Takes a `QACollator` batch
+        (`**batch`: its other keys are not needed)."""
+        outputs = self(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            question_input_ids=question_input_ids,
+            output_attentions=True,
+        )
+        return torch.stack(outputs.attentions).sum(0)
 
     def _story_mask(self, input_ids, attention_mask, question_input_ids, labels) -> torch.Tensor:
         """Check the batch and return which sentences are real, (B, N) bool."""
