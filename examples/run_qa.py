@@ -13,6 +13,8 @@ or the MemN2N baseline (`--model memn2n`, `rm_hf.qa_baselines`), which reads eve
     python examples/run_qa.py --encoder_name_or_path path/to/all-MiniLM-L6-v2 --output_dir outputs/qa-minilm
     # the full-access baseline on the same data (sentence items; no model card is written for it)
     python examples/run_qa.py --model memn2n --story_items sentences --babi_dir ... --output_dir outputs/memn2n
+    # the paper's two-stage teacher: rehearse what that trained MemN2N attends to (same data, so same tokenizer)
+    python examples/run_qa.py --story_items sentences --sampler_mode external --fragment_teacher outputs/memn2n ...
     # N CPU processes (torchrun or accelerate's torchrun launcher; `accelerate launch --cpu` starts one), or GPUs
     torchrun --nproc_per_node 2 examples/run_qa.py --use_cpu ...
     accelerate launch --multi_gpu --num_processes 2 examples/run_qa.py --use_cpu ...
@@ -146,7 +148,16 @@ class ModelArguments:
     max_sentence_tokens: int = field(default=16, metadata={"help": "Longest sentence with --story_items sentences."})
     use_rehearsal: bool = field(default=True, metadata={"help": "Self-supervised rehearsal during training."})
     sampler_mode: Literal["uniform", "teacher", "external"] = field(
-        default="uniform", metadata={"help": "uniform, teacher or external (supporting facts)."}
+        default="uniform",
+        metadata={"help": "uniform, teacher, or external (supporting facts, or --fragment_teacher's attention)."},
+    )
+    fragment_teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "A MemN2N model trained first on the same data (`--model memn2n`, same tokenizer): with "
+            "--sampler_mode external, rehearsal draws its fragments by that model's attention over the story "
+            "sentences (the paper's two-stage teacher) instead of the supporting facts."
+        },
     )
     # Rehearsal's size: 2 fragments for a quarter of each batch's stories, read by a 1-layer rehearsal model, where
     # the config's defaults (4 fragments of every story, 2 layers) made a bAbI qa1 step with sentence items cost
@@ -371,6 +382,26 @@ def load_model_source(args: ModelArguments, given: set[str]):
     return None, encoder
 
 
+def load_fragment_teacher(path: str, tokenizer) -> MemN2NForQuestionAnswering:
+    """--fragment_teacher: a MemN2N checkpoint whose token ids are this run's (its attention reads our stories)."""
+    config = RehearsalMemoryConfig.from_pretrained(path)
+    if config.architectures != [MemN2NForQuestionAnswering.__name__]:
+        raise ValueError(
+            f"--fragment_teacher {path} holds a {', '.join(config.architectures or ['model of no architecture'])}, "
+            "not a MemN2NForQuestionAnswering (train one with --model memn2n)."
+        )
+    if AutoTokenizer.from_pretrained(path).get_vocab() != tokenizer.get_vocab():
+        raise ValueError(
+            f"--fragment_teacher {path} has another vocabulary than this run's tokenizer: train it on the same "
+            "training data (the word tokenizer is built from it)."
+        )
+    return MemN2NForQuestionAnswering.from_pretrained(path)
+
+
+def teacher_note(path: str | None) -> str:
+    return "" if path is None else f"; rehearsal drew its fragments by the attention of the MemN2N model `{path}`"
+
+
 def accuracy_by_type(predictions: np.ndarray, labels: np.ndarray, types: list[str]) -> dict[str, dict]:
     correct = predictions == labels
     results = {"all": {"accuracy": float(correct.mean()), "count": len(labels)}}
@@ -476,6 +507,7 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
             with_encoder_weights(model, encoder)
     if model_args.freeze_encoder:
         freeze_encoder(model, model_args.model)
+    teacher = load_fragment_teacher(model_args.fragment_teacher, tokenizer) if model_args.fragment_teacher else None
     if training_args.early_stopping_patience is not None:
         callbacks = [EarlyStoppingCallback(training_args.early_stopping_patience), *(callbacks or [])]
     trainer = RehearsalMemoryTrainer(
@@ -488,6 +520,7 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
         ),
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
+        fragment_teacher=teacher,
         callbacks=([RunRecorder(run)] if training_args.do_train else []) + (callbacks or []),
     )
     metrics, results = {}, None
@@ -525,7 +558,7 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
             f"{trainer.state.global_step} steps, batch size {training_args.per_device_train_batch_size} x "
             f"{training_args.world_size} processes, learning rate {training_args.learning_rate}, rehearsal weights "
             f"{training_args.recollection_weight} (recollection) / {training_args.familiarity_weight} (familiarity); "
-            f"{runtime} of training. Command: "
+            f"{runtime} of training{teacher_note(model_args.fragment_teacher)}. Command: "
             f"`python examples/run_qa.py {' '.join(sys.argv[1:] if argv is None else argv)}`"
         )
         write_card(training_args, data_args, trainer, results, training, raw_eval, len(train_dataset), dataset_name)

@@ -1,7 +1,8 @@
 """The MemN2N baseline (`rm_hf.qa_baselines`): the Rehearsal Memory QA head's inputs and outputs, padding that
 changes nothing, sentence ages counted from the end, a gradient for every parameter, identical logits after
-save/load, refusals that name the bad input, learning a small generated task on CPU, and `run_qa.py --model memn2n`
-training, saving and evaluating it."""
+save/load, refusals that name the bad input, learning a small generated task on CPU (and attending to its supporting
+fact), `run_qa.py --model memn2n` training, saving and evaluating it, and its attention choosing what
+`run_qa.py --fragment_teacher` rehearses."""
 
 import json
 
@@ -16,7 +17,7 @@ from rm_hf.qa_baselines import MAX_SENTENCE_AGE, MemN2NForQuestionAnswering, sen
 from rm_hf.qa_data import QACollator, encode_qa_dataset
 from rm_hf.story_generator import generate_stories
 from rm_hf.tokenization import build_word_tokenizer
-from tests.conftest import TINY_ENCODER, example_main
+from tests.conftest import TINY_ENCODER, example_main, example_module
 
 COLLATE = QACollator(sentence_items=True)
 
@@ -204,3 +205,34 @@ def test_run_qa_trains_saves_and_evaluates_memn2n(tmp_path, keep_transformers_ve
         run_qa(["--model_name_or_path", str(output), "--model", "rm", "--output_dir", str(tmp_path / "e2"), *tiny])
     with pytest.raises(ValueError, match="--model memn2n reads the story sentence by sentence"):
         run_qa(["--model", "memn2n", "--story_items", "tokens", "--output_dir", str(tmp_path / "tokens")])
+
+
+def test_run_qa_rehearses_by_a_trained_memn2n_attention(tmp_path, monkeypatch, keep_transformers_verbosity):
+    run_qa = example_module("run_qa")
+    tiny = ["--num_train_stories", "64", "--num_eval_stories", "24", "--story_length", "8", "--hidden_size", "32",
+            "--story_items", "sentences", "--per_device_train_batch_size", "8", "--max_steps", "3",
+            "--save_strategy", "no", "--use_cpu", "--report_to", "none"]  # fmt: skip
+    teacher = tmp_path / "memn2n"
+    run_qa.main(["--model", "memn2n", "--output_dir", str(teacher), *tiny])
+    # every training batch's fragment weights are the teacher's attention (3 hops: 3 per story), none at evaluation
+    weighed = []
+    importance = MemN2NForQuestionAnswering.sentence_importance
+
+    def spy(self, **batch):
+        weights = importance(self, **batch)
+        weighed.append(weights.sum(-1))
+        return weights
+
+    monkeypatch.setattr(MemN2NForQuestionAnswering, "sentence_importance", spy)
+    student = tmp_path / "rm"
+    taught = ["--fragment_teacher", str(teacher), "--sampler_mode", "external", *tiny]
+    run_qa.main(["--output_dir", str(student), *taught])
+    assert len(weighed) == 3 and all(torch.allclose(w, torch.full_like(w, 3.0)) for w in weighed)
+    assert f"by the attention of the MemN2N model `{teacher}`" in (student / "README.md").read_text()
+    # refused: a sampler that would not draw by it, a teacher that is no MemN2N, one of another vocabulary
+    with pytest.raises(ValueError, match="sampler_mode='external'"):
+        run_qa.main(["--output_dir", str(tmp_path / "uniform"), "--fragment_teacher", str(teacher), *tiny])
+    with pytest.raises(ValueError, match="not a MemN2NForQuestionAnswering"):
+        run_qa.main(["--output_dir", str(tmp_path / "rm_taught"), *taught[:1], str(student), *taught[2:]])
+    with pytest.raises(ValueError, match="another vocabulary than this run's tokenizer"):
+        run_qa.load_fragment_teacher(str(teacher), build_word_tokenizer(["Some other words entirely."]))

@@ -11,6 +11,10 @@ gradient-accumulation steps itself (`loss_is_scaled_for_ga = False`: with a `lab
 assume a loss already normalised by the items in the batch and not divide). Runs on
 many GPUs unchanged through `accelerate launch` or `torchrun`.
 
+With `fragment_teacher` (a trained `MemN2NForQuestionAnswering`), each training batch's `fragment_weights` are that
+model's attention over the story sentences, which the history sampler (`sampler_mode="external"`) draws the
+fragments to rehearse from: the paper's two-stage teacher. The teacher is neither trained nor saved.
+
 Resuming is Trainer's own mechanism (weights, optimizer, scheduler and every RNG state from `checkpoint-N`); the
 rehearsal fragments and donor items are drawn from torch's global RNG, so a resumed run repeats the uninterrupted
 one exactly. `checkpoint_to_resume` passes over checkpoints with a file missing or cut short, and a run restarted
@@ -96,12 +100,37 @@ class RehearsalTrainingArguments(TrainingArguments):
                 raise ValueError(f"RehearsalTrainingArguments.{name} must be >= 0, got {getattr(self, name)}.")
 
 
+def check_fragment_teacher(config, teacher_config) -> None:
+    """A fragment teacher weighs the story sentences of the model it teaches: that model must rehearse, draw by
+    external weights, read sentence items, and share the teacher's vocabulary."""
+    if not (config.use_rehearsal and config.sampler_mode == "external"):
+        raise ValueError(
+            "fragment_teacher: its attention is what an external history sampler draws from; the model needs "
+            f"use_rehearsal=True and sampler_mode='external' (it has {config.use_rehearsal} and "
+            f"{config.sampler_mode!r})."
+        )
+    if config.story_items != "sentences" or teacher_config.story_items != "sentences":
+        raise ValueError(
+            "fragment_teacher weighs story sentences: the model and its teacher need story_items='sentences'."
+        )
+    ours, theirs = config.encoder_config.vocab_size, teacher_config.encoder_config.vocab_size
+    if ours != theirs:
+        raise ValueError(
+            f"fragment_teacher has a vocabulary of {theirs} tokens, the model {ours}: train the teacher on the same "
+            "data and tokenizer."
+        )
+
+
 class RehearsalMemoryTrainer(Trainer):
     loss_is_scaled_for_ga = False  # our models return a plain per-batch mean
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, fragment_teacher=None, **kwargs):
         super().__init__(*args, **kwargs)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        if fragment_teacher is not None:
+            check_fragment_teacher(self.model.config, fragment_teacher.config)
+            fragment_teacher = fragment_teacher.eval().requires_grad_(False).to(self.args.device)
+        self.fragment_teacher = fragment_teacher
 
     def _init_training_state(self, max_steps, steps_per_epoch, num_train_epochs, *args, **kwargs):
         """Trainer's own, except that a checkpoint already at `max_steps` leaves no epoch to run.
@@ -117,6 +146,8 @@ class RehearsalMemoryTrainer(Trainer):
         return num_train_epochs, 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.fragment_teacher is not None and model.training:  # rehearsal (training only) draws by its weights
+            inputs = {**inputs, "fragment_weights": self.fragment_teacher.sentence_importance(**inputs)}
         outputs = model(**inputs)
         # plain TrainingArguments train with the default weights
         weights = {name: getattr(self.args, WEIGHT_ARGUMENTS[name], default) for name, default in LOSS_WEIGHTS.items()}
