@@ -220,3 +220,28 @@ def test_bench_babilong_two_stage_teacher_draws_from_the_kept_memn2n(tmp_path):
     stderr = run_bench("bench_babilong.py", *tiny, "--steps", "3", "--models", "rm_memn2n_teacher", "--models_dir",
                        str(models_dir), "--output_dir", str(tmp_path / "other"), returncode=1)  # fmt: skip
     assert "keeps a memn2n model trained with other settings (curriculum)" in stderr
+
+
+def test_diagnose_write_gate_reads_a_kept_model(tmp_path):
+    data_dir, models_dir = tiny_babilong(tmp_path), tmp_path / "models"
+    run_bench("bench_babilong.py", "--data_dir", str(data_dir), "--train_lengths", "0", "--steps", "2",
+              "--batch_size", "4", "--models", "rm", "--test_lengths", "0", "--models_dir", str(models_dir),
+              "--output_dir", str(tmp_path / "results"))  # fmt: skip
+    output = tmp_path / "gate.json"
+    run_bench("diagnose_write_gate.py", "--data_dir", str(data_dir), "--task", "1", "--models",
+              f"tiny={models_dir / 'rm_qa1_seed0'}", "--lengths", "0,200", "--num_test", "4", "--output", str(output))  # fmt: skip
+    runs = json.loads(output.read_text())["runs"]
+    assert set(runs) == {"tiny, qa1, 0k", "tiny, qa1, 200"}
+    for run in runs.values():
+        assert run["num_test"] == 4 and 0 <= run["accuracy"] <= 1 and "--task 1" in run["command"]
+        # every story has its fact in a segment of its own kind; a relevance is a gate's opening, in [0, 1]
+        assert sum(cell["segments"] for cell in run["gate"]["fact"].values()) >= 4
+        cells = [cell for kind in run["gate"].values() for cell in kind.values()]
+        assert all(0 <= cell["mean_largest_relevance"] <= 1 for cell in cells)
+        assert sum(cell["num_test"] for cell in run["accuracy_by_last_fact_back"].values()) == 4
+    # bAbI stories alone (at most 6 sentences): everything is written in the first bin, the fact the last few back
+    assert set(runs["tiny, qa1, 0k"]["gate"]["fact"]) == {"0-255"}
+    assert set(runs["tiny, qa1, 0k"]["accuracy_by_last_fact_back"]) == {"0-249"}
+    stderr = run_bench("diagnose_write_gate.py", "--data_dir", str(data_dir), "--task", "1", "--models", "oops",
+                       returncode=2)  # fmt: skip
+    assert "--models takes NAME=FOLDER" in stderr

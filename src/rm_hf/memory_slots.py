@@ -47,17 +47,21 @@ class RehearsalMemoryWriter(nn.Module):
         if self.none_score is not None:
             init.zeros_(self.none_score)
 
+    def read(self, memory, items, item_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What each slot reads from the segment (B, K, D), and with the write gate each slot's relevance r_k
+        (B, K) in [0, 1] (None without the gate)."""
+        if self.none_score is None:
+            return self.attention(memory, items, item_mask), None
+        read, log_mass = self.attention(memory, items, item_mask, return_log_mass=True)  # log_mass (B, h, K)
+        return read, torch.sigmoid(log_mass - self.none_score[:, None]).mean(1)
+
     def forward(self, memory: torch.Tensor, items: torch.Tensor, item_mask: torch.Tensor) -> torch.Tensor:
         # memory (B, K, D), items (B, S, E), item_mask (B, S); every row has at least one real item
         batch, slots, dim = memory.shape
-        if self.none_score is None:
-            read = self.attention(memory, items, item_mask)  # (B, K, D)
-        else:
-            read, log_mass = self.attention(memory, items, item_mask, return_log_mass=True)  # log_mass (B, h, K)
-            relevance = torch.sigmoid(log_mass - self.none_score[:, None]).mean(1)  # (B, K)
+        read, relevance = self.read(memory, items, item_mask)
         updated = self.gru(read.reshape(batch * slots, dim), memory.reshape(batch * slots, dim))
         updated = updated.view(batch, slots, dim)
-        if self.none_score is None:
+        if relevance is None:
             return updated
         return memory + relevance.unsqueeze(-1) * (updated - memory)
 

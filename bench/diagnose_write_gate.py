@@ -1,0 +1,133 @@
+"""Why a trained RM loses BABILong questions in long stories: how far its write gate opens, and how accuracy depends on
+how far back the facts lie, as the story grows.
+
+For each model kept by `bench_babilong.py --models_dir` (slot memory with the write gate) and each test length, every
+test story is streamed into memory as the benchmark does (`answer_from_memory`). At each segment write, each slot's
+relevance r_k (how far the gate lets the slot move toward its update, `RehearsalMemoryWriter.read`) is recorded; the
+largest over the slots says whether the segment was written at all. Reported per length:
+
+- `gate`: the mean of that largest relevance for segments holding a supporting fact and for the others, by how many
+  items the memory had read before the segment (bins of `POSITION_BINS`);
+- `accuracy` overall and by `last_fact_back`: items from the last supporting fact to the end of the story.
+
+    python bench/diagnose_write_gate.py --data_dir outputs/babilong10k_qa2-5 --task 2 \
+        --models qa2=outputs/models/qa2-5_lr1e-3/rm_qa2_seed1 --lengths 16k,64k,128k
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_babilong import answer_from_memory, encode, parse_lengths
+from cost_utils import RESULTS, provenance
+from transformers import PreTrainedTokenizerFast
+
+from rm_hf import RehearsalMemoryForQuestionAnswering
+from rm_hf.babilong import length_name, load_babilong
+
+# items read before a segment (its position), and items from the last supporting fact to the story's end
+POSITION_BINS = (0, 256, 1024, 2048, 4096)
+DISTANCE_BINS = (0, 250, 500, 1000, 2000, 4000)
+
+
+def bin_name(value: int, edges: tuple[int, ...]) -> str:
+    index = int(np.searchsorted(edges, value, side="right")) - 1
+    return f"{edges[index]}+" if index == len(edges) - 1 else f"{edges[index]}-{edges[index + 1] - 1}"
+
+
+def parse_models(pieces: list[str]) -> dict[str, Path]:
+    models = {}
+    for piece in pieces:
+        name, sep, folder = piece.partition("=")
+        if not (sep and name and folder):
+            raise argparse.ArgumentTypeError(f"--models takes NAME=FOLDER, got {piece!r}")
+        models[name] = Path(folder)
+    return models
+
+
+def gate_recorder(model) -> tuple[list, object]:
+    """A list that collects, per segment write, the largest slot relevance (a float), and the hook's handle."""
+    writer = getattr(model.rehearsal_memory.bank, "writer", None)
+    if writer is None or writer.none_score is None:
+        raise ValueError("this diagnosis needs the slot memory with its write gate (slot_write_gate=True)")
+    largest = []
+
+    def record(module, args, output):
+        largest.append(module.read(*args)[1].amax(-1).item())  # batch of one story
+
+    return largest, writer.register_forward_hook(record)
+
+
+def diagnose(folder: Path, data_dir: Path, task: int, length: int, num_test: int) -> dict:
+    model = RehearsalMemoryForQuestionAnswering.from_pretrained(folder).eval()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    label2id = {label: int(i) for i, label in model.config.id2label.items()}
+    segment = model.config.segment_length
+    largest, hook = gate_recorder(model)
+    gate, by_distance, hits = {"fact": {}, "other": {}}, {}, []
+    rows = load_babilong(data_dir, [task], length, "test")
+    for row in rows.select(range(min(num_test, len(rows)))):
+        features = encode(row, tokenizer, label2id, model.config.max_sentence_tokens)
+        items = features["sentence_index"]
+        facts = set(items[np.flatnonzero(features["supporting_mask"])].tolist())
+        largest.clear()
+        correct = answer_from_memory(model, features, tokenizer.pad_token_id, 1024) == features["labels"]
+        for number, relevance in enumerate(largest):  # segment `number` holds items number * segment onwards
+            kind = "fact" if facts & set(range(number * segment, (number + 1) * segment)) else "other"
+            gate[kind].setdefault(bin_name(number * segment, POSITION_BINS), []).append(relevance)
+        back = int(items[-1]) - max(facts)
+        by_distance.setdefault(bin_name(back, DISTANCE_BINS), []).append(correct)
+        hits.append(correct)
+    hook.remove()
+    return {
+        "accuracy": statistics.fmean(hits),
+        "num_test": len(hits),
+        "gate": {
+            kind: {
+                name: {"mean_largest_relevance": statistics.fmean(v), "segments": len(v)} for name, v in bins.items()
+            }
+            for kind, bins in gate.items()
+        },
+        "accuracy_by_last_fact_back": {
+            name: {"accuracy": statistics.fmean(v), "num_test": len(v)}
+            for name, v in sorted(by_distance.items(), key=lambda kv: int(kv[0].split("-")[0].rstrip("+")))
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", type=Path, required=True)
+    parser.add_argument("--task", type=int, required=True)
+    parser.add_argument("--models", nargs="+", required=True, metavar="NAME=FOLDER")
+    parser.add_argument("--lengths", default="16k,64k,128k")
+    parser.add_argument("--num_test", type=int, default=100)
+    parser.add_argument("--output", type=Path, default=RESULTS / "babilong" / "write_gate" / "write_gate.json")
+    args = parser.parse_args(argv)
+    try:
+        models = parse_models(args.models)
+    except argparse.ArgumentTypeError as error:
+        parser.error(str(error))
+    torch.set_num_threads(1)
+    results = json.loads(args.output.read_text()) if args.output.exists() else {"runs": {}}
+    for name, folder in models.items():
+        for length in parse_lengths(args.lengths):
+            key = f"{name}, qa{args.task}, {length_name(length)}"
+            results["runs"][key] = {
+                "model": str(folder),
+                **diagnose(folder, args.data_dir, args.task, length, args.num_test),
+                "date": time.strftime("%Y-%m-%d"),
+                **provenance(),
+            }
+            print(key, json.dumps(results["runs"][key]["gate"]), flush=True)
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
