@@ -89,9 +89,9 @@ def train_stages(
     learning rate, or "linear": 5% warm-up, then linear decay to 0 at the last step of the last stage (one optimizer
     and one schedule across the stages). `rename` (a `NamePermutation`) renames each training example's names at
     random every time it is read. `fragment_teacher` (a trained `MemN2NForQuestionAnswering`) gives each batch's
-    fragment weights, for `sampler_mode="external"` (the two-stage teacher). Leaves the model in eval mode and returns the median step time of the last
-    stage, the training's process CPU seconds, and each loss term averaged over the last `final_steps` steps; under
-    "stages", the same three for each stage."""
+    fragment weights, for `sampler_mode="external"` (the two-stage teacher). Leaves the model in eval mode and
+    returns the median step time of the last stage, the training's process CPU seconds, and each loss term averaged
+    over the last `final_steps` steps; under "stages", the same three for each stage."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     collate = collator(model)
