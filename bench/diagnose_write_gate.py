@@ -73,13 +73,18 @@ def diagnose(folder: Path, data_dir: Path, task: int, length: int, num_test: int
     for row in rows.select(range(min(num_test, len(rows)))):
         features = encode(row, tokenizer, label2id, model.config.max_sentence_tokens)
         items = features["sentence_index"]
-        facts = set(items[np.flatnonzero(features["supporting_mask"])].tolist())
+        facts = items[np.flatnonzero(features["supporting_mask"])]  # the items holding a supporting fact
         largest.clear()
         correct = answer_from_memory(model, features, tokenizer.pad_token_id, 1024) == features["labels"]
-        for number, relevance in enumerate(largest):  # segment `number` holds items number * segment onwards
-            kind = "fact" if facts & set(range(number * segment, (number + 1) * segment)) else "other"
-            gate[kind].setdefault(bin_name(number * segment, POSITION_BINS), []).append(relevance)
-        back = int(items[-1]) - max(facts)
+        # segment j holds items j * segment onwards: which segments hold a fact
+        has_fact = np.zeros(len(largest) * segment, dtype=bool)
+        has_fact[facts] = True
+        has_fact = has_fact.reshape(len(largest), segment).any(1)
+        for number, (relevance, fact) in enumerate(zip(largest, has_fact)):
+            gate["fact" if fact else "other"].setdefault(bin_name(number * segment, POSITION_BINS), []).append(
+                relevance
+            )
+        back = int(items[-1]) - int(facts.max())
         by_distance.setdefault(bin_name(back, DISTANCE_BINS), []).append(correct)
         hits.append(correct)
     hook.remove()

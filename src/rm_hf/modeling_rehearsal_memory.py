@@ -691,9 +691,6 @@ class RehearsalMemoryClickPredictionOutput(ModelOutput):
             rehearsal terms, in training with `use_rehearsal` only.
         memory_loss (`torch.FloatTensor` of shape `()`, *optional*):
             the memory type's own loss (Expire-Span, key-value memory), in training only.
-        attentions (`tuple(torch.FloatTensor)`, *optional*): a full-access reader's (`MemN2NForQuestionAnswering`)
-            attention over the story sentences, one `(batch_size, sentences)` tensor per hop, with
-            `output_attentions=True`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -702,7 +699,6 @@ class RehearsalMemoryClickPredictionOutput(ModelOutput):
     familiarity_loss: torch.FloatTensor | None = None
     sampler_loss: torch.FloatTensor | None = None
     memory_loss: torch.FloatTensor | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 def click_scorer(in_features: int, hidden: int) -> nn.Sequential:

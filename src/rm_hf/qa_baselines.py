@@ -54,7 +54,9 @@ def sentence_ages(mask: torch.Tensor) -> torch.Tensor:
     return later.clamp(max=MAX_SENTENCE_AGE - 1)
 
 
-def attend(query, keys, values, mask) -> tuple[torch.Tensor, torch.Tensor]:
+def attend(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One hop's read: query (B, D), keys and values (B, N, D), mask (B, N) bool -> what it read (B, D) and its
     attention over the sentences (B, N)."""
     scores = torch.einsum("bd,bnd->bn", query, keys)
