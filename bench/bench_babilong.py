@@ -38,7 +38,9 @@ training stories of each curriculum length).
 
 --config KEY=VALUE sets `RehearsalMemoryConfig` fields for every model (e.g. rehearsal_fragment_length=2: fragments
 of two items; with one, familiarity has no item left to replace, so no negatives); it is a setting of the whole
-results file, so each set of values needs its own --output_dir.
+results file, so each set of values needs its own --output_dir. --test_config KEY=VALUE sets fields only when each
+model is loaded for testing (settings of reading, e.g. slot_write_threshold=0.2, see bench/calibrate_write_threshold.py):
+a model kept in --models_dir is tested under them without training it again.
 
 Every run is stored in OUTPUT_DIR/babilong.json as soon as it ends. A rerun with the same settings skips the runs
 there (other seeds, tasks, models or curricula add runs); one with other settings stops unless --overwrite. With
@@ -219,6 +221,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", type=parse_override, nargs="+", default=[], metavar="KEY=VALUE",
                         help="RehearsalMemoryConfig fields set for every model, e.g. rehearsal_fragment_length=2 "
                         "(a setting of the whole file: runs with other values go to another --output_dir)")  # fmt: skip
+    parser.add_argument("--test_config", type=parse_override, nargs="+", default=[], metavar="KEY=VALUE",
+                        help="RehearsalMemoryConfig fields set when loading each model for testing, e.g. "
+                        "slot_write_threshold=0.2 (a setting of the whole file, like --config)")  # fmt: skip
     parser.add_argument("--output_dir", type=Path, default=RESULTS / "babilong")
     parser.add_argument("--models_dir", type=Path, default=None,
                         help="keep each trained model in MODELS_DIR/<model>_qa<task>_seed<seed> with its training "
@@ -233,6 +238,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     try:
         args.config = check_overrides(dict(args.config))
+        args.test_config = check_overrides(dict(args.test_config))
         args.tasks = parse_tasks(args.tasks)
         args.train_lengths = parse_lengths(args.train_lengths)
         args.seeds = [int(seed) for seed in args.seeds.split(",")]
@@ -333,8 +339,9 @@ def question_of(features: dict) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def answer_from_memory(model, features: dict, pad_id: int, chunk_items: int) -> int:
-    """RM: stream the story into memory chunk by chunk (one pass), then answer from the memory alone."""
+def logits_from_memory(model, features: dict, pad_id: int, chunk_items: int) -> torch.Tensor:
+    """RM: stream the story into memory chunk by chunk (one pass), then score the answers (1, A) from the memory
+    alone."""
     segment = model.config.segment_length
     chunk_items = -(-chunk_items // segment) * segment  # whole segments: the memory of writing the story at once
     index = features["sentence_index"]
@@ -343,7 +350,11 @@ def answer_from_memory(model, features: dict, pad_id: int, chunk_items: int) -> 
     for start, stop in itertools.pairwise([*starts, len(index)]):
         input_ids, attention_mask = item_batch(features, start, stop, pad_id)
         memory = model.write(memory, input_ids=input_ids, attention_mask=attention_mask)
-    return model.answer(memory, question_of(features)).argmax(-1).item()
+    return model.answer(memory, question_of(features))
+
+
+def answer_from_memory(model, features: dict, pad_id: int, chunk_items: int) -> int:
+    return logits_from_memory(model, features, pad_id, chunk_items).argmax(-1).item()
 
 
 @torch.inference_mode()
@@ -375,7 +386,8 @@ def untested(num_test: int, status: str) -> dict:
 def evaluate(job: dict) -> dict:
     """Test a saved model at one length, one sample at a time; runs in a fresh process (`in_fresh_process`)."""
     torch.set_num_threads(job["threads"])
-    model = MODEL_CLASSES[MODELS[job["model"]]].from_pretrained(job["folder"]).eval()
+    model = MODEL_CLASSES[MODELS[job["model"]]].from_pretrained(job["folder"], **job["test_config"]).eval()
+    model.config.validate()  # from_pretrained sets its keyword arguments without checking them
     tokenizer = PreTrainedTokenizerFast.from_pretrained(job["folder"])
     rows = load_babilong(job["data_dir"], [job["task"]], job["length"], "test").select(range(job["num_test"]))
     answer = ANSWER[MODELS[job["model"]]]
@@ -453,7 +465,7 @@ def test_at(args, name: str, folder: str, task: int, length: int) -> dict:
                                       f"--full_access_max_sentences {args.full_access_max_sentences}")  # fmt: skip
     job = {"model": name, "folder": folder, "data_dir": str(args.data_dir), "task": task, "length": length,
            "num_test": num_test, "max_item_tokens": args.max_item_tokens, "chunk_sentences": args.chunk_sentences,
-           "threads": args.threads}  # fmt: skip
+           "threads": args.threads, "test_config": args.test_config}  # fmt: skip
     return in_fresh_process(job)
 
 
@@ -503,7 +515,7 @@ def train_one(args, name: str, task: int, seed: int, data: dict, folder: Path, t
 
 
 # what a run's test does not depend on: a kept model is reused whatever they are
-TEST_SETTINGS = ("test_lengths", "num_test", "chunk_sentences", "full_access_max_sentences")
+TEST_SETTINGS = ("test_lengths", "num_test", "chunk_sentences", "full_access_max_sentences", "test_config")
 KEPT_RECORD = "training_record.json"
 
 
@@ -695,8 +707,10 @@ def main(argv: list[str] | None = None) -> dict:
     # what makes runs comparable: everything but which runs are made now (models, seeds, tasks, curriculum) and how
     comparable = ("test_lengths", "num_test", "batch_size", "learning_rate", "min_word_frequency", "max_item_tokens",
                   "chunk_sentences", "full_access_max_sentences")  # fmt: skip
-    # (--config and --permute_names only when given: the settings of runs stored before the flag existed stay equal)
+    # (--config, --test_config and --permute_names only when given: the settings of runs stored before the flag
+    # existed stay equal)
     comparable += ("config",) if args.config else ()
+    comparable += ("test_config",) if args.test_config else ()
     comparable += ("permute_names",) if args.permute_names else ()
     settings = json.loads(json.dumps({name: getattr(args, name) for name in comparable} | {"data": manifest}))
     output = args.output_dir / "babilong.json"

@@ -39,14 +39,11 @@ def bin_name(value: int, edges: tuple[int, ...]) -> str:
     return f"{edges[index]}+" if index == len(edges) - 1 else f"{edges[index]}-{edges[index + 1] - 1}"
 
 
-def parse_models(pieces: list[str]) -> dict[str, Path]:
-    models = {}
-    for piece in pieces:
-        name, sep, folder = piece.partition("=")
-        if not (sep and name and folder):
-            raise argparse.ArgumentTypeError(f"--models takes NAME=FOLDER, got {piece!r}")
-        models[name] = Path(folder)
-    return models
+def parse_model(piece: str) -> tuple[str, Path]:
+    name, sep, folder = piece.partition("=")
+    if not (sep and name and folder):
+        raise argparse.ArgumentTypeError(f"--models takes NAME=FOLDER, got {piece!r}")
+    return name, Path(folder)
 
 
 def gate_recorder(model) -> tuple[list, object]:
@@ -108,15 +105,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", type=Path, required=True)
     parser.add_argument("--task", type=int, required=True)
-    parser.add_argument("--models", nargs="+", required=True, metavar="NAME=FOLDER")
+    parser.add_argument("--models", type=parse_model, nargs="+", required=True, metavar="NAME=FOLDER")
     parser.add_argument("--lengths", default="16k,64k,128k")
     parser.add_argument("--num_test", type=int, default=100)
     parser.add_argument("--output", type=Path, default=RESULTS / "babilong" / "write_gate" / "write_gate.json")
     args = parser.parse_args(argv)
-    try:
-        models = parse_models(args.models)
-    except argparse.ArgumentTypeError as error:
-        parser.error(str(error))
+    models = dict(args.models)
     torch.set_num_threads(1)
     results = json.loads(args.output.read_text()) if args.output.exists() else {"runs": {}}
     for name, folder in models.items():

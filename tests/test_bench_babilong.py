@@ -245,3 +245,34 @@ def test_diagnose_write_gate_reads_a_kept_model(tmp_path):
     stderr = run_bench("diagnose_write_gate.py", "--data_dir", str(data_dir), "--task", "1", "--models", "oops",
                        returncode=2)  # fmt: skip
     assert "--models takes NAME=FOLDER" in stderr
+
+
+def test_write_threshold_is_chosen_on_validation_and_set_only_for_testing(tmp_path):
+    data_dir, models_dir = tiny_babilong(tmp_path), tmp_path / "models"
+    tiny = ["--data_dir", str(data_dir), "--train_lengths", "0", "--steps", "2", "--batch_size", "4", "--models",
+            "rm", "--test_lengths", "0", "--models_dir", str(models_dir)]  # fmt: skip
+    run_bench("bench_babilong.py", *tiny, "--output_dir", str(tmp_path / "trained"))
+    kept = models_dir / "rm_qa1_seed0"
+    output = tmp_path / "calibration.json"
+    run_bench("calibrate_write_threshold.py", "--data_dir", str(data_dir), "--task", "1", "--models",
+              f"tiny={kept}", "--length", "0", "--num_samples", "4", "--thresholds", "0.3,0.6",
+              "--output", str(output))  # fmt: skip
+    run = json.loads(output.read_text())["runs"]["tiny, qa1, 0k train"]
+    # 0 (the model as trained) is always a candidate; the choice is the best of them on the train split
+    assert set(run["accuracy"]) == set(run["answer_loss"]) == {"0.0", "0.3", "0.6"} and run["num_samples"] == 4
+    assert run["accuracy"][str(run["chosen"])] == max(run["accuracy"].values())
+    stderr = run_bench("calibrate_write_threshold.py", "--data_dir", str(data_dir), "--task", "1", "--models",
+                       f"tiny={kept}", "--thresholds", "1.2", returncode=2)  # fmt: skip
+    assert "--thresholds lie in [0, 1)" in stderr
+    # the kept model is tested under the threshold, not trained again, and the file records it
+    run_bench("bench_babilong.py", *tiny, "--output_dir", str(tmp_path / "tau"), "--test_config",
+              "slot_write_threshold=0.3")  # fmt: skip
+    trained, tau = (json.loads((tmp_path / name / "babilong.json").read_text()) for name in ("trained", "tau"))
+    assert tau["settings"]["test_config"] == {"slot_write_threshold": 0.3} and "test_config" not in trained["settings"]
+    key = "rm, train 0k x2, qa1, seed 0"
+    assert tau["runs"][key]["train_cpu_seconds"] == trained["runs"][key]["train_cpu_seconds"]
+    assert tau["runs"][key]["test"]["0k"]["status"] == "ok"
+    # it reaches the loaded model: a value out of range stops the test there
+    stderr = run_bench("bench_babilong.py", *tiny, "--output_dir", str(tmp_path / "bad"), "--test_config",
+                       "slot_write_threshold=1.5", returncode=1)  # fmt: skip
+    assert "slot_write_threshold" in stderr

@@ -68,6 +68,8 @@ def test_configs_with_earlier_names_load_under_todays(tmp_path, old, new):
         ({"memory_type": "lstm"}, "memory_type"),
         ({"sampler_mode": "random"}, "sampler_mode"),
         ({"story_items": "words"}, "story_items"),
+        ({"slot_write_threshold": 1.0}, "slot_write_threshold"),
+        ({"slot_write_threshold": 0.2, "slot_write_gate": False}, "slot_write_threshold"),
     ],
 )
 def test_invalid_config_values_name_the_field(overrides, field):
@@ -140,8 +142,34 @@ def test_write_gate_moves_a_slot_by_its_relevance(none_score, change):
         torch.testing.assert_close(memory, plain(ids, attention_mask=mask).memory)
 
 
-def test_streaming_equals_one_pass():
+def test_write_threshold_cuts_the_gate_below_it_and_rescales_the_rest(tmp_path):
+    # a slot whose relevance is at or below tau keeps its value exactly; above it, (r - tau) / (1 - tau)
     model = RehearsalMemoryModel(tiny_config()).eval()
+    writes = []
+    model.bank.writer.register_forward_hook(lambda module, args, output: writes.append(args))
+    ids, mask = random_batch()
+    before = model(ids, attention_mask=mask).memory
+    relevance = model.bank.writer.read(*writes[0])[1]  # (B, K) of the first segment
+    tau = relevance.median().item()
+    model.config.slot_write_threshold = tau  # set on a built model, as on a loaded one
+    thresholded = model.bank.writer.read(*writes[0])[1]
+    torch.testing.assert_close(thresholded, (relevance - tau).clamp(min=0) / (1 - tau))
+    assert (thresholded == 0).any() and (thresholded > 0).any()
+    assert not torch.allclose(model(ids, attention_mask=mask).memory, before)
+    with torch.no_grad():
+        model.bank.writer.none_score.fill_(3.0)  # every relevance well below 0.5
+    model.config.slot_write_threshold = 0.5
+    torch.testing.assert_close(model(ids, attention_mask=mask).memory, model.init_memory(ids.shape[0]))
+    # it is saved, and can be set when loading a model trained without it
+    model.save_pretrained(tmp_path)
+    assert RehearsalMemoryModel.from_pretrained(tmp_path).config.slot_write_threshold == 0.5
+    assert RehearsalMemoryModel.from_pretrained(tmp_path, slot_write_threshold=0.1).config.slot_write_threshold == 0.1
+    assert RehearsalMemoryConfig().slot_write_threshold == 0  # off unless asked for
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5])
+def test_streaming_equals_one_pass(threshold):
+    model = RehearsalMemoryModel(tiny_config(slot_write_threshold=threshold)).eval()
     ids, mask = random_batch(length=37)  # not a multiple of segment_length
     one_pass = model(ids, attention_mask=mask).memory
     memory = model.init_memory(ids.shape[0])

@@ -71,6 +71,10 @@ class RehearsalMemoryConfig(PreTrainedConfig):
     # slots: a slot takes a segment in only as far as its attention finds something there (see memory_slots.py);
     # configs saved without this field predate it and load with False, so old checkpoints compute what they did
     slot_write_gate: bool = True
+    # slots, with the gate: a relevance at or below this writes nothing (the rest is rescaled to reach 1), so the
+    # many segments a slot barely opens for cannot add up to overwriting it over thousands of writes; 0: off. A
+    # setting of reading as much as of training: it can be set on a trained model (see memory_slots.py)
+    slot_write_threshold: float | int = 0.0
     input_feature_dim: int | None = None  # set for feature inputs (video clips, behaviour embeddings)
     initial_memory_std: float | int = 0.5  # slot-distinct M_0; same order as a GRU state in (-1, 1)
     initializer_range: float | int = 0.02
@@ -162,12 +166,13 @@ class RehearsalMemoryConfig(PreTrainedConfig):
         """Shares, temperatures and loss coefficients within their ranges."""
         share = (lambda v: 0 < v <= 1, "lie in (0, 1]")
         open_share = (lambda v: 0 < v < 1, "lie in (0, 1)")
+        below_one = (lambda v: 0 <= v < 1, "lie in [0, 1)")
         probability = (lambda v: 0 <= v <= 1, "lie in [0, 1]")
         positive = (lambda v: v > 0, "be > 0")
         weight = (lambda v: v >= 0, "be >= 0")
         rules = {
             "rehearsal_mask_ratio": share, "rehearsal_replace_ratio": share, "rehearsal_batch_fraction": share,
-            "expire_span_init_fraction": open_share,
+            "expire_span_init_fraction": open_share, "slot_write_threshold": below_one,
             "sampler_uniform_floor": probability, "sampler_temperature": positive, "infonce_temperature": positive,
             "key_value_inverse_temperature": positive, "initial_memory_std": positive,
             "expire_span_loss_coef": weight, "key_value_margin": weight,
@@ -175,6 +180,11 @@ class RehearsalMemoryConfig(PreTrainedConfig):
         for name, (allowed, text) in rules.items():
             if not allowed(getattr(self, name)):
                 raise ValueError(f"RehearsalMemoryConfig.{name} must {text}, got {getattr(self, name)}.")
+        if self.slot_write_threshold and not self.slot_write_gate:
+            raise ValueError(
+                f"RehearsalMemoryConfig.slot_write_threshold ({self.slot_write_threshold}) thresholds the slot write "
+                "gate, which is off (slot_write_gate=False): turn the gate on or leave the threshold at 0."
+            )
 
 
 __all__ = ["RehearsalMemoryConfig"]

@@ -11,6 +11,13 @@ about 86% of a slot per write whether the segment was relevant or filler). With 
 update only by its relevance r_k = mean over heads of sigmoid(logsumexp_i(score_ki) - t_h): the probability that
 the slot's query prefers one of the items to a "none of these" option with learned score t_h per head. A slot
 whose query matches no item of a segment is left (almost) as it was.
+
+"Almost" is the catch on long inputs (measured on BABILong, `bench/diagnose_write_gate.py`): a trained model opens
+the gate by only 0.01-0.05 for a segment of book text, but a 128k-token story is ~1,800 such writes, and
+(1 - 0.01)^1800 is about 1e-8: the slots drift far from what they held (cosine to their start falls to 0.13; their
+norm does not change) and their gate for a later fact closes too (0.9 -> 0.4). `slot_write_threshold` tau
+(our choice, default 0 = off) cuts the leak: the gate becomes max(r_k - tau, 0) / (1 - tau), exactly 0 for a slot
+that barely opens, so filler writes nothing. It changes no parameter and can be set on a model trained without it.
 """
 
 import torch
@@ -40,6 +47,7 @@ class RehearsalMemoryWriter(nn.Module):
             config.memory_dim, config.encoder_config.hidden_size, config.num_memory_heads
         )
         self.gru = RehearsalMemoryGRUCell(config.memory_dim, config.memory_dim)
+        self.config = config  # read at each write: the threshold may be set on a loaded model
         # t_h: the score of "none of these items", per head
         self.none_score = nn.Parameter(torch.empty(config.num_memory_heads)) if config.slot_write_gate else None
 
@@ -49,11 +57,14 @@ class RehearsalMemoryWriter(nn.Module):
 
     def read(self, memory, items, item_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What each slot reads from the segment (B, K, D), and with the write gate each slot's relevance r_k
-        (B, K) in [0, 1] (None without the gate)."""
+        (B, K) in [0, 1], thresholded by `slot_write_threshold` (None without the gate)."""
         if self.none_score is None:
             return self.attention(memory, items, item_mask), None
         read, log_mass = self.attention(memory, items, item_mask, return_log_mass=True)  # log_mass (B, h, K)
-        return read, torch.sigmoid(log_mass - self.none_score[:, None]).mean(1)
+        relevance = torch.sigmoid(log_mass - self.none_score[:, None]).mean(1)
+        if threshold := self.config.slot_write_threshold:
+            relevance = (relevance - threshold).clamp(min=0) / (1 - threshold)
+        return read, relevance
 
     def forward(self, memory: torch.Tensor, items: torch.Tensor, item_mask: torch.Tensor) -> torch.Tensor:
         # memory (B, K, D), items (B, S, E), item_mask (B, S); every row has at least one real item
