@@ -8,6 +8,8 @@ largest over the slots says whether the segment was written at all. Reported per
 
 - `gate`: the mean of that largest relevance for segments holding a supporting fact and for the others, by how many
   items the memory had read before the segment (bins of `POSITION_BINS`);
+- `drift`: by the same bins, how far the slots have moved before the write: their mean cosine similarity to the
+  initial memory M_0 and their mean norm;
 - `accuracy` overall and by `last_fact_back`: items from the last supporting fact to the end of the story.
 
     python bench/diagnose_write_gate.py --data_dir outputs/babilong10k_qa2-5 --task 2 \
@@ -47,16 +49,20 @@ def parse_model(piece: str) -> tuple[str, Path]:
 
 
 def gate_recorder(model) -> tuple[list, object]:
-    """A list that collects, per segment write, the largest slot relevance (a float), and the hook's handle."""
-    writer = getattr(model.rehearsal_memory.bank, "writer", None)
+    """A list that collects, per segment write, (the largest slot relevance, the slots' mean cosine to M_0, their
+    mean norm), and the hook's handle."""
+    bank = model.rehearsal_memory.bank
+    writer = getattr(bank, "writer", None)
     if writer is None or writer.none_score is None:
         raise ValueError("this diagnosis needs the slot memory with its write gate (slot_write_gate=True)")
-    largest = []
+    records = []
 
     def record(module, args, output):
-        largest.append(module.read(*args)[1].amax(-1).item())  # batch of one story
+        memory = args[0][0]  # (K, D): a batch of one story, before this write
+        cosine = torch.cosine_similarity(memory, bank.initial_memory, dim=-1).mean().item()
+        records.append((module.read(*args)[1].amax(-1).item(), cosine, memory.norm(dim=-1).mean().item()))
 
-    return largest, writer.register_forward_hook(record)
+    return records, writer.register_forward_hook(record)
 
 
 def diagnose(folder: Path, data_dir: Path, task: int, length: int, num_test: int) -> dict:
@@ -64,23 +70,23 @@ def diagnose(folder: Path, data_dir: Path, task: int, length: int, num_test: int
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
     label2id = {label: int(i) for i, label in model.config.id2label.items()}
     segment = model.config.segment_length
-    largest, hook = gate_recorder(model)
-    gate, by_distance, hits = {"fact": {}, "other": {}}, {}, []
+    records, hook = gate_recorder(model)
+    gate, drift, by_distance, hits = {"fact": {}, "other": {}}, {}, {}, []
     rows = load_babilong(data_dir, [task], length, "test")
     for row in rows.select(range(min(num_test, len(rows)))):
         features = encode(row, tokenizer, label2id, model.config.max_sentence_tokens)
         items = features["sentence_index"]
         facts = items[np.flatnonzero(features["supporting_mask"])]  # the items holding a supporting fact
-        largest.clear()
+        records.clear()
         correct = answer_from_memory(model, features, tokenizer.pad_token_id, 1024) == features["labels"]
         # segment j holds items j * segment onwards: which segments hold a fact
-        has_fact = np.zeros(len(largest) * segment, dtype=bool)
+        has_fact = np.zeros(len(records) * segment, dtype=bool)
         has_fact[facts] = True
-        has_fact = has_fact.reshape(len(largest), segment).any(1)
-        for number, (relevance, fact) in enumerate(zip(largest, has_fact)):
-            gate["fact" if fact else "other"].setdefault(bin_name(number * segment, POSITION_BINS), []).append(
-                relevance
-            )
+        has_fact = has_fact.reshape(len(records), segment).any(1)
+        for number, ((relevance, cosine, norm), fact) in enumerate(zip(records, has_fact)):
+            position = bin_name(number * segment, POSITION_BINS)
+            gate["fact" if fact else "other"].setdefault(position, []).append(relevance)
+            drift.setdefault(position, []).append((cosine, norm))
         back = int(items[-1]) - int(facts.max())
         by_distance.setdefault(bin_name(back, DISTANCE_BINS), []).append(correct)
         hits.append(correct)
@@ -93,6 +99,10 @@ def diagnose(folder: Path, data_dir: Path, task: int, length: int, num_test: int
                 name: {"mean_largest_relevance": statistics.fmean(v), "segments": len(v)} for name, v in bins.items()
             }
             for kind, bins in gate.items()
+        },
+        "drift": {
+            name: {"cosine_to_initial": float(np.mean(v, 0)[0]), "norm": float(np.mean(v, 0)[1]), "segments": len(v)}
+            for name, v in drift.items()
         },
         "accuracy_by_last_fact_back": {
             name: {"accuracy": statistics.fmean(v), "num_test": len(v)}

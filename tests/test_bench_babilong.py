@@ -238,6 +238,10 @@ def test_diagnose_write_gate_reads_a_kept_model(tmp_path):
         assert sum(cell["segments"] for cell in run["gate"]["fact"].values()) >= 4
         cells = [cell for kind in run["gate"].values() for cell in kind.values()]
         assert all(0 <= cell["mean_largest_relevance"] <= 1 for cell in cells)
+        # how far the slots moved before each write: a cosine to M_0 and a norm, one per segment write
+        first = run["drift"]["0-255"]
+        assert -1 <= first["cosine_to_initial"] <= 1 and first["norm"] > 0
+        assert sum(cell["segments"] for cell in run["drift"].values()) == sum(cell["segments"] for cell in cells)
         assert sum(cell["num_test"] for cell in run["accuracy_by_last_fact_back"].values()) == 4
     # bAbI stories alone (at most 6 sentences): everything is written in the first bin, the fact the last few back
     assert set(runs["tiny, qa1, 0k"]["gate"]["fact"]) == {"0-255"}
