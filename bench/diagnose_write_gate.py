@@ -65,8 +65,11 @@ def gate_recorder(model) -> tuple[list, object]:
     return records, writer.register_forward_hook(record)
 
 
-def diagnose(folder: Path, data_dir: Path, task: int, length: int, num_test: int) -> dict:
+def diagnose(folder: Path, data_dir: Path, task: int, length: int, num_test: int, threshold: float | None) -> dict:
     model = RehearsalMemoryForQuestionAnswering.from_pretrained(folder).eval()
+    if threshold is not None:
+        model.config.slot_write_threshold = threshold
+        model.config.validate()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
     label2id = {label: int(i) for i, label in model.config.id2label.items()}
     segment = model.config.segment_length
@@ -118,6 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models", type=parse_model, nargs="+", required=True, metavar="NAME=FOLDER")
     parser.add_argument("--lengths", default="16k,64k,128k")
     parser.add_argument("--num_test", type=int, default=100)
+    parser.add_argument("--slot_write_threshold", type=float, default=None,
+                        help="read with this write threshold (default: the model's own)")  # fmt: skip
     parser.add_argument("--output", type=Path, default=RESULTS / "babilong" / "write_gate" / "write_gate.json")
     args = parser.parse_args(argv)
     models = dict(args.models)
@@ -126,9 +131,10 @@ def main(argv: list[str] | None = None) -> dict:
     for name, folder in models.items():
         for length in parse_lengths(args.lengths):
             key = f"{name}, qa{args.task}, {length_name(length)}"
+            key += "" if args.slot_write_threshold is None else f", tau {args.slot_write_threshold}"
             results["runs"][key] = {
                 "model": str(folder),
-                **diagnose(folder, args.data_dir, args.task, length, args.num_test),
+                **diagnose(folder, args.data_dir, args.task, length, args.num_test, args.slot_write_threshold),
                 "date": time.strftime("%Y-%m-%d"),
                 **provenance(),
             }

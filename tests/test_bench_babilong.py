@@ -246,6 +246,13 @@ def test_diagnose_write_gate_reads_a_kept_model(tmp_path):
     # bAbI stories alone (at most 6 sentences): everything is written in the first bin, the fact the last few back
     assert set(runs["tiny, qa1, 0k"]["gate"]["fact"]) == {"0-255"}
     assert set(runs["tiny, qa1, 0k"]["accuracy_by_last_fact_back"]) == {"0-249"}
+    # read again with a write threshold above every gate's opening: nothing is written, no slot moves
+    run_bench("diagnose_write_gate.py", "--data_dir", str(data_dir), "--task", "1", "--models",
+              f"tiny={models_dir / 'rm_qa1_seed0'}", "--lengths", "200", "--num_test", "4", "--output", str(output),
+              "--slot_write_threshold", "0.999")  # fmt: skip
+    shut = json.loads(output.read_text())["runs"]["tiny, qa1, 200, tau 0.999"]
+    assert all(cell["mean_largest_relevance"] == 0 for kind in shut["gate"].values() for cell in kind.values())
+    assert all(cell["cosine_to_initial"] == pytest.approx(1) for cell in shut["drift"].values())
     stderr = run_bench("diagnose_write_gate.py", "--data_dir", str(data_dir), "--task", "1", "--models", "oops",
                        returncode=2)  # fmt: skip
     assert "--models takes NAME=FOLDER" in stderr
