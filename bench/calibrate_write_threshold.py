@@ -5,8 +5,9 @@ a long story the many segments of book text a slot barely opens for stop adding 
 weight, so it is chosen after training: each model kept by `bench_babilong.py --models_dir` streams the validation
 questions at one long length once per candidate tau (as the benchmark does, `logits_from_memory`), and the tau of the
 best accuracy is kept (on a tie, the one of the lowest mean answer loss; 0, the model as trained, is always a
-candidate). The test set is then
-run at that tau with `bench_babilong.py --models_dir ... --test_config slot_write_threshold=TAU`.
+candidate). A rerun into the same --output with more thresholds measures only the new ones and chooses among all.
+The test set is then run at that tau with `bench_babilong.py --models_dir ... --test_config
+slot_write_threshold=TAU`.
 
 Validation questions come from the training books (their bAbI stories from bAbI's training file, as in training,
 but with other book text around them and at lengths never trained on): a train split at a long length, written by
@@ -41,7 +42,9 @@ def parse_thresholds(text: str) -> list[float]:
     return thresholds
 
 
-def calibrate(folder: Path, data_dir: Path, task: int, length: int, split: str, num: int, thresholds) -> dict:
+def calibrate(folder: Path, data_dir: Path, task: int, length: int, split: str, num: int, thresholds, earlier) -> dict:
+    """Accuracy and answer loss at each threshold not measured in `earlier` (the stored run, or {}), merged with
+    those that were, and the choice among all of them."""
     model = RehearsalMemoryForQuestionAnswering.from_pretrained(folder).eval()
     if not model.config.slot_write_gate:
         raise ValueError(f"{folder}: the threshold needs the slot write gate (slot_write_gate=True)")
@@ -49,16 +52,16 @@ def calibrate(folder: Path, data_dir: Path, task: int, length: int, split: str, 
     label2id = {label: int(i) for i, label in model.config.id2label.items()}
     rows = load_babilong(data_dir, [task], length, split)
     samples = [encode(row, tokenizer, label2id, model.config.max_sentence_tokens) for row in rows.select(range(min(num, len(rows))))]  # fmt: skip
-    accuracy, loss = {}, {}
-    for tau in thresholds:
+    accuracy, loss = dict(earlier.get("accuracy", {})), dict(earlier.get("answer_loss", {}))
+    for tau in (tau for tau in thresholds if str(tau) not in accuracy):
         model.config.slot_write_threshold = tau  # read at every write
         logits = torch.cat([logits_from_memory(model, sample, tokenizer.pad_token_id, 1024) for sample in samples])
         labels = torch.tensor([sample["labels"] for sample in samples])
         accuracy[str(tau)] = (logits.argmax(-1) == labels).float().mean().item()
         loss[str(tau)] = F.cross_entropy(logits, labels).item()
         print(f"{folder} at tau {tau}: accuracy {accuracy[str(tau)]:.3f}, loss {loss[str(tau)]:.3f}", flush=True)
-    best = max(thresholds, key=lambda tau: (accuracy[str(tau)], -loss[str(tau)]))
-    return {"accuracy": accuracy, "answer_loss": loss, "num_samples": len(samples), "chosen": best}
+    best = max(accuracy, key=lambda tau: (accuracy[tau], -loss[tau]))
+    return {"accuracy": accuracy, "answer_loss": loss, "num_samples": len(samples), "chosen": float(best)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -77,10 +80,16 @@ def main(argv: list[str] | None = None) -> dict:
     results = json.loads(args.output.read_text()) if args.output.exists() else {"runs": {}}
     for name, folder in models.items():
         key = f"{name}, qa{args.task}, {length_name(args.length)} {args.split}"
+        earlier = results["runs"].get(key, {})
+        same = {"model": str(folder), "data_dir": str(args.data_dir), "num_samples": args.num_samples}
+        if any(earlier.get(field) != value for field, value in same.items()):
+            earlier = {}  # measured on other questions or another model: measure again
         results["runs"][key] = {
             "model": str(folder),
             "data_dir": str(args.data_dir),
-            **calibrate(folder, args.data_dir, args.task, args.length, args.split, args.num_samples, args.thresholds),
+            **calibrate(
+                folder, args.data_dir, args.task, args.length, args.split, args.num_samples, args.thresholds, earlier
+            ),  # fmt: skip
             "date": time.strftime("%Y-%m-%d"),
             **provenance(),
         }

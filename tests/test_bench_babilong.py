@@ -272,6 +272,14 @@ def test_write_threshold_is_chosen_on_validation_and_set_only_for_testing(tmp_pa
     # 0 (the model as trained) is always a candidate; the choice is the best of them on the train split
     assert set(run["accuracy"]) == set(run["answer_loss"]) == {"0.0", "0.3", "0.6"} and run["num_samples"] == 4
     assert run["accuracy"][str(run["chosen"])] == max(run["accuracy"].values())
+    # more thresholds later: only the new one is measured, the choice is among all
+    run_bench("calibrate_write_threshold.py", "--data_dir", str(data_dir), "--task", "1", "--models",
+              f"tiny={kept}", "--length", "0", "--num_samples", "4", "--thresholds", "0.3,0.9",
+              "--output", str(output))  # fmt: skip
+    again = json.loads(output.read_text())["runs"]["tiny, qa1, 0k train"]
+    assert set(again["accuracy"]) == {"0.0", "0.3", "0.6", "0.9"}
+    assert {tau: again["answer_loss"][tau] for tau in run["answer_loss"]} == run["answer_loss"]
+    assert again["accuracy"][str(again["chosen"])] == max(again["accuracy"].values())
     stderr = run_bench("calibrate_write_threshold.py", "--data_dir", str(data_dir), "--task", "1", "--models",
                        f"tiny={kept}", "--thresholds", "1.2", returncode=2)  # fmt: skip
     assert "--thresholds lie in [0, 1)" in stderr
