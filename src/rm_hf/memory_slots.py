@@ -12,12 +12,12 @@ update only by its relevance r_k = mean over heads of sigmoid(logsumexp_i(score_
 the slot's query prefers one of the items to a "none of these" option with learned score t_h per head. A slot
 whose query matches no item of a segment is left (almost) as it was.
 
-"Almost" is the catch on long inputs (measured on BABILong, `bench/diagnose_write_gate.py`): a trained model opens
-the gate by only 0.01-0.05 for a segment of book text, but a 128k-token story is ~1,800 such writes, and
-(1 - 0.01)^1800 is about 1e-8: the slots drift far from what they held (cosine to their start falls to 0.13; their
-norm does not change) and their gate for a later fact closes too (0.9 -> 0.4). `slot_write_threshold` tau
-(our choice, default 0 = off) cuts the leak: the gate becomes max(r_k - tau, 0) / (1 - tau), exactly 0 for a slot
-that barely opens, so filler writes nothing. It changes no parameter and can be set on a model trained without it.
+"Almost" is the catch on long inputs (measured on BABILong, `bench/diagnose_write_gate.py`): trained models open the
+gate by 0.003-0.3 for segments of book text, and a 128k-token story is ~1,800 segment writes; in a qa2 model the
+slots drift far from where they started (cosine to M_0 0.07; their norm does not change) and the gate for a later
+fact closes too (0.87 -> 0.46). `slot_write_threshold` tau (our choice, default 0 = off) cuts the leak: the gate
+becomes max(r_k - tau, 0) / (1 - tau), exactly 0 for a slot that barely opens. It changes no parameter and can be set
+on a model trained without it (there, qa2 at 128k tokens: 34% -> 89%).
 """
 
 import torch
