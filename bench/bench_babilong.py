@@ -39,8 +39,8 @@ training stories of each curriculum length).
 --config KEY=VALUE sets `RehearsalMemoryConfig` fields for every model (e.g. rehearsal_fragment_length=2: fragments
 of two items; with one, familiarity has no item left to replace, so no negatives); it is a setting of the whole
 results file, so each set of values needs its own --output_dir. --test_config KEY=VALUE sets fields only when each
-model is loaded for testing (settings of reading, e.g. slot_write_threshold=0.2, see bench/calibrate_write_threshold.py):
-a model kept in --models_dir is tested under them without training it again.
+model is loaded for testing (settings of reading, e.g. slot_write_threshold=0.2, see
+bench/calibrate_write_threshold.py): a model kept in --models_dir is tested under them without training it again.
 
 Every run is stored in OUTPUT_DIR/babilong.json as soon as it ends. A rerun with the same settings skips the runs
 there (other seeds, tasks, models or curricula add runs); one with other settings stops unless --overwrite. With

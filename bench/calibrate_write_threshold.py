@@ -51,7 +51,8 @@ def calibrate(folder: Path, data_dir: Path, task: int, length: int, split: str, 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
     label2id = {label: int(i) for i, label in model.config.id2label.items()}
     rows = load_babilong(data_dir, [task], length, split)
-    samples = [encode(row, tokenizer, label2id, model.config.max_sentence_tokens) for row in rows.select(range(min(num, len(rows))))]  # fmt: skip
+    rows = rows.select(range(min(num, len(rows))))
+    samples = [encode(row, tokenizer, label2id, model.config.max_sentence_tokens) for row in rows]
     accuracy, loss = dict(earlier.get("accuracy", {})), dict(earlier.get("answer_loss", {}))
     for tau in (tau for tau in thresholds if str(tau) not in accuracy):
         model.config.slot_write_threshold = tau  # read at every write
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--length", type=parse_length, default="128k")
     parser.add_argument("--split", default="train", help="the split of --data_dir to validate on (default: train)")
     parser.add_argument("--num_samples", type=int, default=50)
-    parser.add_argument("--thresholds", type=parse_thresholds, default="0.05,0.1,0.2,0.3,0.4")
+    parser.add_argument("--thresholds", type=parse_thresholds, default="0.1,0.2,0.3,0.4,0.5,0.6")
     parser.add_argument("--output", type=Path, default=RESULTS / "babilong" / "write_threshold" / "calibration.json")
     args = parser.parse_args(argv)
     models = dict(args.models)
