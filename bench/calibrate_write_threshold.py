@@ -26,13 +26,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_babilong import encode, logits_from_memory
+from bench_babilong import logits_from_memory
 from cost_utils import RESULTS, provenance
-from diagnose_write_gate import parse_model
-from transformers import PreTrainedTokenizerFast
+from diagnose_write_gate import kept_model_arguments, load_kept
 
-from rm_hf import RehearsalMemoryForQuestionAnswering
-from rm_hf.babilong import length_name, load_babilong, parse_length
+from rm_hf.babilong import length_name, parse_length
 
 
 def parse_thresholds(text: str) -> list[float]:
@@ -45,14 +43,7 @@ def parse_thresholds(text: str) -> list[float]:
 def calibrate(folder: Path, data_dir: Path, task: int, length: int, split: str, num: int, thresholds, earlier) -> dict:
     """Accuracy and answer loss at each threshold not measured in `earlier` (the stored run, or {}), merged with
     those that were, and the choice among all of them."""
-    model = RehearsalMemoryForQuestionAnswering.from_pretrained(folder).eval()
-    if not model.config.slot_write_gate:
-        raise ValueError(f"{folder}: the threshold needs the slot write gate (slot_write_gate=True)")
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
-    label2id = {label: int(i) for i, label in model.config.id2label.items()}
-    rows = load_babilong(data_dir, [task], length, split)
-    rows = rows.select(range(min(num, len(rows))))
-    samples = [encode(row, tokenizer, label2id, model.config.max_sentence_tokens) for row in rows]
+    model, tokenizer, samples = load_kept(folder, data_dir, task, length, split, num)
     accuracy, loss = dict(earlier.get("accuracy", {})), dict(earlier.get("answer_loss", {}))
     for tau in (tau for tau in thresholds if str(tau) not in accuracy):
         model.config.slot_write_threshold = tau  # read at every write
@@ -66,10 +57,7 @@ def calibrate(folder: Path, data_dir: Path, task: int, length: int, split: str, 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", type=Path, required=True, help="validation samples (prepare_babilong.py)")
-    parser.add_argument("--task", type=int, required=True)
-    parser.add_argument("--models", type=parse_model, nargs="+", required=True, metavar="NAME=FOLDER")
+    parser = kept_model_arguments(__doc__)
     parser.add_argument("--length", type=parse_length, default="128k")
     parser.add_argument("--split", default="train", help="the split of --data_dir to validate on (default: train)")
     parser.add_argument("--num_samples", type=int, default=50)

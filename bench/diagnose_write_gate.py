@@ -48,13 +48,32 @@ def parse_model(piece: str) -> tuple[str, Path]:
     return name, Path(folder)
 
 
+def kept_model_arguments(description: str) -> argparse.ArgumentParser:
+    """The arguments of a script that reads models kept by `bench_babilong.py --models_dir` on BABILong samples."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", type=Path, required=True, help="samples written by prepare_babilong.py")
+    parser.add_argument("--task", type=int, required=True)
+    parser.add_argument("--models", type=parse_model, nargs="+", required=True, metavar="NAME=FOLDER")
+    return parser
+
+
+def load_kept(folder: Path, data_dir: Path, task: int, length: int, split: str, num: int) -> tuple:
+    """A kept model (slot memory with its write gate), its tokenizer, and the first `num` samples of `split` at
+    `length`, encoded as the benchmark encodes them."""
+    model = RehearsalMemoryForQuestionAnswering.from_pretrained(folder).eval()
+    if model.config.memory_type != "slots" or not model.config.slot_write_gate:
+        raise ValueError(f"{folder}: this needs the slot memory with its write gate (slot_write_gate=True)")
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    label2id = {label: int(i) for i, label in model.config.id2label.items()}
+    rows = load_babilong(data_dir, [task], length, split)
+    rows = rows.select(range(min(num, len(rows))))
+    return model, tokenizer, [encode(row, tokenizer, label2id, model.config.max_sentence_tokens) for row in rows]
+
+
 def gate_recorder(model) -> tuple[list, object]:
     """A list that collects, per segment write, (the largest slot relevance, the slots' mean cosine to M_0, their
-    mean norm), and the hook's handle."""
+    mean norm), and the hook's handle. The model has the slot memory and its write gate (`load_kept` checks)."""
     bank = model.rehearsal_memory.bank
-    writer = getattr(bank, "writer", None)
-    if writer is None or writer.none_score is None:
-        raise ValueError("this diagnosis needs the slot memory with its write gate (slot_write_gate=True)")
     records = []
 
     def record(module, args, output):
@@ -62,22 +81,18 @@ def gate_recorder(model) -> tuple[list, object]:
         cosine = torch.cosine_similarity(memory, bank.initial_memory, dim=-1).mean().item()
         records.append((module.read(*args)[1].amax(-1).item(), cosine, memory.norm(dim=-1).mean().item()))
 
-    return records, writer.register_forward_hook(record)
+    return records, bank.writer.register_forward_hook(record)
 
 
 def diagnose(folder: Path, data_dir: Path, task: int, length: int, num_test: int, threshold: float | None) -> dict:
-    model = RehearsalMemoryForQuestionAnswering.from_pretrained(folder).eval()
+    model, tokenizer, samples = load_kept(folder, data_dir, task, length, "test", num_test)
     if threshold is not None:
         model.config.slot_write_threshold = threshold
         model.config.validate()
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
-    label2id = {label: int(i) for i, label in model.config.id2label.items()}
     segment = model.config.segment_length
     records, hook = gate_recorder(model)
     gate, drift, by_distance, hits = {"fact": {}, "other": {}}, {}, {}, []
-    rows = load_babilong(data_dir, [task], length, "test")
-    for row in rows.select(range(min(num_test, len(rows)))):
-        features = encode(row, tokenizer, label2id, model.config.max_sentence_tokens)
+    for features in samples:
         items = features["sentence_index"]
         facts = items[np.flatnonzero(features["supporting_mask"])]  # the items holding a supporting fact
         records.clear()
@@ -115,10 +130,7 @@ def diagnose(folder: Path, data_dir: Path, task: int, length: int, num_test: int
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", type=Path, required=True)
-    parser.add_argument("--task", type=int, required=True)
-    parser.add_argument("--models", type=parse_model, nargs="+", required=True, metavar="NAME=FOLDER")
+    parser = kept_model_arguments(__doc__)
     parser.add_argument("--lengths", default="16k,64k,128k")
     parser.add_argument("--num_test", type=int, default=100)
     parser.add_argument("--slot_write_threshold", type=float, default=None,
