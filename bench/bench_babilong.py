@@ -72,7 +72,18 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 from cost_utils import RESULTS, current_rss_mib, peak_rss_mib, provenance, reset_peak_rss, run_in_fresh_process
-from qa_utils import check_overrides, fragment_coverage, make_model, parse_override, train_stages
+from qa_utils import (
+    KEPT_RECORD,
+    check_overrides,
+    differing,
+    fragment_coverage,
+    keep_model,
+    kept_run,
+    load_kept_model,
+    make_model,
+    parse_override,
+    train_stages,
+)
 from transformers import PreTrainedTokenizerFast
 
 from rm_hf import MemN2NForQuestionAnswering
@@ -386,8 +397,7 @@ def untested(num_test: int, status: str) -> dict:
 def evaluate(job: dict) -> dict:
     """Test a saved model at one length, one sample at a time; runs in a fresh process (`in_fresh_process`)."""
     torch.set_num_threads(job["threads"])
-    model = MODEL_CLASSES[MODELS[job["model"]]].from_pretrained(job["folder"], **job["test_config"]).eval()
-    model.config.validate()  # from_pretrained sets its keyword arguments without checking them
+    model = load_kept_model(MODEL_CLASSES[MODELS[job["model"]]], job["folder"], job["test_config"])
     tokenizer = PreTrainedTokenizerFast.from_pretrained(job["folder"])
     rows = load_babilong(job["data_dir"], [job["task"]], job["length"], "test").select(range(job["num_test"]))
     answer = ANSWER[MODELS[job["model"]]]
@@ -483,7 +493,7 @@ def fragment_teacher(args, task: int, seed: int, training: dict) -> MemN2NForQue
 
 
 def train_one(args, name: str, task: int, seed: int, data: dict, folder: Path, training: dict) -> dict:
-    """Train one model through the curriculum and save it (and its tokenizer) in `folder`; the run's record."""
+    """Train one model through the curriculum and keep it (`keep_model`) in `folder`; the run's record."""
     torch.manual_seed(seed)
     model = build_model(name, data["tokenizer"], data["answers"], args.max_item_tokens, args.config)
     teacher = fragment_teacher(args, task, seed, training) if name == "rm_memn2n_teacher" else None
@@ -509,28 +519,12 @@ def train_one(args, name: str, task: int, seed: int, data: dict, folder: Path, t
             length_name(length): fragment_coverage(model, rows[:COVERAGE_ROWS], fragment_teacher=teacher)
             for length, rows in zip(args.train_lengths, data["stages"])
         }
-    model.save_pretrained(folder)
-    data["tokenizer"].save_pretrained(folder)
+    keep_model(folder, model, data["tokenizer"], training, run)
     return run
 
 
 # what a run's test does not depend on: a kept model is reused whatever they are
 TEST_SETTINGS = ("test_lengths", "num_test", "chunk_sentences", "full_access_max_sentences", "test_config")
-KEPT_RECORD = "training_record.json"
-
-
-def kept_run(folder: Path, training: dict) -> dict | None:
-    """The training record of the model kept in `folder` (--models_dir), None if none is kept there; stops if that
-    model was trained with other settings rather than test it under this run's name."""
-    path = folder / KEPT_RECORD
-    if not path.exists():
-        return None
-    kept = json.loads(path.read_text())
-    if kept["settings"] != training:
-        sys.exit(f"{folder} keeps a model trained with other settings ({', '.join(differing(training, kept['settings']))}"
-                 f"): choose another --models_dir")  # fmt: skip
-    print(f"testing the model kept in {folder} (trained earlier, not retrained)", flush=True)
-    return kept["run"]
 
 
 def run_one(args, name: str, task: int, seed: int, prepared, settings: dict) -> dict:
@@ -544,8 +538,6 @@ def run_one(args, name: str, task: int, seed: int, prepared, settings: dict) -> 
         run = kept_run(folder, training)
         if run is None:
             run = train_one(args, name, task, seed, prepared(), folder, training)
-            if kept is not None:  # written last: a folder without it holds no finished model
-                (folder / KEPT_RECORD).write_text(json.dumps({"settings": training, "run": run}, indent=2) + "\n")
         run["test"] = {}
         for length in args.test_lengths:
             run["test"][length_name(length)] = cell = test_at(args, name, str(folder), task, length)
@@ -555,10 +547,6 @@ def run_one(args, name: str, task: int, seed: int, prepared, settings: dict) -> 
             )  # fmt: skip
             print(f"{name} qa{task} seed {seed} at {length_name(length)}: {shown or cell['status']}", flush=True)
     return run
-
-
-def differing(settings: dict, stored: dict) -> list[str]:
-    return sorted(key for key in settings.keys() | stored.keys() if settings.get(key) != stored.get(key))
 
 
 def stored_runs(path: Path, settings: dict, overwrite: bool) -> dict:

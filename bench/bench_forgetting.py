@@ -20,6 +20,9 @@ rehearsal the share of sampled fragments that cover the supporting fact (on the 
 also keeps its step time, CPU seconds and final losses per curriculum stage.
 Every (variant, seed) run is stored as soon as it ends; a rerun with the same settings skips the runs already
 there (so a long run can be stopped and continued), a rerun with other settings starts the file afresh.
+With --models_dir each trained model is kept (MODELS_DIR/VARIANT_seedSEED), and a run whose model is kept there
+is tested without training it again: under --test_config fields set at load time (e.g. the write threshold,
+slot_write_threshold, which needs no training), and on --test_seed's other stories to choose them on validation.
 
     python bench/bench_forgetting.py        # quick: curriculum up to 30 sentences, tested at 30/100/300
     python bench/bench_forgetting.py --curriculum 4:200 10:1000 30:600 100:300 --test_lengths 100 300 1000 3000 \
@@ -32,6 +35,7 @@ import argparse
 import itertools
 import json
 import statistics
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -45,6 +49,9 @@ from qa_utils import (
     build_task,
     check_overrides,
     fragment_coverage,
+    keep_model,
+    kept_run,
+    load_kept_model,
     make_model,
     parse_override,
     predict,
@@ -52,6 +59,7 @@ from qa_utils import (
 )
 from tqdm.auto import tqdm
 
+from rm_hf import RehearsalMemoryForQuestionAnswering
 from rm_hf.story_generator import QUESTION_TYPES, generate_stories
 
 VARIANTS = {
@@ -152,23 +160,39 @@ def stored_runs(path: Path, settings: dict) -> dict:
     return earlier.get("runs", {})
 
 
-def run_variant(name, seed, args, tokenizer, answers, stage_rows, test_rows, labels, coverage_rows) -> dict:
-    """Train one model through the curriculum, test it; the run's record (hits as a 0/1 string)."""
-    torch.manual_seed(seed)
-    model = make_model(tokenizer, answers, args.story_items, **(VARIANTS[name][1] | args.config))
-    stages = [(rows, steps) for rows, (_, steps) in zip(stage_rows, args.curriculum)]
-    record = train_stages(model, stages, seed, schedule=args.lr_schedule)
+def trained_model(name, seed, args, training, tokenizer, answers, stage_rows):
+    """Train one model through the curriculum, or take the one kept in --models_dir for the same training settings
+    (a model trained now is kept there too); the model, loaded from there with --test_config's fields when kept, and
+    its training record."""
+    folder = None if args.models_dir is None else args.models_dir / f"{name}_seed{seed}"
+    training = {**training, "variant": name, "seed": seed}
+    if folder is None or (record := kept_run(folder, training)) is None:
+        torch.manual_seed(seed)
+        model = make_model(tokenizer, answers, args.story_items, **(VARIANTS[name][1] | args.config))
+        stages = [(rows, steps) for rows, (_, steps) in zip(stage_rows, args.curriculum)]
+        trained = train_stages(model, stages, seed, schedule=args.lr_schedule)
+        record = {
+            "train_cpu_seconds": trained["train_cpu_seconds"],
+            "median_step_seconds_last_stage": trained["median_step_seconds"],
+            "final_losses": trained["final_losses"],
+            # per stage: step time, CPU seconds and final losses, to tell which length a run's cost or loss comes from
+            "stages": [{"length": length, **stage} for (length, _), stage in zip(args.curriculum, trained["stages"])],
+        }
+        if folder is None:
+            return model, record
+        keep_model(folder, model, tokenizer, training, record)
+    model = load_kept_model(RehearsalMemoryForQuestionAnswering, folder, args.test_config)
+    if [model.config.id2label[i] for i in range(model.config.num_labels)] != answers:
+        sys.exit(f"{folder} keeps a model with other answers than these stories have: choose another --models_dir")
+    return model, record
+
+
+def run_variant(name, seed, args, training, tokenizer, answers, stage_rows, test_rows, labels, coverage_rows) -> dict:
+    """Train one model (or take the kept one), test it; the run's record (hits as a 0/1 string)."""
+    model, record = trained_model(name, seed, args, training, tokenizer, answers, stage_rows)
     start = time.perf_counter()
     hits = [p == y for p, y in zip(predict(model, test_rows), labels)]
-    run = {
-        "hits": "".join("1" if hit else "0" for hit in hits),
-        "train_cpu_seconds": record["train_cpu_seconds"],
-        "median_step_seconds_last_stage": record["median_step_seconds"],
-        "eval_seconds": time.perf_counter() - start,
-        "final_losses": record["final_losses"],
-        # per stage: step time, CPU seconds and final losses, to tell which length a run's cost or loss comes from
-        "stages": [{"length": length, **stage} for (length, _), stage in zip(args.curriculum, record["stages"])],
-    }
+    run = {"hits": "".join("1" if hit else "0" for hit in hits), **record, "eval_seconds": time.perf_counter() - start}
     if model.config.use_rehearsal:
         run["supporting_fact_coverage"] = fragment_coverage(model, coverage_rows)
     return run
@@ -196,20 +220,36 @@ def main():
                         help="torch intra-op threads (1: on a shared 2-core machine more threads ran slower).")  # fmt: skip
     parser.add_argument("--config", type=parse_override, nargs="+", default=[], metavar="KEY=VALUE",
                         help="RehearsalMemoryConfig fields set for every variant (a sweep of settings).")  # fmt: skip
+    parser.add_argument("--models_dir", type=Path, default=None,
+                        help="Keep each trained model in MODELS_DIR/VARIANT_seedSEED; a run whose model is kept there "
+                        "(trained with the same settings) is tested without training it again.")  # fmt: skip
+    parser.add_argument("--test_config", type=parse_override, nargs="+", default=[], metavar="KEY=VALUE",
+                        help="RehearsalMemoryConfig fields set only when a model kept in --models_dir is loaded for "
+                        "testing (e.g. slot_write_threshold=0.3); part of the settings, so give each its own "
+                        "--output_dir.")  # fmt: skip
+    parser.add_argument("--test_seed", type=int, default=1000,
+                        help="Test stories of length N are drawn with seed TEST_SEED + N; another value gives "
+                        "validation stories, to choose --test_config on without looking at the test ones.")  # fmt: skip
     parser.add_argument("--output_dir", default=str(RESULTS))
     args = parser.parse_args()
     try:
         args.config = check_overrides(dict(args.config))
+        args.test_config = check_overrides(dict(args.test_config))
     except ValueError as error:
         parser.error(str(error))
+    if args.test_config and args.models_dir is None:
+        parser.error("--test_config sets fields of the models kept in --models_dir when they are loaded: give one")
     torch.set_num_threads(args.threads)
     output_dir = Path(args.output_dir)
-    # what makes runs comparable: everything but which variants and seeds run now, and where they go
-    # (no --config: the settings of runs stored before the flag existed)
-    ignored = ("variants", "seeds", "output_dir", "threads", *(() if args.config else ("config",)))
+    # what makes runs comparable: everything but which variants and seeds run now, and where they go (--config,
+    # --test_config and --test_seed only when given: the settings of runs stored before the flags existed)
+    ignored = ("variants", "seeds", "output_dir", "threads", "models_dir", *(() if args.config else ("config",)),
+               *(() if args.test_config else ("test_config",)), *(() if args.test_seed != 1000 else ("test_seed",)))  # fmt: skip
     settings = {k: v for k, v in vars(args).items() if k not in ignored}
     settings = json.loads(json.dumps(settings))
     runs = stored_runs(output_dir / "forgetting.json", settings)
+    # what a kept model's training depends on
+    training = {k: v for k, v in settings.items() if k not in ("test_lengths", "num_test", "test_config", "test_seed")}
 
     story = {"question_types": tuple(args.question_types)}
     stage_sizes = [args.num_train or BATCH_SIZE * steps for _, steps in args.curriculum]
@@ -217,7 +257,7 @@ def main():
         generate_stories(size, story_length=n, seed=n, **story) for size, (n, _) in zip(stage_sizes, args.curriculum)
     ]
     test_raw = concatenate_datasets(
-        [generate_stories(args.num_test, story_length=n, seed=1000 + n, **story) for n in args.test_lengths]
+        [generate_stories(args.num_test, story_length=n, seed=args.test_seed + n, **story) for n in args.test_lengths]
     )
     tokenizer, answers, train_rows, test_rows = build_task(concatenate_datasets(train_raw), test_raw)
     ends = list(itertools.accumulate(stage_sizes))
@@ -246,7 +286,7 @@ def main():
 
     todo = [(name, seed) for name in args.variants for seed in args.seeds if f"{name}/{seed}" not in runs]
     for name, seed in tqdm(todo, desc="bench_forgetting", unit="model"):
-        run = run_variant(name, seed, args, tokenizer, answers, stage_rows, test_rows, labels, coverage_rows)
+        run = run_variant(name, seed, args, training, tokenizer, answers, stage_rows, test_rows, labels, coverage_rows)
         runs[f"{name}/{seed}"] = run
         results = save()
         overall = results["accuracy"][name]["overall"][-1]
@@ -306,7 +346,8 @@ def summarise_runs(runs, args, sentence_distance, segment_distance, lengths, typ
     }
     return {
         **provenance(),
-        "arguments": vars(args) | {"curriculum": [f"{n}:{s}" for n, s in args.curriculum]},
+        "arguments": vars(args) | {"curriculum": [f"{n}:{s}" for n, s in args.curriculum],
+                                   "models_dir": args.models_dir and str(args.models_dir)},  # fmt: skip
         "variants": {name: VARIANTS[name][0] for name in done},
         "curves": curves,
         "curves_by_question_type": by_type,

@@ -1,12 +1,14 @@
 """Helpers shared by `bench_rehearsal.py`, `bench_forgetting.py` and `bench_babilong.py`: the small QA task and
 model, --config overrides of its config, a plain training loop, batched predictions under `torch.inference_mode()`,
-and the sampler's supporting-fact coverage."""
+the sampler's supporting-fact coverage, and trained models kept in --models_dir with their training record."""
 
 import argparse
 import dataclasses
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -62,6 +64,45 @@ def check_overrides(overrides: dict) -> dict:
     if unknown := sorted(set(overrides) - {field.name for field in dataclasses.fields(RehearsalMemoryConfig)}):
         raise ValueError(f"--config: not RehearsalMemoryConfig fields: {', '.join(unknown)}")
     return overrides
+
+
+def differing(settings: dict, stored: dict) -> list[str]:
+    """The keys whose values differ between two settings dicts (either may lack a key)."""
+    return sorted(key for key in settings.keys() | stored.keys() if settings.get(key) != stored.get(key))
+
+
+# a model kept in --models_dir: its folder (save_pretrained's files and the tokenizer's) holds this record too,
+# written last, so a folder without it holds no finished model
+KEPT_RECORD = "training_record.json"
+
+
+def kept_run(folder: Path, training: dict) -> dict | None:
+    """The training record of the model kept in `folder` (--models_dir), None if none is kept there; stops if that
+    model was trained with other settings rather than test it under this run's name."""
+    path = folder / KEPT_RECORD
+    if not path.exists():
+        return None
+    kept = json.loads(path.read_text())
+    if kept["settings"] != training:
+        sys.exit(f"{folder} keeps a model trained with other settings ({', '.join(differing(training, kept['settings']))}"
+                 f"): choose another --models_dir")  # fmt: skip
+    print(f"testing the model kept in {folder} (trained earlier, not retrained)", flush=True)
+    return kept["run"]
+
+
+def keep_model(folder: Path, model, tokenizer, training: dict, run: dict) -> None:
+    """Save a trained model and its tokenizer in `folder`, then the record `kept_run` reads back."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / KEPT_RECORD).write_text(json.dumps({"settings": training, "run": run}, indent=2) + "\n")
+
+
+def load_kept_model(model_class, folder, test_config: dict):
+    """A kept model loaded for testing with `test_config`'s config fields set (e.g. slot_write_threshold, read at
+    every write); they are checked here, as from_pretrained sets its keyword arguments without checking them."""
+    model = model_class.from_pretrained(folder, **test_config).eval()
+    model.config.validate()
+    return model
 
 
 def collator(model) -> QACollator:

@@ -225,6 +225,39 @@ def test_bench_forgetting_smoke(tmp_path):
     assert "not RehearsalMemoryConfig fields: num_memory_slot" in stderr  # a misspelt field would change nothing
 
 
+def test_bench_forgetting_keeps_models_and_tests_them_under_test_config(tmp_path):
+    tiny = ["--curriculum", "4:2", "6:2", "--num_train", "40", "--num_test", "12", "--test_lengths", "6", "20",
+            "--seeds", "0", "--variants", "no_rehearsal", "--models_dir", str(tmp_path / "models")]  # fmt: skip
+
+    def runs(output: str, *args: str) -> dict:
+        run_bench("bench_forgetting.py", *tiny, "--output_dir", str(tmp_path / output), *args)
+        return json.loads((tmp_path / output / "forgetting.json").read_text())
+
+    trained = runs("trained")["runs"]["no_rehearsal/0"]
+    assert (tmp_path / "models" / "no_rehearsal_seed0" / "training_record.json").exists()
+    # the kept model, loaded back with a field that changes nothing, answers exactly as the model it was
+    loaded = runs("loaded", "--test_config", "slot_write_threshold=0")
+    assert loaded["settings"]["test_config"] == {"slot_write_threshold": 0}
+    assert loaded["runs"]["no_rehearsal/0"]["hits"] == trained["hits"]
+    for results in (loaded, runs("thresholded", "--test_config", "slot_write_threshold=0.5")):
+        run = results["runs"]["no_rehearsal/0"]  # tested, not trained again
+        assert (run["train_cpu_seconds"], run["stages"]) == (trained["train_cpu_seconds"], trained["stages"])
+    # validation stories: other stories, the same kept model
+    validation = runs("validation", "--test_seed", "5000")
+    assert validation["settings"]["test_seed"] == 5000 and "test_seed" not in loaded["settings"]
+    assert validation["runs"]["no_rehearsal/0"]["train_cpu_seconds"] == trained["train_cpu_seconds"]
+    # a model kept for other training settings is not tested under these ones, and test fields need a kept model
+    tiny[1] = "4:3"
+    stderr = run_bench("bench_forgetting.py", *tiny, "--output_dir", str(tmp_path / "other"), returncode=1)
+    assert "keeps a model trained with other settings (curriculum)" in stderr
+    stderr = run_bench("bench_forgetting.py", *tiny[:-2], "--test_config", "slot_write_threshold=0.5", returncode=2)
+    assert "--test_config sets fields of the models kept in --models_dir" in stderr
+    tiny[1] = "4:2"
+    stderr = run_bench("bench_forgetting.py", *tiny, "--test_config", "slot_write_threshold=1.5",
+                       "--output_dir", str(tmp_path / "bad"), returncode=1)  # fmt: skip
+    assert "slot_write_threshold" in stderr
+
+
 def test_bench_gpu_smoke_on_the_cpu(tmp_path, babi_dir):
     # the GPU check's every part runs on the CPU too (torchrun over gloo), so the script a GPU user runs works
     run_bench("bench_gpu.py", "--babi_dir", str(babi_dir), "--babi_subset", "en", "--device", "cpu", "--smoke",
