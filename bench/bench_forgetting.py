@@ -344,10 +344,10 @@ def summarise_runs(runs, args, sentence_distance, segment_distance, lengths, typ
         }
         for name, variant_runs in done.items()
     }
+    curriculum = [f"{n}:{s}" for n, s in args.curriculum]
     return {
         **provenance(),
-        "arguments": vars(args) | {"curriculum": [f"{n}:{s}" for n, s in args.curriculum],
-                                   "models_dir": args.models_dir and str(args.models_dir)},  # fmt: skip
+        "arguments": vars(args) | {"curriculum": curriculum, "models_dir": args.models_dir and str(args.models_dir)},
         "variants": {name: VARIANTS[name][0] for name in done},
         "curves": curves,
         "curves_by_question_type": by_type,
