@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from bench_babilong import answer_from_memory, encode, parse_lengths
 from cost_utils import RESULTS, provenance
+from qa_utils import load_kept_model
 from transformers import PreTrainedTokenizerFast
 
 from rm_hf import RehearsalMemoryForQuestionAnswering
@@ -57,10 +58,10 @@ def kept_model_arguments(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def load_kept(folder: Path, data_dir: Path, task: int, length: int, split: str, num: int) -> tuple:
-    """A kept model (slot memory with its write gate), its tokenizer, and the first `num` samples of `split` at
-    `length`, encoded as the benchmark encodes them."""
-    model = RehearsalMemoryForQuestionAnswering.from_pretrained(folder).eval()
+def load_kept(folder: Path, data_dir: Path, task: int, length: int, split: str, num: int, test_config=None) -> tuple:
+    """A kept model (slot memory with its write gate; `test_config`'s fields set, as `load_kept_model` does), its
+    tokenizer, and the first `num` samples of `split` at `length`, encoded as the benchmark encodes them."""
+    model = load_kept_model(RehearsalMemoryForQuestionAnswering, folder, test_config or {})
     if model.config.memory_type != "slots" or not model.config.slot_write_gate:
         raise ValueError(f"{folder}: this needs the slot memory with its write gate (slot_write_gate=True)")
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
@@ -85,10 +86,8 @@ def gate_recorder(model) -> tuple[list, object]:
 
 
 def diagnose(folder: Path, data_dir: Path, task: int, length: int, num_test: int, threshold: float | None) -> dict:
-    model, tokenizer, samples = load_kept(folder, data_dir, task, length, "test", num_test)
-    if threshold is not None:
-        model.config.slot_write_threshold = threshold
-        model.config.validate()
+    test_config = {} if threshold is None else {"slot_write_threshold": threshold}
+    model, tokenizer, samples = load_kept(folder, data_dir, task, length, "test", num_test, test_config)
     segment = model.config.segment_length
     records, hook = gate_recorder(model)
     gate, drift, by_distance, hits = {"fact": {}, "other": {}}, {}, {}, []
