@@ -11,7 +11,7 @@ shows the mean accuracy over seeds with a min-max band, one line per variant:
 
 - no rehearsal; no rehearsal and no slot write gate (the memory before the gate, an ablation);
 - rehearsal, uniform history sampler; rehearsal, teacher history sampler (trained with the task);
-- the other memory types (no rehearsal), keeping as many vectors as RM's 16 slots.
+- the other memory types (no rehearsal), keeping as many vectors as RM has slots (16, or --config num_memory_slots).
 
 The dotted reference is the majority answer per question type of the training set (what a model that ignores
 the story gets). Same data, seeds and steps for every variant. Per variant the JSON also holds the curve of
@@ -19,7 +19,8 @@ each question type, the final loss terms (mean of the last 50 steps), the traini
 rehearsal the share of sampled fragments that cover the supporting fact (on the shortest test stories); each run
 also keeps its step time, CPU seconds and final losses per curriculum stage.
 Every (variant, seed) run is stored as soon as it ends; a rerun with the same settings skips the runs already
-there (so a long run can be stopped and continued), a rerun with other settings starts the file afresh.
+there (so a long run can be stopped and continued), a rerun with other settings starts the file afresh. Two
+invocations with the same settings and other variants or seeds may fill one --output_dir at once (one per core).
 With --models_dir each trained model is kept (MODELS_DIR/VARIANT_seedSEED), and a run whose model is kept there
 is tested without training it again: under --test_config fields set at load time (e.g. the write threshold,
 slot_write_threshold, which needs no training), and on --test_seed's other stories to choose them on validation.
@@ -32,8 +33,10 @@ Writes forgetting.json and forgetting.png into --output_dir (default bench/resul
 """
 
 import argparse
+import fcntl
 import itertools
 import json
+import os
 import statistics
 import sys
 import time
@@ -59,7 +62,7 @@ from qa_utils import (
 )
 from tqdm.auto import tqdm
 
-from rm_hf import RehearsalMemoryForQuestionAnswering
+from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForQuestionAnswering
 from rm_hf.story_generator import QUESTION_TYPES, generate_stories
 
 VARIANTS = {
@@ -67,9 +70,9 @@ VARIANTS = {
     "no_gate": ("no rehearsal, no write gate", {"use_rehearsal": False, "slot_write_gate": False}),
     "rehearsal_uniform": ("rehearsal, uniform sampler", {"use_rehearsal": True, "sampler_mode": "uniform"}),
     "rehearsal_teacher": ("rehearsal, teacher sampler", {"use_rehearsal": True, "sampler_mode": "teacher"}),
-    # the other memory types as published (no rehearsal), keeping as many vectors as RM's 16 slots
+    # the other memory types as published (no rehearsal), keeping as many vectors as RM has slots (variant_fields)
     **{
-        memory_type: (f"{title} memory", {"use_rehearsal": False, "memory_type": memory_type, "memory_capacity": 16})
+        memory_type: (f"{title} memory", {"use_rehearsal": False, "memory_type": memory_type})
         for memory_type, title in (("expire_span", "Expire-Span"), ("lamemo", "LaMemo"), ("key_value", "key-value"))
     },
 }
@@ -154,10 +157,16 @@ def stored_runs(path: Path, settings: dict) -> dict:
     if not path.exists():
         return {}
     earlier = json.loads(path.read_text())
-    if earlier.get("settings") != settings:
-        print(f"{path} holds a run with other settings: starting afresh")
-        return {}
-    return earlier.get("runs", {})
+    return earlier.get("runs", {}) if earlier.get("settings") == settings else {}
+
+
+def variant_fields(name: str, config: dict) -> dict:
+    """The config fields of a variant under --config; another memory type keeps as many vectors as RM has slots
+    (16 by default, or --config num_memory_slots), so every variant remembers at the same size."""
+    fields = VARIANTS[name][1] | config
+    if "memory_type" in fields and "memory_capacity" not in config:
+        fields["memory_capacity"] = config.get("num_memory_slots", RehearsalMemoryConfig.num_memory_slots)
+    return fields
 
 
 def trained_model(name, seed, args, training, tokenizer, answers, stage_rows):
@@ -168,7 +177,7 @@ def trained_model(name, seed, args, training, tokenizer, answers, stage_rows):
     training = {**training, "variant": name, "seed": seed}
     if folder is None or (record := kept_run(folder, training)) is None:
         torch.manual_seed(seed)
-        model = make_model(tokenizer, answers, args.story_items, **(VARIANTS[name][1] | args.config))
+        model = make_model(tokenizer, answers, args.story_items, **variant_fields(name, args.config))
         stages = [(rows, steps) for rows, (_, steps) in zip(stage_rows, args.curriculum)]
         trained = train_stages(model, stages, seed, schedule=args.lr_schedule)
         record = {
@@ -247,7 +256,10 @@ def main():
                *(() if args.test_config else ("test_config",)), *(() if args.test_seed != 1000 else ("test_seed",)))  # fmt: skip
     settings = {k: v for k, v in vars(args).items() if k not in ignored}
     settings = json.loads(json.dumps(settings))
-    runs = stored_runs(output_dir / "forgetting.json", settings)
+    path = output_dir / "forgetting.json"
+    runs = stored_runs(path, settings)
+    if path.exists() and not runs:
+        print(f"{path} holds runs with other settings: starting afresh")
     # what a kept model's training depends on
     training = {k: v for k, v in settings.items() if k not in ("test_lengths", "num_test", "test_config", "test_seed")}
 
@@ -277,11 +289,21 @@ def main():
     chance_hits = [majority.get(t) == y for t, y in zip(types, labels)]
 
     def save():
-        results = summarise_runs(runs, args, sentence_distance, segment_distance, lengths, types, chance_hits)
-        results.update(settings=settings, runs=runs, segment_length=segment_length, test_questions=len(test_rows),
-                       max_distance={"sentences": max(sentence_distance), "segments": max(segment_distance)})  # fmt: skip
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "forgetting.json").write_text(json.dumps(results, indent=2))
+        # Another invocation may fill the same file with other variants or seeds (one per core): under a lock on the
+        # folder, take the runs it stored since, and replace the file whole so a reader never sees half of it.
+        folder = os.open(output_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            runs.update({key: run for key, run in stored_runs(path, settings).items() if key not in runs})
+            results = summarise_runs(runs, args, sentence_distance, segment_distance, lengths, types, chance_hits)
+            results.update(settings=settings, runs=runs, segment_length=segment_length, test_questions=len(test_rows),
+                           max_distance={"sentences": max(sentence_distance), "segments": max(segment_distance)})  # fmt: skip
+            unfinished = path.with_suffix(".json.partial")
+            unfinished.write_text(json.dumps(results, indent=2))
+            unfinished.replace(path)
+        finally:
+            os.close(folder)  # releases the lock
         return results
 
     todo = [(name, seed) for name in args.variants for seed in args.seeds if f"{name}/{seed}" not in runs]
@@ -297,20 +319,19 @@ def main():
 
     curves = results["curves"]
     print(f"\n{len(test_rows)} test questions, segments of {segment_length} {args.story_items}; accuracy per distance "
-          f"bin (mean over seeds {args.seeds}):")  # fmt: skip
+          f"bin (mean over the seeds stored: {results['seeds']}):")  # fmt: skip
     for unit in ("sentences", "segments"):
         print(f"  {unit:<30}" + "".join(f"{label:>12}" for label in curves[unit]["chance"]["bins"]))
-        for name in [*args.variants, "chance"]:
-            title = VARIANTS[name][0] if name in VARIANTS else "majority answer"
+        for name, title in [*results["variants"].items(), ("chance", "majority answer")]:
             print(f"  {title[:30]:<30}" + "".join(f"{a:>12.3f}" for a in curves[unit][name]["mean"]))
     print(f"wrote {output_dir / 'forgetting.json'} and {output_dir / 'forgetting.png'}")
 
 
 def summarise_runs(runs, args, sentence_distance, segment_distance, lengths, types, chance_hits) -> dict:
-    """Curves (overall and per question type), accuracies and costs of the variants with stored runs, in the order
-    of `args.variants` and `args.seeds`."""
-    done = {name: [runs[f"{name}/{s}"] for s in args.seeds if f"{name}/{s}" in runs] for name in args.variants}
-    done = {name: variant_runs for name, variant_runs in done.items() if variant_runs}
+    """Curves (overall and per question type), accuracies and costs of every variant with stored runs (also those
+    another invocation stored), in the order of `VARIANTS` and of the seeds (`seeds` says which)."""
+    seeds = {name: sorted(int(key.split("/")[1]) for key in runs if key.split("/")[0] == name) for name in VARIANTS}
+    done = {name: [runs[f"{name}/{seed}"] for seed in seeds[name]] for name in VARIANTS if seeds[name]}
     hits = {name: [[c == "1" for c in run["hits"]] for run in variant_runs] for name, variant_runs in done.items()}
     curves = {}
     for unit, values in (("sentences", sentence_distance), ("segments", segment_distance)):
@@ -359,6 +380,7 @@ def summarise_runs(runs, args, sentence_distance, segment_distance, lengths, typ
             },
         },
         "runs_per_variant": {name: len(variant_runs) for name, variant_runs in done.items()},
+        "seeds": {name: seeds[name] for name in done},
         "costs": costs,
     }
 

@@ -16,14 +16,19 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def run_bench(script: str, *args: str, returncode: int = 0) -> str:
-    """Runs a bench script, checks its exit code and returns its stderr."""
+def start_bench(script: str, *args: str) -> subprocess.Popen:
+    """Starts a bench script (its output captured as text)."""
     # One OpenMP thread: on a busy 2-core machine two threads that wait for each other run many times slower.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], check=False, cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert done.returncode == returncode, f"{script} exited {done.returncode}:\n{done.stderr[-3000:]}"
-    return done.stderr
+    return subprocess.Popen([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def run_bench(script: str, *args: str, returncode: int = 0) -> str:
+    """Runs a bench script, checks its exit code and returns its stderr."""
+    _, stderr = (process := start_bench(script, *args)).communicate(timeout=600)
+    assert process.returncode == returncode, f"{script} exited {process.returncode}:\n{stderr[-3000:]}"
+    return stderr
 
 
 @pytest.mark.parametrize("story_items", ["sentences", "tokens"])
@@ -223,6 +228,24 @@ def test_bench_forgetting_smoke(tmp_path):
     assert set(sweep["runs"]) == {"no_rehearsal/0"} and sweep["segment_length"] == 1
     stderr = run_bench("bench_forgetting.py", *tiny, "--config", "num_memory_slot=4", returncode=2)
     assert "not RehearsalMemoryConfig fields: num_memory_slot" in stderr  # a misspelt field would change nothing
+
+
+def test_bench_forgetting_invocations_fill_one_file_and_memories_match_the_slots(tmp_path):
+    # two invocations at once (one per core) with other variants: the file ends up with the runs of both
+    tiny = ["--curriculum", "4:1", "--num_train", "40", "--num_test", "12", "--test_lengths", "6", "--seeds", "0",
+            "--config", "num_memory_slots=4", "--models_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path)]  # fmt: skip
+    both = [start_bench("bench_forgetting.py", *tiny, "--variants", name) for name in ("no_rehearsal", "key_value")]
+    for process in both:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+    results = json.loads((tmp_path / "forgetting.json").read_text())
+    assert set(results["runs"]) == {"no_rehearsal/0", "key_value/0"}
+    assert results["seeds"] == {"no_rehearsal": [0], "key_value": [0]}
+    assert set(results["curves"]["sentences"]) == {"no_rehearsal", "key_value", "chance"}
+    assert not list(tmp_path.glob("*.partial"))
+    # the other memory type keeps as many vectors as RM has slots under --config
+    kept = json.loads((tmp_path / "models" / "key_value_seed0" / "config.json").read_text())
+    assert (kept["memory_type"], kept["memory_capacity"], kept["num_memory_slots"]) == ("key_value", 4, 4)
 
 
 def test_bench_forgetting_keeps_models_and_tests_them_under_test_config(tmp_path):
