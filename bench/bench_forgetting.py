@@ -26,8 +26,10 @@ is tested without training it again: under --test_config fields set at load time
 slot_write_threshold, which needs no training), and on --test_seed's other stories to choose them on validation.
 
     python bench/bench_forgetting.py        # quick: curriculum up to 30 sentences, tested at 30/100/300
-    python bench/bench_forgetting.py --curriculum 4:200 10:1000 30:600 100:300 --test_lengths 100 300 1000 3000 \
-        --seeds 0 1 2 --output_dir bench/results/retention      # the recorded run (README, Results)
+    python bench/bench_forgetting.py --curriculum 4:200 10:1500 30:1000 100:400 --test_lengths 100 300 1000 3000 \
+        --num_test 200 --seeds 0 1 2 --config num_memory_slots=32 --output_dir bench/results/retention
+        # the recorded benchmark (README, Results: "The retention benchmark"); two at once with other --variants
+        # fill the same file
 
 Writes forgetting.json and forgetting.png into --output_dir (default bench/results).
 """
