@@ -16,6 +16,10 @@ chart of the error per task goes next to it (babi.png).
     # the best step's
     python bench/bench_babi.py --tasks 1-20 --variants rehearsal,plain,memn2n --max_steps 20000 \
         --early_stopping_patience 10 --cpu_cap 600 --output bench/results/babi_converged.json
+    # the same with a longer patience: rows of the run above that the cap or the step limit stopped are carried over
+    # as they are (the longer patience would train them through the same steps); the others are run again
+    python bench/bench_babi.py ... --early_stopping_patience 50 --carry_rows_from bench/results/babi_converged.json \
+        --output bench/results/babi_converged_patience50.json
 
 Task 3 has no en-10k training file; `run_qa.py` reads it from en/ (1k questions). Reference systems are quoted
 from their papers (10k training setting), not re-run here. Every row records its training CPU seconds (this
@@ -122,6 +126,29 @@ def run_row(args, task: int, model: str, rehearsal: bool, memory_type: str | Non
         "tested_step": outcome["metrics"].get("best_step", steps),
         "stopped_by": stopped_by,
     }
+
+
+def carried_rows(path: Path, settings: dict) -> list[dict]:
+    """The rows of another results file that this run would reproduce: all of them when it was run with the same
+    settings; when only its early-stopping patience was shorter, the rows that never stopped early (stopped by the
+    CPU cap or the step limit), since a longer patience trains them through the same steps. Each is marked with
+    `carried_from`."""
+    carried = json.loads(path.read_text())
+    stored = carried.get("settings", {})
+    patience, stored_patience = (s.get("early_stopping_patience", 0) for s in (settings, stored))
+    changed = {
+        k: f"{stored.get(k)} -> {settings.get(k)}" for k in {*stored, *settings} if stored.get(k) != settings.get(k)
+    }
+    if stored_patience > patience or set(changed) - {"early_stopping_patience"}:
+        sys.exit(
+            f"--carry_rows_from {path}: its rows were run with other settings ({changed}); only a shorter "
+            "--early_stopping_patience may differ"
+        )
+    return [
+        {**row, "carried_from": row.get("carried_from", str(path))}
+        for row in carried.get("rows", [])
+        if stored_patience == patience or row["stopped_by"] in ("cpu_cap", "max_steps")
+    ]
 
 
 def row_key(row: dict) -> tuple:
@@ -236,6 +263,11 @@ def main():
         "--overwrite", action="store_true", help="start --output afresh instead of resuming the rows it holds"
     )
     parser.add_argument("--checkpoint_dir", type=Path, default=Path("outputs") / "bench_babi")
+    parser.add_argument(
+        "--carry_rows_from", type=Path, nargs="*", default=[],
+        help="results files whose rows this run would reproduce: taken as they are, not rerun (same settings; or a "
+        "shorter --early_stopping_patience, for rows stopped by the CPU cap or the step limit)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.segment_length is None:
         args.segment_length = 4 if args.story_items == "sentences" else 32
@@ -271,12 +303,15 @@ def main():
             "or --overwrite to replace them"
         )
     rows = previous.get("rows", [])
-    done = {row_key(row) for row in rows}
     runs = runs_per_task(variants, args.memory_types.split(","))
-    todo = [(task, *run) for task in parse_tasks(args.tasks) for run in runs if (task, *run) not in done]
-    for task, model, memory_type, rehearsal in tqdm(todo, desc="bAbI runs"):
-        capacity = args.memory_capacity if model == "rm" else None  # the baseline keeps every sentence
-        rows.append({**run_row(args, task, model, rehearsal, memory_type), "memory_capacity": capacity})
+    wanted = [(task, *run) for task in parse_tasks(args.tasks) for run in runs]
+    for path in args.carry_rows_from:
+        done = {row_key(row) for row in rows}
+        rows += [row for row in carried_rows(path, settings) if row_key(row) in set(wanted) - done]
+    done = {row_key(row) for row in rows}
+    todo = [key for key in wanted if key not in done]
+
+    def save():
         result = {
             **provenance(),
             "settings": settings,
@@ -286,6 +321,13 @@ def main():
         }
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=2))
+
+    if args.carry_rows_from:
+        save()  # the carried rows are kept even if no row is left to run
+    for task, model, memory_type, rehearsal in tqdm(todo, desc="bAbI runs"):
+        capacity = args.memory_capacity if model == "rm" else None  # the baseline keeps every sentence
+        rows.append({**run_row(args, task, model, rehearsal, memory_type), "memory_capacity": capacity})
+        save()
     if rows:
         plot(rows, settings, args.output.with_suffix(".png"))
     print(json.dumps(summarise(rows), indent=2))

@@ -174,6 +174,30 @@ def test_bench_babi_stops_rows_early_or_at_the_cpu_cap(tmp_path, babi_dir):
     assert (row["steps"], row["tested_step"], row["stopped_by"]) == (1, 1, "cpu_cap")
 
 
+def test_bench_babi_carries_over_the_rows_a_longer_patience_would_reproduce(tmp_path, babi_dir):
+    tiny = ["--babi_dir", str(babi_dir), "--babi_subset", "en", "--eval_questions", "20", "--max_steps", "8",
+            "--learning_rate", "0", "--eval_steps", "2", "--checkpoint_dir", str(tmp_path / "checkpoints")]  # fmt: skip
+    # patience 1: the row without rehearsal stops early; the one with rehearsal is stopped by the CPU cap
+    run_bench("bench_babi.py", *tiny, "--variants", "plain", "--early_stopping_patience", "1",
+              "--output", str(tmp_path / "short.json"))  # fmt: skip
+    short = json.loads((tmp_path / "short.json").read_text())
+    capped = dict(short, rows=[dict(short["rows"][0], rehearsal=True, stopped_by="cpu_cap", accuracy=0.123)])
+    (tmp_path / "capped.json").write_text(json.dumps(capped))
+    longer = ["--variants", "rehearsal,plain", "--early_stopping_patience", "2",
+              "--output", str(tmp_path / "long.json")]  # fmt: skip
+    stderr = run_bench("bench_babi.py", *tiny, *longer, "--carry_rows_from", str(tmp_path / "short.json"),
+                       str(tmp_path / "capped.json"))  # fmt: skip
+    rows = {row["rehearsal"]: row for row in json.loads((tmp_path / "long.json").read_text())["rows"]}
+    # the capped row is taken as it is; the row that stopped early is trained again, and stops later
+    assert rows[True]["accuracy"] == 0.123 and rows[True]["carried_from"] == str(tmp_path / "capped.json")
+    assert "carried_from" not in rows[False], stderr[-2000:]
+    assert (rows[False]["steps"], rows[False]["tested_step"], rows[False]["stopped_by"]) == (6, 2, "early_stopping")
+    # rows run under other settings than the patience are refused
+    stderr = run_bench("bench_babi.py", *tiny, *longer, "--batch_size", "4", "--carry_rows_from",
+                       str(tmp_path / "short.json"), returncode=1)  # fmt: skip
+    assert "other settings" in stderr and "batch_size" in stderr
+
+
 def test_bench_forgetting_smoke(tmp_path):
     tiny = ["--curriculum", "4:1", "6:1", "--num_train", "40", "--num_test", "12", "--test_lengths", "6", "20",
             "--output_dir", str(tmp_path)]  # fmt: skip
@@ -295,3 +319,16 @@ def test_bench_gpu_smoke_on_the_cpu(tmp_path, babi_dir):
     end_to_end = result["run_qa_end_to_end"]
     assert end_to_end["returncode"] == 0 and 0 <= end_to_end["eval_accuracy"] <= 1
     assert len(end_to_end["pipeline_answers"]) == 2 and all(a["answer"] for a in end_to_end["pipeline_answers"])
+
+
+def test_bench_compile_smoke(tmp_path, babi_dir):
+    output = tmp_path / "compile.json"
+    run_bench("bench_compile.py", "--babi_dir", str(babi_dir), "--modes", "eager,write", "--batch_size", "4",
+              "--batches", "2", "--warmup", "1", "--steps", "2", "--output", str(output))  # fmt: skip
+    result = json.loads(output.read_text())
+    assert set(result["modes"]) == {"eager", "write"} and result["settings"]["steps"] == 2
+    assert result["modes"]["eager"]["step_time_ratio_to_eager"] == 1.0
+    # the compiled write computes what the eager one does
+    assert result["modes"]["write"]["max_abs_logit_difference"] < 1e-4
+    assert all(mode["median_step_ms"] > 0 and mode["warmup_cpu_seconds"] > 0 for mode in result["modes"].values())
+    run_bench("bench_compile.py", "--babi_dir", str(babi_dir), "--modes", "write", returncode=1)  # eager is needed
