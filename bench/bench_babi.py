@@ -102,6 +102,8 @@ def run_row(args, task: int, model: str, rehearsal: bool, memory_type: str | Non
         argv += ["--max_eval_samples", str(args.eval_questions)]
     if args.permute_names:
         argv += ["--permute_names"]
+    if args.link_previous_item and model == "rm":
+        argv += ["--link_previous_item", "true"]
     clock = TrainingCpuClock(args.cpu_cap or float("inf"))
     outcome = run_qa.main(argv, callbacks=[clock])
     accuracy = outcome["results"]["all"]["accuracy"]
@@ -256,8 +258,16 @@ def main():
     parser.add_argument("--validation_fraction", type=float, default=0.1, help="with --early_stopping_patience")
     parser.add_argument("--eval_steps", type=int, default=200, help="with --early_stopping_patience")
     parser.add_argument("--cpu_cap", type=float, default=None, help="training CPU seconds at most per row")
-    parser.add_argument("--permute_names", action="store_true",
-                        help="run_qa.py's --permute_names: rename the names at random in training (tasks 1-5)")  # fmt: skip
+    parser.add_argument(
+        "--permute_names",
+        action="store_true",
+        help="run_qa.py's --permute_names: rename the names at random in training (tasks 1-5, 13)",
+    )
+    parser.add_argument(
+        "--link_previous_item",
+        action="store_true",
+        help="RM rows: run_qa.py's --link_previous_item (each item gets a learned map of the item before it)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "babi.json")
     parser.add_argument(
         "--overwrite", action="store_true", help="start --output afresh instead of resuming the rows it holds"
@@ -291,8 +301,9 @@ def main():
     if args.early_stopping_patience:
         stopping.update(validation_fraction=args.validation_fraction, eval_steps=args.eval_steps)
     settings.update({k: v for k, v in stopping.items() if v is not None})
-    if args.permute_names:  # like the stopping rules: only when given
-        settings["permute_names"] = True
+    for flag in ("permute_names", "link_previous_item"):  # like the stopping rules: only when given
+        if getattr(args, flag):
+            settings[flag] = True
     resume = args.output.exists() and not args.overwrite
     previous = json.loads(args.output.read_text()) if resume else {"settings": settings}
     stored = previous.get("settings", {})

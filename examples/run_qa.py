@@ -82,6 +82,7 @@ CONFIG_FIELDS = (
     "memory_type", "memory_capacity", "num_memory_slots", "num_memory_heads", "segment_length", "num_reasoning_hops",
     "story_items", "max_sentence_tokens", "use_rehearsal", "sampler_mode", "num_rehearsal_fragments",
     "rehearsal_fragment_length", "rehearsal_batch_fraction", "rehearsal_num_layers", "backprop_segments",
+    "link_previous_item",
 )  # fmt: skip
 ENCODER_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads")  # flags of the encoder config
 
@@ -146,6 +147,13 @@ class ModelArguments:
         default="tokens", metadata={"help": "tokens, or sentences: each sentence one item (learns bAbI far faster)."}
     )
     max_sentence_tokens: int = field(default=16, metadata={"help": "Longest sentence with --story_items sentences."})
+    link_previous_item: bool = field(
+        default=False,
+        metadata={
+            "help": "Add to each item a learned map of the item before it in its segment (identity at start), so a "
+            "sentence that refers back (he, they) carries the names it refers to; bAbI's coreference tasks need it."
+        },
+    )
     use_rehearsal: bool = field(default=True, metadata={"help": "Self-supervised rehearsal during training."})
     sampler_mode: Literal["uniform", "teacher", "external"] = field(
         default="uniform",
@@ -243,7 +251,8 @@ class DataArguments:
         metadata={
             "help": "Rename bAbI's places, people and objects at random each time a training question is read, "
             "alike in story, question and answer (rm_hf.qa_data.NamePermutation): fewer stories learnt by heart "
-            "where a task has few (qa3: 1,000). bAbI tasks 1-5 only, where a name means no more than the story says."
+            "where a task has few (qa3: 1,000). bAbI tasks 1-5 and 13 only, where a name means no more than the story "
+            "says."
         },
     )
     max_eval_samples: int | None = field(
@@ -440,7 +449,7 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
     if data_args.permute_names:
         if not data_args.babi_dir:
             raise ValueError(
-                "--permute_names renames the names of bAbI tasks 1-5 (--babi_dir), not of generated stories."
+                "--permute_names renames the names of bAbI tasks 1-5 and 13 (--babi_dir), not of generated stories."
             )
         check_renamable_tasks(int(task) for task in data_args.tasks.split(","))
     if training_args.early_stopping_patience is not None and not data_args.validation_fraction:

@@ -19,9 +19,15 @@ def test_checkpoint_ships_code_and_auto_map(tmp_path):
     assert (tmp_path / "configuration_rehearsal_memory.py").exists()
 
 
-@pytest.mark.parametrize("memory_type", MEMORY_TYPES)
-def test_remote_code_loads_without_the_package(tmp_path, memory_type):
-    model = RehearsalMemoryModel(tiny_config(memory_type=memory_type, memory_capacity=6)).eval()
+@pytest.mark.parametrize(
+    "memory_type, link", [(memory_type, False) for memory_type in MEMORY_TYPES] + [("slots", True)]
+)
+def test_remote_code_loads_without_the_package(tmp_path, memory_type, link):
+    config = tiny_config(memory_type=memory_type, memory_capacity=6, link_previous_item=link)
+    model = RehearsalMemoryModel(config).eval()
+    if link:  # away from its start, so that loading it as remote code is what is tested
+        with torch.no_grad():
+            model.previous_item_link.weight.mul_(0.5)
     checkpoint = tmp_path / "checkpoint"
     model.save_pretrained(checkpoint)
     ids = torch.randint(0, 50, (2, 19))

@@ -167,9 +167,9 @@ def test_write_threshold_cuts_the_gate_below_it_and_rescales_the_rest(tmp_path):
     assert RehearsalMemoryConfig().slot_write_threshold == 0  # off unless asked for
 
 
-@pytest.mark.parametrize("threshold", [0.0, 0.5])
-def test_streaming_equals_one_pass(threshold):
-    model = RehearsalMemoryModel(tiny_config(slot_write_threshold=threshold)).eval()
+@pytest.mark.parametrize("threshold, link", [(0.0, False), (0.5, False), (0.0, True)])
+def test_streaming_equals_one_pass(threshold, link):
+    model = RehearsalMemoryModel(tiny_config(slot_write_threshold=threshold, link_previous_item=link)).eval()
     ids, mask = random_batch(length=37)  # not a multiple of segment_length
     one_pass = model(ids, attention_mask=mask).memory
     memory = model.init_memory(ids.shape[0])
@@ -277,3 +277,25 @@ def test_bad_features_get_clear_errors():
         model(input_features=torch.zeros(2, 5, 6))
     with pytest.raises(ValueError, match="NaN or Inf"):
         model(input_features=torch.full((2, 5, 7), float("nan")))
+
+
+def test_previous_item_link_adds_the_item_before_within_a_segment(tmp_path):
+    assert RehearsalMemoryModel(tiny_config()).previous_item_link is None  # off unless asked for: no new weights
+    model = RehearsalMemoryModel(tiny_config(link_previous_item=True)).eval()
+    link = model.previous_item_link
+    items = torch.randn(2, 4, link.weight.shape[0])  # 2 segments of 4 items
+    linked = link(items)
+    # at the start, the identity: each item plus the one before it; a segment's first item is left as it is
+    torch.testing.assert_close(linked[:, 0], items[:, 0])
+    torch.testing.assert_close(linked[:, 1:], items[:, 1:] + items[:, :-1])
+    # it changes what is written, and it is saved and loaded with the model
+    ids, mask = random_batch()
+    unlinked = RehearsalMemoryModel(tiny_config())
+    unlinked.load_state_dict(model.state_dict(), strict=False)
+    assert not torch.allclose(model(ids, attention_mask=mask).memory, unlinked.eval()(ids, attention_mask=mask).memory)
+    with torch.no_grad():
+        link.weight.mul_(0.5)
+    model.save_pretrained(tmp_path)
+    loaded = RehearsalMemoryModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.link_previous_item
+    torch.testing.assert_close(loaded(ids, attention_mask=mask).memory, model(ids, attention_mask=mask).memory)

@@ -1,6 +1,6 @@
 """Building blocks shared by the memory types, the task heads and the click baselines: scaled projections and
-embeddings, the behaviour embedding of click prediction, multi-head attention over a weighted set of memory
-entries, an id range check, and the one weight-initialisation rule.
+embeddings, the behaviour embedding of click prediction, the link from an item to the one before it, multi-head
+attention over a weighted set of memory entries, an id range check, and the one weight-initialisation rule.
 
 This file is copied next to saved checkpoints for `trust_remote_code=True`: it imports only torch and transformers.
 """
@@ -39,6 +39,25 @@ class RehearsalMemoryProjection(nn.Linear):
         # these scales.
         init.normal_(self.weight, std=self.in_features**-0.5)
         init.zeros_(self.bias)
+
+
+class RehearsalMemoryPreviousItemLink(nn.Module):
+    """Adds to each item of a segment a learned linear map of the item before it (nothing to a segment's first
+    item), so that an item referring back carries what it refers to: "Then they went to the kitchen." gets the
+    names of the sentence before it. The segment's encoder could learn this from its position embeddings, but on
+    bAbI's coreference tasks it did not (see the README); the link starts as the identity, the sum of the two."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(width, width))
+
+    def init_weights_from_config(self, config):
+        init.eye_(self.weight)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        # items (A, S, E): A segments of S items, right-padded, so a real item's predecessor is real
+        previous = F.pad(items[:, :-1], (0, 0, 1, 0))  # (A, S, E), zeros for each segment's first item
+        return items + previous @ self.weight.T
 
 
 class RehearsalMemoryEmbedding(nn.Embedding):

@@ -35,6 +35,7 @@ from .layers_rehearsal_memory import (
     RehearsalMemoryAttention,
     RehearsalMemoryBehaviorEmbedding,
     RehearsalMemoryEmbedding,
+    RehearsalMemoryPreviousItemLink,
     RehearsalMemoryProjection,
     check_id_range,
     init_weights,
@@ -292,6 +293,7 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
             if config.input_feature_dim is not None
             else None
         )
+        self.previous_item_link = RehearsalMemoryPreviousItemLink(hidden) if config.link_previous_item else None
         self.bank = MEMORY_CLASSES[config.memory_type](config)
         self.post_init()
 
@@ -433,6 +435,8 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
             kind = "input_features" if segments.is_floating_point() else "input_ids"
             active_mask = mask if every else mask[active]
             embeds = self.embed_items(**{kind: segments if every else segments[active]})  # (A, S, E)
+            if self.previous_item_link is not None:
+                embeds = self.previous_item_link(embeds)
             encoded = self.encoder(inputs_embeds=embeds, attention_mask=active_mask.long()).last_hidden_state
             if not active_mask.all():  # padded items read as zero
                 encoded = encoded * active_mask.unsqueeze(-1)

@@ -6,7 +6,7 @@ sentences and `sentence_index` says which sentence the token belongs to. The enc
 `pipeline_rehearsal_memory.encode_story`, which the pipelines use at inference (and which ships with checkpoints),
 so training and inference lay out stories and questions identically.
 
-`NamePermutation` is a training-time augmentation for tasks whose names are interchangeable (bAbI qa1-qa5): each
+`NamePermutation` is a training-time augmentation for tasks whose names are interchangeable (bAbI qa1-qa5, qa13): each
 example gets its names renamed at random, consistently in story, question and answer.
 """
 
@@ -80,21 +80,23 @@ def encode_qa_dataset(
     )
 
 
-# bAbI qa1-qa5's names by kind: in those tasks a name means nothing beyond what the story says of it, so renaming
-# them consistently keeps every answer right. Not so in every task: in qa20 the hungry go to the kitchen.
+# bAbI qa1-qa5's and qa13's names by kind: in those tasks a name means nothing beyond what the story says of it, so
+# renaming them consistently keeps every answer right. Not so in every task: in qa20 the hungry go to the kitchen, and
+# in qa11 "he" and "she" follow the name (qa13 refers back only with "they").
 BABI_NAME_GROUPS = (
     ("bathroom", "bedroom", "garden", "hallway", "kitchen", "office"),
     ("bill", "daniel", "fred", "jeff", "john", "mary", "sandra"),
     ("apple", "football", "milk"),
 )
-BABI_NAME_TASKS = (1, 2, 3, 4, 5)  # the tasks whose names `BABI_NAME_GROUPS` may rename
+BABI_NAME_TASKS = (1, 2, 3, 4, 5, 13)  # the tasks whose names `BABI_NAME_GROUPS` may rename
 
 
 def check_renamable_tasks(tasks: Iterable[int]) -> None:
     """Refuse renaming names (`--permute_names`) for a bAbI task outside `BABI_NAME_TASKS`."""
     if others := [task for task in tasks if task not in BABI_NAME_TASKS]:
         raise ValueError(
-            f"--permute_names renames the names of bAbI tasks 1-5, where a name means no more than the story says; "
+            f"--permute_names renames the names of bAbI tasks 1-5 and 13, where a name means no more than the story "
+            "says; "
             f"not of task {others[0]}"
         )
 
@@ -106,7 +108,8 @@ class NamePermutation:
 
     A task with few training stories (bAbI's qa3 has 1,000 questions) lets a model learn which names its answers
     tend to be instead of how the story decides them; renamed copies of the same stories take that shortcut away.
-    Only right where the names carry no meaning of their own in the task (`BABI_NAME_GROUPS` for bAbI qa1-qa5).
+    Only right where the names carry no meaning of their own in the task (`BABI_NAME_GROUPS` for bAbI qa1-qa5 and
+    qa13).
 
     `token_groups`: token ids, each group permuted among itself; `label_of_token`: the answer label of a token that
     is itself an answer (its label follows the token's new name).
