@@ -317,8 +317,8 @@ def main():
     runs = runs_per_task(variants, args.memory_types.split(","))
     wanted = [(task, *run) for task in parse_tasks(args.tasks) for run in runs]
     for path in args.carry_rows_from:
-        done = {row_key(row) for row in rows}
-        rows += [row for row in carried_rows(path, settings) if row_key(row) in set(wanted) - done]
+        missing = set(wanted) - {row_key(row) for row in rows}
+        rows += [row for row in carried_rows(path, settings) if row_key(row) in missing]
     done = {row_key(row) for row in rows}
     todo = [key for key in wanted if key not in done]
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from cost_utils import RESULTS, provenance
 
-from rm_hf.babi import load_babi
+from rm_hf.babi import answer_vocabulary, load_babi
 from rm_hf.modeling_rehearsal_memory import RehearsalMemoryForQuestionAnswering
 from rm_hf.qa_data import QACollator, encode_qa_dataset
 from rm_hf.rehearsal import combine_losses
@@ -44,7 +44,7 @@ def babi_batches(args) -> tuple[list[dict], RehearsalMemoryForQuestionAnswering]
     """`--batches` training batches of `--task` and a new model built as `run_qa.py` builds it."""
     raw = load_babi(args.babi_dir, tasks=[args.task], split="train")
     tokenizer = build_word_tokenizer(s for row in raw for s in (*row["story"], row["question"], row["answer"]))
-    answers = sorted(set(raw["answer"]))
+    answers = answer_vocabulary(raw)
     label2id = {answer: i for i, answer in enumerate(answers)}
     size = args.batch_size
     rows = encode_qa_dataset(raw.shuffle(seed=args.seed).select(range(args.batches * size)), tokenizer, label2id)
@@ -97,14 +97,14 @@ def main():
     optimizers = {mode: torch.optim.AdamW(m.parameters(), lr=1e-3) for mode, (_, m) in runs.items()}
 
     def step(mode: str, batch: dict) -> float:
-        call, trained = runs[mode]
+        call = runs[mode][0]
         start = time.process_time()
         optimizers[mode].zero_grad(set_to_none=True)
         combine_losses(call(**batch)).backward()
         optimizers[mode].step()
         return time.process_time() - start
 
-    # compiling in eval mode for the check would count against warm-up: check first, so both modes pay it alike
+    # the check runs before warm-up, so its eval-mode compiling is not counted there (warm-up compiles for training)
     differences = max_logit_difference(runs, batches[0])
     warmup = {mode: sum(step(mode, batches[i % len(batches)]) for i in range(args.warmup)) for mode in modes}
     times = {mode: [] for mode in modes}
