@@ -237,6 +237,19 @@ def test_bench_forgetting_smoke(tmp_path):
     assert sum(stage["train_cpu_seconds"] for stage in stages) == pytest.approx(
         costs["rehearsal_uniform"]["train_cpu_seconds"][0]
     )
+    # the finer split of the same hits: its groups hold every question once and give the same overall accuracy
+    run_bench("diagnose_object_answers.py", str(tmp_path / "forgetting.json"))
+    groups = json.loads((tmp_path / "object_answers.json").read_text())["groups"]
+    assert set(groups) == set(results["variants"])
+    for variant, by_group in groups.items():
+        whole = {name: curve for name, curve in by_group.items() if ", holder" not in name}  # not the sub-groups
+        assert sum(sum(curve["count"]) for curve in whole.values()) == 24
+        correct = sum(m * c for curve in whole.values() for m, c in zip(curve["mean"], curve["count"]))
+        assert correct / 24 == pytest.approx(sum(results["accuracy"][variant]["overall"]) / 2)
+        # the questions answered by a name split into those whose holder moved after the fact and the others
+        named = [sum(by_group.get(f"who_has: a name{part}", {"count": [0]})["count"])
+                 for part in ("", ", holder moved after", ", holder stayed after")]  # fmt: skip
+        assert named[0] == named[1] + named[2]
     # a rerun with the same settings keeps every stored run and adds only the new seed
     first = results["runs"]
     run_bench("bench_forgetting.py", *tiny, "--seeds", "0", "2", "--variants", "no_rehearsal")

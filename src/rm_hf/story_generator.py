@@ -22,7 +22,7 @@ OBJECTS = ("key", "apple", "book", "ball", "cup", "hat", "lamp", "coin", "scarf"
 QUESTION_TYPES = ("where_person", "where_object", "who_has")
 NOBODY = "nobody"
 
-_MOVE_VERBS = ("went to", "moved to", "walked to", "ran to")
+MOVE_VERBS = ("went to", "moved to", "walked to", "ran to")
 _PICK_UP_VERBS = ("picked up", "grabbed", "took")
 _DROP_VERBS = ("dropped", "left", "put down")
 _IDLE_VERBS = ("looked around", "yawned", "sang a song", "waved")
@@ -48,7 +48,7 @@ class _Phrasebook:
     def __init__(self, num_people: int, num_places: int, num_objects: int):
         self.num_people, self.num_places, self.num_objects = num_people, num_places, num_objects
         people, places, objects = PEOPLE[:num_people], PLACES[:num_places], OBJECTS[:num_objects]
-        self.moves = [[tuple(f"{p} {verb} the {place}." for verb in _MOVE_VERBS) for place in places] for p in people]
+        self.moves = [[tuple(f"{p} {verb} the {place}." for verb in MOVE_VERBS) for place in places] for p in people]
         self.pick_ups = [[tuple(f"{p} {verb} the {o}." for verb in _PICK_UP_VERBS) for o in objects] for p in people]
         self.drops = [
             [
