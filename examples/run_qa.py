@@ -150,7 +150,7 @@ class ModelArguments:
     link_previous_item: bool = field(
         default=False,
         metadata={
-            "help": "Add to each item a learned map of the item before it in its segment (identity at start), so a "
+            "help": "Add to each item a learned map of the item before it in its segment (zero at start), so a "
             "sentence that refers back (he, they) carries the names it refers to; bAbI's coreference tasks need it."
         },
     )

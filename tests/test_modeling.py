@@ -170,6 +170,8 @@ def test_write_threshold_cuts_the_gate_below_it_and_rescales_the_rest(tmp_path):
 @pytest.mark.parametrize("threshold, link", [(0.0, False), (0.5, False), (0.0, True)])
 def test_streaming_equals_one_pass(threshold, link):
     model = RehearsalMemoryModel(tiny_config(slot_write_threshold=threshold, link_previous_item=link)).eval()
+    if link:  # a learnt link (it starts at zero, adding nothing)
+        torch.nn.init.normal_(model.previous_item_link.weight, std=0.3)
     ids, mask = random_batch(length=37)  # not a multiple of segment_length
     one_pass = model(ids, attention_mask=mask).memory
     memory = model.init_memory(ids.shape[0])
@@ -284,17 +286,21 @@ def test_previous_item_link_adds_the_item_before_within_a_segment(tmp_path):
     model = RehearsalMemoryModel(tiny_config(link_previous_item=True)).eval()
     link = model.previous_item_link
     items = torch.randn(2, 4, link.weight.shape[0])  # 2 segments of 4 items
-    linked = link(items)
-    # at the start, the identity: each item plus the one before it; a segment's first item is left as it is
-    torch.testing.assert_close(linked[:, 0], items[:, 0])
-    torch.testing.assert_close(linked[:, 1:], items[:, 1:] + items[:, :-1])
-    # it changes what is written, and it is saved and loaded with the model
+    # at the start it adds nothing: a new model writes what it would write without the link
+    torch.testing.assert_close(link(items), items)
     ids, mask = random_batch()
     unlinked = RehearsalMemoryModel(tiny_config())
     unlinked.load_state_dict(model.state_dict(), strict=False)
-    assert not torch.allclose(model(ids, attention_mask=mask).memory, unlinked.eval()(ids, attention_mask=mask).memory)
+    unlinked_memory = unlinked.eval()(ids, attention_mask=mask).memory
+    torch.testing.assert_close(model(ids, attention_mask=mask).memory, unlinked_memory)
+    # once learnt (here the identity), each item gets the one before it; a segment's first item is left as it is
     with torch.no_grad():
-        link.weight.mul_(0.5)
+        link.weight.copy_(torch.eye(link.weight.shape[0]))
+    linked = link(items)
+    torch.testing.assert_close(linked[:, 0], items[:, 0])
+    torch.testing.assert_close(linked[:, 1:], items[:, 1:] + items[:, :-1])
+    # it changes what is written, and it is saved and loaded with the model
+    assert not torch.allclose(model(ids, attention_mask=mask).memory, unlinked_memory)
     model.save_pretrained(tmp_path)
     loaded = RehearsalMemoryModel.from_pretrained(tmp_path).eval()
     assert loaded.config.link_previous_item

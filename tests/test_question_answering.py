@@ -140,6 +140,8 @@ def sentence_story(batch=3, sentences=7, width=5):
 @pytest.mark.parametrize("link", [False, True])
 def test_sentence_items_stream_answer_and_reload(tmp_path, link):
     model = qa_model(story_items="sentences", segment_length=2, link_previous_item=link)
+    if link:  # a learnt link (it starts at zero, adding nothing)
+        torch.nn.init.normal_(model.rehearsal_memory.previous_item_link.weight, std=0.3)
     assert model.config.input_feature_dim == model.config.encoder_config.hidden_size
     ids, mask = sentence_story()
     _, _, questions, question_mask = story_and_questions()

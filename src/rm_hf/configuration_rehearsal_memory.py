@@ -76,7 +76,7 @@ class RehearsalMemoryConfig(PreTrainedConfig):
     # setting of reading as much as of training: it can be set on a trained model (see memory_slots.py)
     slot_write_threshold: float | int = 0.0
     input_feature_dim: int | None = None  # set for feature inputs (video clips, behaviour embeddings)
-    # each item of a segment gets a learned linear map of the item before it added before the encoder (identity at
+    # each item of a segment gets a learned linear map of the item before it added before the encoder (zero at
     # start), so an item that refers back ("Then they went ...") carries what it refers to; off in configs without it
     link_previous_item: bool = False
     initial_memory_std: float | int = 0.5  # slot-distinct M_0; same order as a GRU state in (-1, 1)
