@@ -82,7 +82,7 @@ VARIANTS = {
 EDGES = (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10000, float("inf"))
 
 
-def test_stories(test_lengths, num_test: int, test_seed: int, question_types):
+def draw_test_stories(test_lengths, num_test: int, test_seed: int, question_types):
     """The test stories of a run: `num_test` of each length, drawn from `test_seed` + length."""
     types = tuple(question_types)
     return concatenate_datasets(
@@ -278,7 +278,7 @@ def main():
     train_raw = [
         generate_stories(size, story_length=n, seed=n, **story) for size, (n, _) in zip(stage_sizes, args.curriculum)
     ]
-    test_raw = test_stories(args.test_lengths, args.num_test, args.test_seed, args.question_types)
+    test_raw = draw_test_stories(args.test_lengths, args.num_test, args.test_seed, args.question_types)
     tokenizer, answers, train_rows, test_rows = build_task(concatenate_datasets(train_raw), test_raw)
     ends = list(itertools.accumulate(stage_sizes))
     stage_rows = [train_rows[end - size : end] for size, end in zip(stage_sizes, ends)]

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench_forgetting import binned, summarise, test_stories
+from bench_forgetting import binned, draw_test_stories, summarise
 
 from rm_hf.story_generator import MOVE_VERBS, NOBODY
 
@@ -43,7 +43,7 @@ def main():
     settings = results["settings"]
     if settings["story_items"] != "sentences":
         raise SystemExit(f"{args.results}: only runs with sentence items are supported, got {settings['story_items']}")
-    stories = test_stories(
+    stories = draw_test_stories(
         settings["test_lengths"], settings["num_test"], settings.get("test_seed", 1000), settings["question_types"]
     )
     if len(stories) != results["test_questions"]:
