@@ -80,6 +80,8 @@ VARIANTS = {
 }
 # Distance bins [lo, hi): roughly x3 apart, so short and very long distances both get a few bins.
 EDGES = (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10000, float("inf"))
+# Test stories are drawn from this seed plus their length; a run's settings name it only when it differs.
+DEFAULT_TEST_SEED = 1000
 
 
 def draw_test_stories(test_lengths, num_test: int, test_seed: int, question_types):
@@ -246,7 +248,7 @@ def main():
                         help="RehearsalMemoryConfig fields set only when a model kept in --models_dir is loaded for "
                         "testing (e.g. slot_write_threshold=0.3); part of the settings, so give each its own "
                         "--output_dir.")  # fmt: skip
-    parser.add_argument("--test_seed", type=int, default=1000,
+    parser.add_argument("--test_seed", type=int, default=DEFAULT_TEST_SEED,
                         help="Test stories of length N are drawn with seed TEST_SEED + N; another value gives "
                         "validation stories, to choose --test_config on without looking at the test ones.")  # fmt: skip
     parser.add_argument("--output_dir", default=str(RESULTS))
@@ -263,7 +265,7 @@ def main():
     # what makes runs comparable: everything but which variants and seeds run now, and where they go (--config,
     # --test_config and --test_seed only when given: the settings of runs stored before the flags existed)
     ignored = ("variants", "seeds", "output_dir", "threads", "models_dir", *(() if args.config else ("config",)),
-               *(() if args.test_config else ("test_config",)), *(() if args.test_seed != 1000 else ("test_seed",)))  # fmt: skip
+               *(() if args.test_config else ("test_config",)), *(() if args.test_seed != DEFAULT_TEST_SEED else ("test_seed",)))  # fmt: skip
     settings = {k: v for k, v in vars(args).items() if k not in ignored}
     settings = json.loads(json.dumps(settings))
     path = output_dir / "forgetting.json"

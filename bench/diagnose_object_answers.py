@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench_forgetting import binned, draw_test_stories, summarise
+from bench_forgetting import DEFAULT_TEST_SEED, binned, draw_test_stories, summarise
 
 from rm_hf.story_generator import MOVE_VERBS, NOBODY
 
@@ -44,7 +44,10 @@ def main():
     if settings["story_items"] != "sentences":
         raise SystemExit(f"{args.results}: only runs with sentence items are supported, got {settings['story_items']}")
     stories = draw_test_stories(
-        settings["test_lengths"], settings["num_test"], settings.get("test_seed", 1000), settings["question_types"]
+        settings["test_lengths"],
+        settings["num_test"],
+        settings.get("test_seed", DEFAULT_TEST_SEED),
+        settings["question_types"],
     )
     if len(stories) != results["test_questions"]:
         raise SystemExit(f"{args.results}: {results['test_questions']} test questions stored, {len(stories)} drawn")
