@@ -58,12 +58,18 @@ def kept_model_arguments(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def load_kept(folder: Path, data_dir: Path, task: int, length: int, split: str, num: int, test_config=None) -> tuple:
-    """A kept model (slot memory with its write gate; `test_config`'s fields set, as `load_kept_model` does), its
-    tokenizer, and the first `num` samples of `split` at `length`, encoded as the benchmark encodes them."""
+def load_gated_slots_model(folder: Path, test_config=None) -> RehearsalMemoryForQuestionAnswering:
+    """A kept question-answering model that has the slot memory and its write gate (what the gate diagnoses read)."""
     model = load_kept_model(RehearsalMemoryForQuestionAnswering, folder, test_config or {})
     if model.config.memory_type != "slots" or not model.config.slot_write_gate:
         raise ValueError(f"{folder}: this needs the slot memory with its write gate (slot_write_gate=True)")
+    return model
+
+
+def load_kept(folder: Path, data_dir: Path, task: int, length: int, split: str, num: int, test_config=None) -> tuple:
+    """A kept model (slot memory with its write gate; `test_config`'s fields set, as `load_kept_model` does), its
+    tokenizer, and the first `num` samples of `split` at `length`, encoded as the benchmark encodes them."""
+    model = load_gated_slots_model(folder, test_config)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
     label2id = {label: int(i) for i, label in model.config.id2label.items()}
     rows = load_babilong(data_dir, [task], length, split)

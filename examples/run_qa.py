@@ -82,7 +82,7 @@ CONFIG_FIELDS = (
     "memory_type", "memory_capacity", "num_memory_slots", "num_memory_heads", "segment_length", "num_reasoning_hops",
     "story_items", "max_sentence_tokens", "use_rehearsal", "sampler_mode", "num_rehearsal_fragments",
     "rehearsal_fragment_length", "rehearsal_batch_fraction", "rehearsal_num_layers", "backprop_segments",
-    "link_previous_item",
+    "link_previous_item", "slot_addressing",
 )  # fmt: skip
 ENCODER_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads")  # flags of the encoder config
 
@@ -152,6 +152,13 @@ class ModelArguments:
         metadata={
             "help": "Add to each item a learned map of the item before it in its segment (zero at start), so a "
             "sentence that refers back (he, they) carries the names it refers to; bAbI's coreference tasks need it."
+        },
+    )
+    slot_addressing: Literal["content", "key"] = field(
+        default="content",
+        metadata={
+            "help": "What a slot's write attention asks with: its own state (content, the paper's) or a learned key "
+            "of its own that writing never changes (key)."
         },
     )
     use_rehearsal: bool = field(default=True, metadata={"help": "Self-supervised rehearsal during training."})

@@ -304,6 +304,19 @@ def test_bench_forgetting_keeps_models_and_tests_them_under_test_config(tmp_path
     for results in (loaded, runs("thresholded", "--test_config", "slot_write_threshold=0.5")):
         run = results["runs"]["no_rehearsal/0"]  # tested, not trained again
         assert (run["train_cpu_seconds"], run["stages"]) == (trained["train_cpu_seconds"], trained["stages"])
+    # the kept model's write gates for a pick-up and its follow-ups, each written from the same memory
+    run_bench("diagnose_slot_gates.py", "--models", f"tiny={tmp_path / 'models' / 'no_rehearsal_seed0'}",
+              "--num_stories", "3", "--context_length", "6", "--story_lengths", "4", "100", "--shortcut_stories", "200",
+              "--output", str(tmp_path / "gates.json"))  # fmt: skip
+    diagnosis = json.loads((tmp_path / "gates.json").read_text())
+    gates = diagnosis["models"]["tiny"]
+    slots = json.loads((tmp_path / "models" / "no_rehearsal_seed0" / "config.json").read_text())["num_memory_slots"]
+    assert gates["slot_addressing"] == "content" and 0 < gates["pick_up_total_gate"] <= slots
+    assert gates["same_sentence_again"] == pytest.approx(gates["pick_up_self_overlap"], abs=1e-3)
+    assert all(0 <= gates[name] <= 1 for name in ("holder_drops_it", "holder_moves", "weather"))
+    # in 4-sentence stories the last pick-up of anything is nearly always the holder asked about; in 100, rarely
+    shortcut = diagnosis["last_pick_up_is_the_answer"]
+    assert shortcut["4"] > 0.9 and shortcut["100"] < 0.5
     # validation stories: other stories, the same kept model
     validation = runs("validation", "--test_seed", "5000")
     assert validation["settings"]["test_seed"] == 5000 and "test_seed" not in loaded["settings"]

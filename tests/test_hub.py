@@ -20,10 +20,14 @@ def test_checkpoint_ships_code_and_auto_map(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "memory_type, link", [(memory_type, False) for memory_type in MEMORY_TYPES] + [("slots", True)]
+    "memory_type, link, addressing",
+    [(memory_type, False, "content") for memory_type in MEMORY_TYPES]
+    + [("slots", True, "content"), ("slots", False, "key")],
 )
-def test_remote_code_loads_without_the_package(tmp_path, memory_type, link):
-    config = tiny_config(memory_type=memory_type, memory_capacity=6, link_previous_item=link)
+def test_remote_code_loads_without_the_package(tmp_path, memory_type, link, addressing):
+    config = tiny_config(
+        memory_type=memory_type, memory_capacity=6, link_previous_item=link, slot_addressing=addressing
+    )
     model = RehearsalMemoryModel(config).eval()
     if link:  # away from its start, so that loading it as remote code is what is tested
         torch.nn.init.normal_(model.previous_item_link.weight, std=0.3)

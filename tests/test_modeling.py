@@ -167,9 +167,39 @@ def test_write_threshold_cuts_the_gate_below_it_and_rescales_the_rest(tmp_path):
     assert RehearsalMemoryConfig().slot_write_threshold == 0  # off unless asked for
 
 
-@pytest.mark.parametrize("threshold, link", [(0.0, False), (0.5, False), (0.0, True)])
-def test_streaming_equals_one_pass(threshold, link):
-    model = RehearsalMemoryModel(tiny_config(slot_write_threshold=threshold, link_previous_item=link)).eval()
+def test_key_addressing_writes_by_each_slot_fixed_key_not_by_its_state(tmp_path):
+    # "key": the write attention asks with the slot's learned key, so how much a slot takes in of a segment is the
+    # same whatever it holds; "content" (the default, and what configs saved without the field load as) asks with
+    # the state itself
+    keyed = RehearsalMemoryModel(tiny_config(slot_addressing="key")).eval()
+    assert keyed.bank.writer.slot_keys.shape == (4, 32)
+    items = torch.randn(3, 8, 32)
+    item_mask = torch.ones(3, 8, dtype=torch.bool)
+    state, other_state = keyed.init_memory(3), torch.randn(3, 4, 32)
+    relevance = keyed.bank.writer.read(state, items, item_mask)[1]
+    torch.testing.assert_close(keyed.bank.writer.read(other_state, items, item_mask)[1], relevance)
+    content = RehearsalMemoryModel(tiny_config()).eval()
+    assert content.config.slot_addressing == "content" and content.bank.writer.slot_keys is None
+    read = content.bank.writer.read
+    assert not torch.allclose(read(state, items, item_mask)[1], read(other_state, items, item_mask)[1])
+    # the keys are saved and loaded; a missing one is initialised like the initial memory
+    ids, mask = random_batch()
+    keyed.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded(ids, attention_mask=mask).memory, keyed(ids, attention_mask=mask).memory)
+    fresh = RehearsalMemoryModel.from_pretrained(None, config=tiny_config(slot_addressing="key"), state_dict={})
+    assert 0.3 < fresh.bank.writer.slot_keys.std().item() < 0.7  # initial_memory_std = 0.5
+    with pytest.raises(StrictDataclassError):
+        tiny_config(slot_addressing="position")
+
+
+@pytest.mark.parametrize(
+    "threshold, link, addressing", [(0.0, False, "content"), (0.5, False, "content"), (0.0, True, "content"),
+                                    (0.0, False, "key")]
+)  # fmt: skip
+def test_streaming_equals_one_pass(threshold, link, addressing):
+    config = tiny_config(slot_write_threshold=threshold, link_previous_item=link, slot_addressing=addressing)
+    model = RehearsalMemoryModel(config).eval()
     if link:  # a learnt link (it starts at zero, adding nothing)
         torch.nn.init.normal_(model.previous_item_link.weight, std=0.3)
     ids, mask = random_batch(length=37)  # not a multiple of segment_length
@@ -209,7 +239,9 @@ def test_slots_differ_after_writing():
 
 def test_every_parameter_gets_a_gradient():
     # the rehearsal modules learn from rehearsal losses (tests/test_rehearsal.py), not from the memory alone
-    for config in (tiny_config(use_rehearsal=False), tiny_config(use_rehearsal=False, input_feature_dim=7)):
+    configs = (tiny_config(use_rehearsal=False), tiny_config(use_rehearsal=False, slot_addressing="key"),
+               tiny_config(use_rehearsal=False, input_feature_dim=7))  # fmt: skip
+    for config in configs:
         model = RehearsalMemoryModel(config).train()
         if config.input_feature_dim:
             memory = model(input_features=torch.randn(2, 20, 7)).memory

@@ -19,6 +19,7 @@ MEMORY_TYPES = get_args(MemoryType)
 # keys of configs saved before 0.2, when "rehearsal" named the slot memory as well as the training objective
 MEMORY_TYPE_ALIASES = {"rehearsal": "slots", "kv": "key_value"}
 StoryItems = Literal["tokens", "sentences"]
+SlotAddressing = Literal["content", "key"]
 SamplerMode = Literal["uniform", "teacher", "external"]
 SAMPLER_MODES = get_args(SamplerMode)
 
@@ -75,6 +76,10 @@ class RehearsalMemoryConfig(PreTrainedConfig):
     # many segments a slot barely opens for cannot add up to overwriting it over thousands of writes; 0: off. A
     # setting of reading as much as of training: it can be set on a trained model (see memory_slots.py)
     slot_write_threshold: float | int = 0.0
+    # slots: what a slot's write attention asks with. "content": the slot's own state (the paper's); "key": a learned
+    # vector of the slot's own that writing never changes, so what a slot takes in cannot drift with what it holds
+    # (EntNet's keys without content; our choice, see memory_slots.py). Configs without the field load as "content"
+    slot_addressing: SlotAddressing = "content"
     input_feature_dim: int | None = None  # set for feature inputs (video clips, behaviour embeddings)
     # each item of a segment gets a learned linear map of the item before it added before the encoder (zero at
     # start), so an item that refers back ("Then they went ...") carries what it refers to; off in configs without it

@@ -18,6 +18,13 @@ slots drift far from where they started (cosine to M_0 0.07; their norm does not
 fact closes too (0.87 -> 0.46). `slot_write_threshold` tau (our choice, default 0 = off) cuts the leak: the gate
 becomes max(r_k - tau, 0) / (1 - tau), exactly 0 for a slot that barely opens. It changes no parameter and can be set
 on a model trained without it (there, qa2 at 128k tokens: 34% -> 89%).
+
+Addressing (`slot_addressing`, our choice; default "content", the paper's): a slot's write attention asks with the
+slot's state, so what a slot listens for moves with what it has taken in. With "key" each slot asks with a learned
+key of its own that writing never changes (EntNet's keys, without its content term); the state only carries what
+was read. Neither makes the slots keep who holds an object (measured, `bench/diagnose_slot_gates.py`): the slots
+that take in "Alice picked up the key." open, for another person's pick-up of another object, 73-87% as wide as
+for the same sentence again, so the next pick-up of anything writes over the last (README, Method).
 """
 
 import torch
@@ -50,17 +57,23 @@ class RehearsalMemoryWriter(nn.Module):
         self.config = config  # read at each write: the threshold may be set on a loaded model
         # t_h: the score of "none of these items", per head
         self.none_score = nn.Parameter(torch.empty(config.num_memory_heads)) if config.slot_write_gate else None
+        # with slot_addressing="key": each slot's fixed write query (K, D)
+        keyed = config.slot_addressing == "key"
+        self.slot_keys = nn.Parameter(torch.empty(config.num_memory_slots, config.memory_dim)) if keyed else None
 
     def init_weights_from_config(self, config):
         if self.none_score is not None:
             init.zeros_(self.none_score)
+        if self.slot_keys is not None:  # the scale of the slot states whose place in the query they take
+            init.normal_(self.slot_keys, std=config.initial_memory_std)
 
     def read(self, memory, items, item_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What each slot reads from the segment (B, K, D), and with the write gate each slot's relevance r_k
         (B, K) in [0, 1], thresholded by `slot_write_threshold` (None without the gate)."""
+        queries = memory if self.slot_keys is None else self.slot_keys.expand_as(memory)  # (B, K, D)
         if self.none_score is None:
-            return self.attention(memory, items, item_mask), None
-        read, log_mass = self.attention(memory, items, item_mask, return_log_mass=True)  # log_mass (B, h, K)
+            return self.attention(queries, items, item_mask), None
+        read, log_mass = self.attention(queries, items, item_mask, return_log_mass=True)  # log_mass (B, h, K)
         relevance = torch.sigmoid(log_mass - self.none_score[:, None]).mean(1)
         if threshold := self.config.slot_write_threshold:
             relevance = (relevance - threshold).clamp(min=0) / (1 - threshold)

@@ -23,7 +23,7 @@ QUESTION_TYPES = ("where_person", "where_object", "who_has")
 NOBODY = "nobody"
 
 MOVE_VERBS = ("went to", "moved to", "walked to", "ran to")
-_PICK_UP_VERBS = ("picked up", "grabbed", "took")
+PICK_UP_VERBS = ("picked up", "grabbed", "took")
 _DROP_VERBS = ("dropped", "left", "put down")
 _IDLE_VERBS = ("looked around", "yawned", "sang a song", "waved")
 _QUESTIONS = {"where_person": "Where is {}?", "where_object": "Where is the {}?", "who_has": "Who has the {}?"}
@@ -49,7 +49,7 @@ class _Phrasebook:
         self.num_people, self.num_places, self.num_objects = num_people, num_places, num_objects
         people, places, objects = PEOPLE[:num_people], PLACES[:num_places], OBJECTS[:num_objects]
         self.moves = [[tuple(f"{p} {verb} the {place}." for verb in MOVE_VERBS) for place in places] for p in people]
-        self.pick_ups = [[tuple(f"{p} {verb} the {o}." for verb in _PICK_UP_VERBS) for o in objects] for p in people]
+        self.pick_ups = [[tuple(f"{p} {verb} the {o}." for verb in PICK_UP_VERBS) for o in objects] for p in people]
         self.drops = [
             [
                 [tuple(f"{p} {verb} the {o} in the {place}." for verb in _DROP_VERBS) for place in places]
