@@ -310,10 +310,8 @@ def test_bench_forgetting_keeps_models_and_tests_them_under_test_config(tmp_path
               "--output", str(tmp_path / "gates.json"))  # fmt: skip
     diagnosis = json.loads((tmp_path / "gates.json").read_text())
     gates = diagnosis["models"]["tiny"]
-    slots = json.loads((tmp_path / "models" / "no_rehearsal_seed0" / "config.json").read_text())["num_memory_slots"]
-    assert gates["slot_addressing"] == "content" and 0 < gates["pick_up_total_gate"] <= slots
+    assert gates["slot_addressing"] == "content" and gates["pick_up_total_gate"] > 0
     assert gates["same_sentence_again"] == pytest.approx(gates["pick_up_self_overlap"], abs=1e-3)
-    assert all(0 <= gates[name] <= 1 for name in ("holder_drops_it", "holder_moves", "weather"))
     # in 4-sentence stories the last pick-up of anything is nearly always the holder asked about; in 100, rarely
     shortcut = diagnosis["last_pick_up_is_the_answer"]
     assert shortcut["4"] > 0.9 and shortcut["100"] < 0.5

@@ -38,6 +38,7 @@ def test_old_config_without_newer_fields_loads(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "rehearsal_memory", "num_memory_slots": 3}')
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert loaded.num_memory_slots == 3 and loaded.segment_length == RehearsalMemoryConfig().segment_length
+    assert loaded.slot_addressing == "content"  # the paper's addressing, what every model before the field used
 
 
 @pytest.mark.parametrize("old, new", [("rehearsal", "slots"), ("kv", "key_value")])
