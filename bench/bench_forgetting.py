@@ -240,7 +240,8 @@ def main():
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1: on a shared 2-core machine more threads ran slower).")  # fmt: skip
     parser.add_argument("--config", type=parse_override, nargs="+", default=[], metavar="KEY=VALUE",
-                        help="RehearsalMemoryConfig fields set for every variant (a sweep of settings).")  # fmt: skip
+                        help="RehearsalMemoryConfig fields set for every variant (a sweep of settings); encoder.FIELD "
+                        "sets a field of the segment encoder (encoder.num_hidden_layers=0: none).")  # fmt: skip
     parser.add_argument("--models_dir", type=Path, default=None,
                         help="Keep each trained model in MODELS_DIR/VARIANT_seedSEED; a run whose model is kept there "
                         "(trained with the same settings) is tested without training it again.")  # fmt: skip
@@ -254,7 +255,7 @@ def main():
     parser.add_argument("--output_dir", default=str(RESULTS))
     args = parser.parse_args()
     try:
-        args.config = check_overrides(dict(args.config))
+        args.config = check_overrides(dict(args.config), encoder=True)
         args.test_config = check_overrides(dict(args.test_config))
     except ValueError as error:
         parser.error(str(error))

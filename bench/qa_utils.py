@@ -33,14 +33,25 @@ def build_task(train_raw, test_raw):
     return tokenizer, answers, train, test
 
 
+# the segment encoder of the benchmarks' models; `--config encoder.FIELD=VALUE` changes a field
+ENCODER_DEFAULTS = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256,
+                    "max_position_embeddings": 64}  # fmt: skip
+ENCODER_PREFIX = "encoder."
+
+
 def make_model(tokenizer, answers, story_items="tokens", **overrides):
     """A small QA model; with `story_items="sentences"` each sentence is one item, written 4 per segment (the
-    setting that learns bAbI task 1), otherwise tokens, 32 per segment; `overrides` may change either."""
+    setting that learns bAbI task 1), otherwise tokens, 32 per segment; `overrides` may change either, and keys
+    `encoder.FIELD` change the segment encoder (`encoder.num_hidden_layers=0`: no attention among a segment's
+    items)."""
+    encoder = {
+        key.removeprefix(ENCODER_PREFIX): value for key, value in overrides.items() if key.startswith(ENCODER_PREFIX)
+    }
+    fields = {key: value for key, value in overrides.items() if not key.startswith(ENCODER_PREFIX)}
     config = RehearsalMemoryConfig(
-        encoder_config={"vocab_size": len(tokenizer), "hidden_size": 64, "num_hidden_layers": 2,
-                        "num_attention_heads": 4, "intermediate_size": 256, "max_position_embeddings": 64},
+        encoder_config={"vocab_size": len(tokenizer), **ENCODER_DEFAULTS, **encoder},
         id2label=dict(enumerate(answers)), story_items=story_items,
-        **{"segment_length": 4 if story_items == "sentences" else 32, **overrides},
+        **{"segment_length": 4 if story_items == "sentences" else 32, **fields},
     )  # fmt: skip
     return RehearsalMemoryForQuestionAnswering(config)
 
@@ -58,11 +69,18 @@ def parse_override(text: str) -> tuple[str, object]:
         return key, value
 
 
-def check_overrides(overrides: dict) -> dict:
-    """`overrides` if every key is a `RehearsalMemoryConfig` field: the config keeps an unknown keyword as a plain
-    attribute, so a misspelt override would change nothing and say nothing."""
-    if unknown := sorted(set(overrides) - {field.name for field in dataclasses.fields(RehearsalMemoryConfig)}):
-        raise ValueError(f"--config: not RehearsalMemoryConfig fields: {', '.join(unknown)}")
+def check_overrides(overrides: dict, encoder: bool = False) -> dict:
+    """`overrides` if every key is a `RehearsalMemoryConfig` field (or with `encoder`, `encoder.FIELD` for a field of
+    `ENCODER_DEFAULTS`): the config keeps an unknown keyword as a plain attribute, so a misspelt override would change
+    nothing and say nothing."""
+    known = {field.name for field in dataclasses.fields(RehearsalMemoryConfig)}
+    if encoder:
+        known |= {ENCODER_PREFIX + name for name in ENCODER_DEFAULTS}
+    if unknown := sorted(set(overrides) - known):
+        encoder_fields = (
+            f" nor encoder.FIELD for a FIELD of ({', '.join(sorted(ENCODER_DEFAULTS))})" if encoder else ""
+        )
+        raise ValueError(f"--config: not RehearsalMemoryConfig fields{encoder_fields}: {', '.join(unknown)}")
     return overrides
 
 

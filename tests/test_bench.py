@@ -272,7 +272,8 @@ def test_bench_forgetting_smoke(tmp_path):
 def test_bench_forgetting_invocations_fill_one_file_and_memories_match_the_slots(tmp_path):
     # two invocations at once (one per core) with other variants: the file ends up with the runs of both
     tiny = ["--curriculum", "4:1", "--num_train", "40", "--num_test", "12", "--test_lengths", "6", "--seeds", "0",
-            "--config", "num_memory_slots=4", "--models_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path)]  # fmt: skip
+            "--config", "num_memory_slots=4", "encoder.num_hidden_layers=0", "--models_dir", str(tmp_path / "models"),
+            "--output_dir", str(tmp_path)]  # fmt: skip
     both = [start_bench("bench_forgetting.py", *tiny, "--variants", name) for name in ("no_rehearsal", "key_value")]
     for process in both:
         _, stderr = process.communicate(timeout=600)
@@ -285,6 +286,9 @@ def test_bench_forgetting_invocations_fill_one_file_and_memories_match_the_slots
     # the other memory type keeps as many vectors as RM has slots under --config
     kept = json.loads((tmp_path / "models" / "key_value_seed0" / "config.json").read_text())
     assert (kept["memory_type"], kept["memory_capacity"], kept["num_memory_slots"]) == ("key_value", 4, 4)
+    # an encoder field under --config reaches the model (here no encoder layers) and is kept in the settings
+    assert kept["encoder_config"]["num_hidden_layers"] == 0 and kept["encoder_config"]["hidden_size"] == 64
+    assert results["settings"]["config"]["encoder.num_hidden_layers"] == 0
 
 
 def test_bench_forgetting_keeps_models_and_tests_them_under_test_config(tmp_path):
