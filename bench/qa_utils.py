@@ -77,10 +77,10 @@ def check_overrides(overrides: dict, encoder: bool = False) -> dict:
     if encoder:
         known |= {ENCODER_PREFIX + name for name in ENCODER_DEFAULTS}
     if unknown := sorted(set(overrides) - known):
-        encoder_fields = (
-            f" nor encoder.FIELD for a FIELD of ({', '.join(sorted(ENCODER_DEFAULTS))})" if encoder else ""
+        hint = (
+            f"; encoder fields as encoder.FIELD, FIELD one of {', '.join(sorted(ENCODER_DEFAULTS))}" if encoder else ""
         )
-        raise ValueError(f"--config: not RehearsalMemoryConfig fields{encoder_fields}: {', '.join(unknown)}")
+        raise ValueError(f"--config: not RehearsalMemoryConfig fields: {', '.join(unknown)}{hint}")
     return overrides
 
 
