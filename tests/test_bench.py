@@ -265,8 +265,11 @@ def test_bench_forgetting_smoke(tmp_path):
     sweep = json.loads((tmp_path / "sweep" / "forgetting.json").read_text())
     assert sweep["settings"]["config"] == {"num_memory_slots": 4, "segment_length": 1}
     assert set(sweep["runs"]) == {"no_rehearsal/0"} and sweep["segment_length"] == 1
-    stderr = run_bench("bench_forgetting.py", *tiny, "--config", "num_memory_slot=4", returncode=2)
-    assert "not RehearsalMemoryConfig fields: num_memory_slot" in stderr  # a misspelt field would change nothing
+    # a misspelt field would change nothing, in the memory's config or the encoder's: both are named
+    stderr = run_bench("bench_forgetting.py", *tiny, "--config", "num_memory_slot=4", "encoder.num_hidden_layer=0",
+                       returncode=2)  # fmt: skip
+    assert "not RehearsalMemoryConfig fields: encoder.num_hidden_layer, num_memory_slot;" in stderr
+    assert "encoder.FIELD, FIELD one of hidden_size, intermediate_size" in stderr
 
 
 def test_bench_forgetting_invocations_fill_one_file_and_memories_match_the_slots(tmp_path):
