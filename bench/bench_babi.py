@@ -104,6 +104,8 @@ def run_row(args, task: int, model: str, rehearsal: bool, memory_type: str | Non
         argv += ["--permute_names"]
     if args.link_previous_item and model == "rm":
         argv += ["--link_previous_item", "true"]
+    if args.num_hidden_layers is not None and model == "rm":
+        argv += ["--num_hidden_layers", str(args.num_hidden_layers)]
     clock = TrainingCpuClock(args.cpu_cap or float("inf"))
     outcome = run_qa.main(argv, callbacks=[clock])
     accuracy = outcome["results"]["all"]["accuracy"]
@@ -268,6 +270,13 @@ def main():
         action="store_true",
         help="RM rows: run_qa.py's --link_previous_item (each item gets a learned map of the item before it)",
     )
+    parser.add_argument(
+        "--num_hidden_layers",
+        type=int,
+        default=None,
+        help="RM rows: run_qa.py's --num_hidden_layers, the encoder layers over each segment's items (default 2; 0: "
+        "none, each item is written as embedded)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "babi.json")
     parser.add_argument(
         "--overwrite", action="store_true", help="start --output afresh instead of resuming the rows it holds"
@@ -304,6 +313,8 @@ def main():
     for flag in ("permute_names", "link_previous_item"):  # like the stopping rules: only when given
         if getattr(args, flag):
             settings[flag] = True
+    if args.num_hidden_layers is not None:
+        settings["num_hidden_layers"] = args.num_hidden_layers
     resume = args.output.exists() and not args.overwrite
     previous = json.loads(args.output.read_text()) if resume else {"settings": settings}
     stored = previous.get("settings", {})

@@ -139,16 +139,18 @@ def test_bench_babi_smoke_resumes_per_row(tmp_path, babi_dir):
     assert [(row["steps"], row["rehearsal"]) for row in fourth["rows"]] == [(3, False)]
 
 
-def test_bench_babi_passes_permute_names_and_the_item_link_on_and_keeps_them_in_the_settings(tmp_path, babi_dir):
+def test_bench_babi_passes_its_model_flags_on_and_keeps_them_in_the_settings(tmp_path, babi_dir):
     output = tmp_path / "renamed.json"
     tiny = ["--babi_dir", str(babi_dir), "--babi_subset", "en", "--max_steps", "2", "--eval_questions", "20",
             "--variants", "plain", "--output", str(output), "--checkpoint_dir", str(tmp_path / "checkpoints")]  # fmt: skip
-    run_bench("bench_babi.py", *tiny, "--permute_names", "--link_previous_item")
+    run_bench("bench_babi.py", *tiny, "--permute_names", "--link_previous_item", "--num_hidden_layers", "0")
     settings = json.loads(output.read_text())["settings"]
     assert settings["permute_names"] is True and settings["link_previous_item"] is True
+    assert settings["num_hidden_layers"] == 0
     recorded = json.loads((tmp_path / "checkpoints" / "plain-qa1" / "run_arguments.json").read_text())
     assert recorded["permute_names"] is True  # what run_qa.py was asked to do
-    assert json.loads((tmp_path / "checkpoints" / "plain-qa1" / "config.json").read_text())["link_previous_item"]
+    config = json.loads((tmp_path / "checkpoints" / "plain-qa1" / "config.json").read_text())
+    assert config["link_previous_item"] and config["encoder_config"]["num_hidden_layers"] == 0
     error = run_bench("bench_babi.py", *tiny, "--tasks", "1,20", "--permute_names", returncode=1)
     assert "not of task 20" in error
 
