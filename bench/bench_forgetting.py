@@ -24,6 +24,8 @@ invocations with the same settings and other variants or seeds may fill one --ou
 With --models_dir each trained model is kept (MODELS_DIR/VARIANT_seedSEED), and a run whose model is kept there
 is tested without training it again: under --test_config fields set at load time (e.g. the write threshold,
 slot_write_threshold, which needs no training), and on --test_seed's other stories to choose them on validation.
+With --init_from a run starts from such a kept model instead of a fresh one (e.g. a `who_has` model continued on all
+three question types); its record names that model and its training CPU seconds.
 
     python bench/bench_forgetting.py        # quick: curriculum up to 30 sentences, tested at 30/100/300
     python bench/bench_forgetting.py --curriculum 4:200 10:1500 30:1000 100:400 --test_lengths 100 300 1000 3000 \
@@ -60,6 +62,7 @@ from qa_utils import (
     make_model,
     parse_override,
     predict,
+    start_from_kept_model,
     train_stages,
 )
 from tqdm.auto import tqdm
@@ -190,9 +193,14 @@ def trained_model(name, seed, args, training, tokenizer, answers, stage_rows):
     if folder is None or (record := kept_run(folder, training)) is None:
         torch.manual_seed(seed)
         model = make_model(tokenizer, answers, args.story_items, **variant_fields(name, args.config))
+        start = {}
+        if args.init_from:
+            kept = start_from_kept_model(model, tokenizer, answers, Path(args.init_from))
+            start = {"init_from": {"model": args.init_from, "train_cpu_seconds": kept.get("train_cpu_seconds")}}
         stages = [(rows, steps) for rows, (_, steps) in zip(stage_rows, args.curriculum)]
         trained = train_stages(model, stages, seed, schedule=args.lr_schedule)
         record = {
+            **start,  # the kept model's training CPU seconds: the run's cost is both
             "train_cpu_seconds": trained["train_cpu_seconds"],
             "median_step_seconds_last_stage": trained["median_step_seconds"],
             "final_losses": trained["final_losses"],
@@ -252,6 +260,11 @@ def main():
     parser.add_argument("--test_seed", type=int, default=DEFAULT_TEST_SEED,
                         help="Test stories of length N are drawn with seed TEST_SEED + N; another value gives "
                         "validation stories, to choose --test_config on without looking at the test ones.")  # fmt: skip
+    parser.add_argument("--init_from", default=None, metavar="KEPT_MODEL",
+                        help="Start every variant from the weights of a model an earlier run kept (its "
+                        "MODELS_DIR/VARIANT_seedSEED) instead of a fresh one: e.g. continue a `who_has` model on all "
+                        "question types. Words and answers the kept model lacks start fresh; part of the "
+                        "settings.")  # fmt: skip
     parser.add_argument("--output_dir", default=str(RESULTS))
     args = parser.parse_args()
     try:
@@ -264,9 +277,10 @@ def main():
     torch.set_num_threads(args.threads)
     output_dir = Path(args.output_dir)
     # what makes runs comparable: everything but which variants and seeds run now, and where they go (--config,
-    # --test_config and --test_seed only when given: the settings of runs stored before the flags existed)
+    # --test_config, --test_seed and --init_from only when given: the settings of runs stored before the flags existed)
     ignored = ("variants", "seeds", "output_dir", "threads", "models_dir", *(() if args.config else ("config",)),
-               *(() if args.test_config else ("test_config",)), *(() if args.test_seed != DEFAULT_TEST_SEED else ("test_seed",)))  # fmt: skip
+               *(() if args.test_config else ("test_config",)), *(() if args.test_seed != DEFAULT_TEST_SEED else ("test_seed",)),
+               *(() if args.init_from else ("init_from",)))  # fmt: skip
     settings = {k: v for k, v in vars(args).items() if k not in ignored}
     settings = json.loads(json.dumps(settings))
     path = output_dir / "forgetting.json"

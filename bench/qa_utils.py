@@ -123,6 +123,40 @@ def load_kept_model(model_class, folder, test_config: dict):
     return model
 
 
+def start_from_kept_model(model, tokenizer, answers: list[str], folder: Path) -> dict:
+    """Give a new `model` the weights of the model kept in `folder` (an earlier run's --models_dir entry), so that a
+    run can continue another's training, e.g. on other question types: tensors of the same shape are copied, and
+    those whose rows follow the vocabulary (word embeddings) or the answers (the answer layer) row by row for the
+    words and answers both have; the others keep their fresh values. Stops when a weight has no counterpart; returns
+    the kept model's training record (its CPU seconds count towards the run's)."""
+    source = RehearsalMemoryForQuestionAnswering.from_pretrained(folder)
+    source_vocab = type(tokenizer).from_pretrained(folder).get_vocab()
+    source_answers = {source.config.id2label[i]: i for i in range(source.config.num_labels)}
+    vocab = tokenizer.get_vocab()
+    by_word = [(i, source_vocab[word]) for word, i in vocab.items() if word in source_vocab]
+    by_answer = [(i, source_answers[answer]) for i, answer in enumerate(answers) if answer in source_answers]
+    # (new row, kept row) pairs of the tensors whose rows follow the words or the answers: even at one size, the two
+    # tokenizers number their words by frequency in their own stories
+    rows_of = {"word_embeddings.weight": by_word, "classifier.weight": by_answer, "classifier.bias": by_answer}
+    kept, mismatched = source.state_dict(), []
+    with torch.no_grad():
+        for name, weight in model.state_dict().items():
+            rows = next((pairs for end, pairs in rows_of.items() if name.endswith(end)), None)
+            given = kept.get(name)
+            if given is None or given.shape[1:] != weight.shape[1:] or (rows is None and given.shape != weight.shape):
+                mismatched.append(f"{name} {tuple(weight.shape)} (kept: {given is not None and tuple(given.shape)})")
+            elif rows is None:
+                weight.copy_(given)
+            else:
+                for new_row, kept_row in rows:
+                    weight[new_row] = given[kept_row]
+    if mismatched:
+        sys.exit(f"--init_from {folder}: its model is not this run's model with other words or answers; "
+                 f"no counterpart for {', '.join(mismatched)}")  # fmt: skip
+    record = folder / KEPT_RECORD
+    return json.loads(record.read_text())["run"] if record.exists() else {}
+
+
 def collator(model) -> QACollator:
     return QACollator(sentence_items=model.config.story_items == "sentences")
 
