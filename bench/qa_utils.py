@@ -148,8 +148,8 @@ def start_from_kept_model(model, tokenizer, answers: list[str], folder: Path) ->
             elif rows is None:
                 weight.copy_(given)
             else:
-                for new_row, kept_row in rows:
-                    weight[new_row] = given[kept_row]
+                new_rows, kept_rows = zip(*rows) if rows else ((), ())
+                weight[list(new_rows)] = given[list(kept_rows)]
     if mismatched:
         sys.exit(f"--init_from {folder}: its model is not this run's model with other words or answers; "
                  f"no counterpart for {', '.join(mismatched)}")  # fmt: skip
