@@ -25,7 +25,9 @@ With --models_dir each trained model is kept (MODELS_DIR/VARIANT_seedSEED), and 
 is tested without training it again: under --test_config fields set at load time (e.g. the write threshold,
 slot_write_threshold, which needs no training), and on --test_seed's other stories to choose them on validation.
 With --init_from a run starts from such a kept model instead of a fresh one (e.g. a `who_has` model continued on all
-three question types); its record names that model and its training CPU seconds.
+three question types); its record names that model and its training CPU seconds. Given a --models_dir of several
+kept runs (the seeds of a first stage), it starts from the one whose training ended with the lowest answer loss, and
+the record lists every candidate's loss and CPU seconds.
 
     python bench/bench_forgetting.py        # quick: curriculum up to 30 sentences, tested at 30/100/300
     python bench/bench_forgetting.py --curriculum 4:200 10:1500 30:1000 100:400 --test_lengths 100 300 1000 3000 \
@@ -55,6 +57,7 @@ from qa_utils import (
     BATCH_SIZE,
     build_task,
     check_overrides,
+    choose_kept_model,
     fragment_coverage,
     keep_model,
     kept_run,
@@ -184,23 +187,22 @@ def variant_fields(name: str, config: dict) -> dict:
     return fields
 
 
-def trained_model(name, seed, args, training, tokenizer, answers, stage_rows):
-    """Train one model through the curriculum, or take the one kept in --models_dir for the same training settings
-    (a model trained now is kept there too); the model, loaded from there with --test_config's fields when kept, and
-    its training record."""
+def trained_model(name, seed, args, training, tokenizer, answers, stage_rows, init_from):
+    """Train one model through the curriculum (from the model `init_from` names, `choose_kept_model`'s, if any), or
+    take the one kept in --models_dir for the same training settings (a model trained now is kept there too); the
+    model, loaded from there with --test_config's fields when kept, and its training record."""
     folder = None if args.models_dir is None else args.models_dir / f"{name}_seed{seed}"
     training = {**training, "variant": name, "seed": seed}
     if folder is None or (record := kept_run(folder, training)) is None:
         torch.manual_seed(seed)
         model = make_model(tokenizer, answers, args.story_items, **variant_fields(name, args.config))
-        start = {}
-        if args.init_from:
-            kept = start_from_kept_model(model, tokenizer, answers, Path(args.init_from))
-            start = {"init_from": {"model": args.init_from, "train_cpu_seconds": kept.get("train_cpu_seconds")}}
+        if init_from:
+            start_from_kept_model(model, tokenizer, answers, Path(init_from["model"]))
         stages = [(rows, steps) for rows, (_, steps) in zip(stage_rows, args.curriculum)]
         trained = train_stages(model, stages, seed, schedule=args.lr_schedule)
         record = {
-            **start,  # the kept model's training CPU seconds: the run's cost is both
+            # the kept model it started from and that model's training CPU seconds: the run's cost is both
+            **({"init_from": init_from} if init_from else {}),
             "train_cpu_seconds": trained["train_cpu_seconds"],
             "median_step_seconds_last_stage": trained["median_step_seconds"],
             "final_losses": trained["final_losses"],
@@ -216,9 +218,11 @@ def trained_model(name, seed, args, training, tokenizer, answers, stage_rows):
     return model, record
 
 
-def run_variant(name, seed, args, training, tokenizer, answers, stage_rows, test_rows, labels, coverage_rows) -> dict:
+def run_variant(
+    name, seed, args, training, tokenizer, answers, stage_rows, init_from, test_rows, labels, coverage_rows
+) -> dict:
     """Train one model (or take the kept one), test it; the run's record (hits as a 0/1 string)."""
-    model, record = trained_model(name, seed, args, training, tokenizer, answers, stage_rows)
+    model, record = trained_model(name, seed, args, training, tokenizer, answers, stage_rows, init_from)
     start = time.perf_counter()
     hits = [p == y for p, y in zip(predict(model, test_rows), labels)]
     run = {"hits": "".join("1" if hit else "0" for hit in hits), **record, "eval_seconds": time.perf_counter() - start}
@@ -263,8 +267,9 @@ def main():
     parser.add_argument("--init_from", default=None, metavar="KEPT_MODEL",
                         help="Start every variant from the weights of a model an earlier run kept (its "
                         "MODELS_DIR/VARIANT_seedSEED) instead of a fresh one: e.g. continue a `who_has` model on all "
-                        "question types. Words and answers the kept model lacks start fresh; part of the "
-                        "settings.")  # fmt: skip
+                        "question types. Words and answers the kept model lacks start fresh. Given a MODELS_DIR of "
+                        "several kept runs (e.g. seeds), the one whose training ended with the lowest answer loss; "
+                        "the chosen model is part of the settings.")  # fmt: skip
     parser.add_argument("--output_dir", default=str(RESULTS))
     args = parser.parse_args()
     try:
@@ -275,6 +280,10 @@ def main():
     if args.test_config and args.models_dir is None:
         parser.error("--test_config sets fields of the models kept in --models_dir when they are loaded: give one")
     torch.set_num_threads(args.threads)
+    # chosen now among a folder's kept runs, so that the settings name the model every run starts from
+    init_from = choose_kept_model(Path(args.init_from)) if args.init_from else None
+    if init_from:
+        args.init_from = init_from["model"]
     output_dir = Path(args.output_dir)
     # what makes runs comparable: everything but which variants and seeds run now, and where they go (--config,
     # --test_config, --test_seed and --init_from only when given: the settings of runs stored before the flags existed)
@@ -333,7 +342,8 @@ def main():
 
     todo = [(name, seed) for name in args.variants for seed in args.seeds if f"{name}/{seed}" not in runs]
     for name, seed in tqdm(todo, desc="bench_forgetting", unit="model"):
-        run = run_variant(name, seed, args, training, tokenizer, answers, stage_rows, test_rows, labels, coverage_rows)
+        run = run_variant(name, seed, args, training, tokenizer, answers, stage_rows, init_from, test_rows,
+                          labels, coverage_rows)  # fmt: skip
         runs[f"{name}/{seed}"] = run
         results = save()
         overall = results["accuracy"][name]["overall"][-1]

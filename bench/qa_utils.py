@@ -123,12 +123,11 @@ def load_kept_model(model_class, folder, test_config: dict):
     return model
 
 
-def start_from_kept_model(model, tokenizer, answers: list[str], folder: Path) -> dict:
+def start_from_kept_model(model, tokenizer, answers: list[str], folder: Path) -> None:
     """Give a new `model` the weights of the model kept in `folder` (an earlier run's --models_dir entry), so that a
     run can continue another's training, e.g. on other question types: tensors of the same shape are copied, and
     those whose rows follow the vocabulary (word embeddings) or the answers (the answer layer) row by row for the
-    words and answers both have; the others keep their fresh values. Stops when a weight has no counterpart; returns
-    the kept model's training record (its CPU seconds count towards the run's)."""
+    words and answers both have; the others keep their fresh values. Stops when a weight has no counterpart."""
     source = RehearsalMemoryForQuestionAnswering.from_pretrained(folder)
     source_vocab = type(tokenizer).from_pretrained(folder).get_vocab()
     source_answers = {source.config.id2label[i]: i for i in range(source.config.num_labels)}
@@ -153,8 +152,26 @@ def start_from_kept_model(model, tokenizer, answers: list[str], folder: Path) ->
     if mismatched:
         sys.exit(f"--init_from {folder}: its model is not this run's model with other words or answers; "
                  f"no counterpart for {', '.join(mismatched)}")  # fmt: skip
-    record = folder / KEPT_RECORD
-    return json.loads(record.read_text())["run"] if record.exists() else {}
+
+
+def choose_kept_model(folder: Path) -> dict:
+    """The model a run starts from with --init_from FOLDER, and what it cost: FOLDER itself if it keeps a model, else
+    of the models kept in its entries (an earlier run's --models_dir, one per seed) the one whose training ended with
+    the lowest answer loss, with every entry's loss and CPU seconds (the seeds not chosen cost as much). The first
+    stage of a warm start is such a draw: a seed finds a write that keeps what is asked about, or not, and that loss
+    tells them apart (README, Results, "Warm start")."""
+    if (folder / KEPT_RECORD).exists():
+        run = json.loads((folder / KEPT_RECORD).read_text())["run"]
+        return {"model": str(folder), "train_cpu_seconds": run.get("train_cpu_seconds")}
+    runs = {path.parent: json.loads(path.read_text())["run"] for path in sorted(folder.glob(f"*/{KEPT_RECORD}"))}
+    if not runs:
+        sys.exit(f"--init_from {folder}: keeps no model ({KEPT_RECORD}), and none of its entries does")
+    among = {path.name: {"answer_loss": run["final_losses"]["loss"], "train_cpu_seconds": run["train_cpu_seconds"]}
+             for path, run in runs.items()}  # fmt: skip
+    best = min(runs, key=lambda path: among[path.name]["answer_loss"])
+    losses = ", ".join(f"{name} {run['answer_loss']:.3f}" for name, run in among.items())
+    print(f"--init_from {folder}: starting from {best.name}, the lowest final answer loss of {losses}", flush=True)
+    return {"model": str(best), "train_cpu_seconds": among[best.name]["train_cpu_seconds"], "chosen_among": among}
 
 
 def collator(model) -> QACollator:

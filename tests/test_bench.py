@@ -306,11 +306,16 @@ def test_bench_forgetting_keeps_models_and_tests_them_under_test_config(tmp_path
 
     trained = runs("trained")["runs"]["no_rehearsal/0"]
     assert (tmp_path / "models" / "no_rehearsal_seed0" / "training_record.json").exists()
-    # a run may start from a kept model: it joins the settings, and the run names it and what its training cost
+    # a run may start from a kept model, here chosen among a --models_dir's: the chosen one joins the settings, and
+    # the run names it, what its training cost and what every candidate's ended with
     kept_model = str(tmp_path / "models" / "no_rehearsal_seed0")
-    started = runs("started", "--init_from", kept_model, "--models_dir", str(tmp_path / "started_models"))
+    started = runs(
+        "started", "--init_from", str(tmp_path / "models"), "--models_dir", str(tmp_path / "started_models")
+    )
     assert started["settings"]["init_from"] == kept_model and "init_from" not in runs("trained")["settings"]
-    cost = {"model": kept_model, "train_cpu_seconds": trained["train_cpu_seconds"]}
+    candidate = {"answer_loss": trained["final_losses"]["loss"], "train_cpu_seconds": trained["train_cpu_seconds"]}
+    cost = {"model": kept_model, "train_cpu_seconds": trained["train_cpu_seconds"],
+            "chosen_among": {"no_rehearsal_seed0": candidate}}  # fmt: skip
     assert started["runs"]["no_rehearsal/0"]["init_from"] == cost
     # the kept model, loaded back with a field that changes nothing, answers exactly as the model it was
     loaded = runs("loaded", "--test_config", "slot_write_threshold=0")
@@ -380,7 +385,7 @@ import sys
 from pathlib import Path
 
 import torch
-from qa_utils import build_task, keep_model, make_model, start_from_kept_model
+from qa_utils import build_task, choose_kept_model, keep_model, make_model, start_from_kept_model
 
 from rm_hf import RehearsalMemoryForQuestionAnswering
 from rm_hf.story_generator import generate_stories
@@ -397,10 +402,19 @@ small_tokenizer, small_answers = task(("who_has",))
 small = make_model(small_tokenizer, small_answers, "sentences")
 keep_model(folder, small, small_tokenizer, {}, {"train_cpu_seconds": 1.5})
 kept = RehearsalMemoryForQuestionAnswering.from_pretrained(folder).state_dict()
+assert choose_kept_model(folder) == {"model": str(folder), "train_cpu_seconds": 1.5}
+# among a folder's kept runs, the one whose training ended with the lowest answer loss
+seeds = folder.parent / "seeds"
+for seed, loss in ((0, 0.6), (1, 0.04), (2, 0.3)):
+    run = {"final_losses": {"loss": loss}, "train_cpu_seconds": seed}
+    keep_model(seeds / f"run_seed{seed}", small, small_tokenizer, {}, run)
+chosen = choose_kept_model(seeds)
+assert (chosen["model"], chosen["train_cpu_seconds"]) == (str(seeds / "run_seed1"), 1)
+assert chosen["chosen_among"]["run_seed2"] == {"answer_loss": 0.3, "train_cpu_seconds": 2}
 tokenizer, answers = task(("who_has", "where_person"))
 model = make_model(tokenizer, answers, "sentences")
 fresh = {name: weight.clone() for name, weight in model.state_dict().items()}
-assert start_from_kept_model(model, tokenizer, answers, folder) == {"train_cpu_seconds": 1.5}
+start_from_kept_model(model, tokenizer, answers, folder)
 weights = model.state_dict()
 assert torch.equal(weights["rehearsal_memory.bank.initial_memory"], kept["rehearsal_memory.bank.initial_memory"])
 vocab, small_vocab = tokenizer.get_vocab(), small_tokenizer.get_vocab()
