@@ -5,6 +5,9 @@ or the MemN2N baseline (`--model memn2n`, `rm_hf.qa_baselines`), which reads eve
     python examples/run_qa.py --output_dir outputs/qa
     # long inputs: a length curriculum (stories of 4, then 10, 30 and 100 sentences), truncated backpropagation
     python examples/run_qa.py --curriculum 4:6400,10:32000,30:19200,100:9600 --backprop_segments 8 ...
+    # `who_has` questions first, then all three types from that checkpoint (README: the warm start)
+    python examples/run_qa.py --question_types who_has ... --output_dir outputs/stage1
+    python examples/run_qa.py --model_name_or_path outputs/stage1 --do_train --do_eval ... --output_dir outputs/stage2
     # real bAbI v1.2, tasks 1-3 (the 10k split has no task-3 training file: it falls back to en/)
     python examples/run_qa.py --babi_dir ../shared/data/babi --tasks 1,2,3 --output_dir outputs/babi
     # evaluate a trained checkpoint (its tokenizer and answers), or train it further with --do_train
@@ -27,6 +30,7 @@ off when started again with `--resume_from_checkpoint last`.
 """
 
 import dataclasses
+import itertools
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -63,7 +67,7 @@ from rm_hf.script_utils import (
     train_metrics,
     with_encoder_weights,
 )
-from rm_hf.story_generator import generate_stories
+from rm_hf.story_generator import QUESTION_TYPES, generate_stories, generator_vocabulary
 from rm_hf.tokenization import build_word_tokenizer
 from rm_hf.trainer import (
     RehearsalMemoryTrainer,
@@ -244,6 +248,13 @@ class DataArguments:
         },
     )
     max_fact_distance: int | None = field(default=None, metadata={"help": "Furthest supporting fact (sentences)."})
+    question_types: str = field(
+        default=",".join(QUESTION_TYPES),
+        metadata={
+            "help": "Generated stories: the question types asked, comma-separated. A new model knows every type's "
+            "words and answers, so it can be trained further on the others (--model_name_or_path)."
+        },
+    )
     validation_fraction: float | None = field(
         default=None,
         metadata={
@@ -306,7 +317,7 @@ def load_raw_data(data_args: DataArguments, seed: int, train: bool = True) -> tu
         evaluation, skipped = load_babi_tasks(data_args, "test")
         return training, evaluation, name, skipped_train + skipped
     stages = story_stages(data_args)
-    distance = {"max_fact_distance": data_args.max_fact_distance}
+    distance = {"max_fact_distance": data_args.max_fact_distance, "question_types": question_types(data_args)}
     training = None
     if train:  # each stage its own seed, so no two stages repeat a story
         parts = [generate_stories(count, story_length=n, seed=seed + 7919 * i, **distance)
@@ -315,6 +326,18 @@ def load_raw_data(data_args: DataArguments, seed: int, train: bool = True) -> tu
     evaluation = generate_stories(data_args.num_eval_stories, story_length=stages[-1][0], seed=seed + 1, **distance)
     lengths = " -> ".join(str(length) for length, _ in stages)
     return training, evaluation, f"generated stories of {lengths} sentences", 0
+
+
+def question_types(data_args: DataArguments) -> tuple[str, ...]:
+    """--question_types as a tuple, refusing an unknown or missing type by name."""
+    chosen = tuple(name.strip() for name in data_args.question_types.split(","))
+    unknown = [name for name in chosen if name not in QUESTION_TYPES]
+    if unknown:  # an empty name ("who_has,") too
+        raise ValueError(
+            f"--question_types {data_args.question_types!r}: {', '.join(map(repr, unknown))} is not a question type "
+            f"of generated stories ({', '.join(QUESTION_TYPES)})."
+        )
+    return chosen
 
 
 def story_stages(data_args: DataArguments) -> list[tuple[int, int]]:
@@ -453,6 +476,11 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
             raise ValueError("--curriculum reads its stages in order: it needs --train_sampling_strategy sequential.")
         parse_curriculum(data_args.curriculum)  # a bad stage fails here, before anything is loaded
         training_args.train_sampling_strategy = "sequential"
+    if data_args.babi_dir and "question_types" in given:
+        raise ValueError(
+            "--question_types chooses the questions of generated stories: it does not apply to --babi_dir."
+        )
+    question_types(data_args)  # a bad type fails here, before anything is loaded
     if data_args.permute_names:
         if not data_args.babi_dir:
             raise ValueError(
@@ -491,10 +519,20 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
             if encoder is not None:
                 tokenizer = AutoTokenizer.from_pretrained(model_args.encoder_name_or_path)
             else:
+                # generated stories: every word the generator writes, so that other question types can follow
+                vocabulary = [] if data_args.babi_dir else generator_vocabulary()[0]
                 tokenizer = build_word_tokenizer(
-                    sentence for row in raw_train for sentence in (*row["story"], row["question"], row["answer"])
+                    itertools.chain(
+                        (
+                            sentence
+                            for row in raw_train
+                            for sentence in (*row["story"], row["question"], row["answer"])
+                        ),
+                        vocabulary,
+                    )
                 )
-            answers = answer_vocabulary(used)  # before --max_eval_samples, which must not change the model
+            # before --max_eval_samples, which must not change the model; generated stories: every answer they give
+            answers = sorted({*answer_vocabulary(used), *([] if data_args.babi_dir else generator_vocabulary()[1])})
             label2id = {answer: i for i, answer in enumerate(answers)}
         if data_args.max_eval_samples:
             raw_eval = raw_eval.select(range(min(data_args.max_eval_samples, len(raw_eval))))

@@ -21,7 +21,7 @@ from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForQuestionAnswering
 from rm_hf.babi import BabiFormatError, answer_vocabulary
 from rm_hf.qa_data import QACollator, encode_qa_dataset
-from rm_hf.story_generator import generate_stories
+from rm_hf.story_generator import generate_stories, generator_vocabulary
 from rm_hf.tokenization import build_word_tokenizer
 from tests.conftest import (
     assert_backbone_is,
@@ -330,6 +330,43 @@ def test_run_qa_trains_on_a_length_curriculum(tmp_path):
     ],
 )
 def test_run_qa_refuses_a_bad_curriculum(tmp_path, flags, message):
+    with pytest.raises(ValueError, match=message):
+        example_main("run_qa")(["--output_dir", str(tmp_path / "out"), *TINY_RUN, *flags])
+
+
+@pytest.mark.usefixtures("keep_transformers_verbosity")
+def test_run_qa_trains_on_one_question_type_then_on_all(tmp_path):
+    """The two-stage recipe: `who_has` questions first, then all three types from that checkpoint. The first model
+    already has every word and answer of generated stories, so the second run refuses none and reads no [UNK]."""
+    main = example_main("run_qa")
+    first, second = tmp_path / "who_has", tmp_path / "all"
+    main(["--output_dir", str(first), *TINY_RUN, "--question_types", "who_has"])
+    results = json.loads((first / "all_results.json").read_text())
+    assert results["eval_who_has_accuracy"] == results["eval_all_accuracy"]
+    assert "eval_where_person_accuracy" not in results and "eval_where_object_accuracy" not in results
+    sentences, answers = generator_vocabulary()
+    assert sorted(RehearsalMemoryConfig.from_pretrained(first).label2id) == answers
+    assert len(answers) == 11 and {"kitchen", "Alice", "nobody"} <= set(answers)  # places, people, "nobody"
+    tokenizer = AutoTokenizer.from_pretrained(first)
+    every_word = tokenizer(sentences + ["Where is Alice?", "Where is the key?"])["input_ids"]
+    assert tokenizer.unk_token_id not in {i for ids in every_word for i in ids}
+
+    main(["--output_dir", str(second), "--model_name_or_path", str(first), *TINY_RUN, "--max_steps", "1"])
+    results = json.loads((second / "all_results.json").read_text())
+    counts = [results[f"eval_{name}_accuracy"] for name in ("where_person", "where_object", "who_has")]
+    assert all(0 <= accuracy <= 1 for accuracy in counts)
+    assert (second / "tokenizer.json").read_text() == (first / "tokenizer.json").read_text()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--question_types", "who_has,where"], "'where' is not a question type of generated stories"),
+        (["--question_types", "who_has,"], "'' is not a question type"),
+        (["--question_types", "who_has", "--babi_dir", "somewhere"], "does not apply to --babi_dir"),
+    ],
+)
+def test_run_qa_refuses_a_bad_question_type(tmp_path, flags, message):
     with pytest.raises(ValueError, match=message):
         example_main("run_qa")(["--output_dir", str(tmp_path / "out"), *TINY_RUN, *flags])
 

@@ -50,7 +50,7 @@ def test_help_opens_with_the_description_and_the_scripts_own_flags(name, capsys)
     assert model < data < training
     assert text.index("--model_name_or_path") < data and text.index("--max_eval_samples") < training
     assert text.index("--overwrite_output_dir") > training
-    assert len(lines) < 700, len(lines)
+    assert len(lines) < 750, len(lines)  # about 700: Trainer's alone are some 600, listed twice they would be 1,300
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import pytest
 from datasets import Value
 
 from rm_hf.babi import QA_FEATURES
-from rm_hf.story_generator import generate_stories
+from rm_hf.story_generator import generate_stories, generator_vocabulary
 
 MOVE = re.compile(r"(\w+) (?:went|moved|walked|ran) to the (\w+)\.")
 PICK_UP = re.compile(r"(\w+) (?:picked up|grabbed|took) the (\w+)\.")
@@ -111,6 +111,16 @@ def test_longest_distances_fit_the_story():
         assert 3 <= row["fact_distance"] <= limit
     assert max(dataset["fact_distance"]) == 5
     check_rows(dataset)
+
+
+@pytest.mark.parametrize("sizes", [{}, {"num_people": 12, "num_places": 12, "num_objects": 10}])
+def test_the_vocabulary_holds_every_sentence_question_and_answer(sizes):
+    sentences, answers = generator_vocabulary(**sizes)
+    stories = generate_stories(300, story_length=40, seed=3, **sizes)
+    assert {s for row in stories for s in (*row["story"], row["question"])} <= set(sentences)
+    assert set(stories["answer"]) <= set(answers) and answers == sorted(set(answers))
+    people, places = sizes.get("num_people", 4), sizes.get("num_places", 6)
+    assert len(answers) == people + places + 1  # a name, a place, or "nobody"
 
 
 def test_people_only_stories():

@@ -185,6 +185,22 @@ def _generate_story(
     return story, question, answer
 
 
+def generator_vocabulary(
+    num_people: int = 4, num_places: int = 6, num_objects: int = 4
+) -> tuple[list[str], list[str]]:
+    """Every sentence and question `generate_stories` can write for stories of these sizes, and every answer it can
+    give, whatever the question types. A model whose words and answers come from these can later be trained on
+    question types it has not seen (e.g. `who_has` first, then all three: README, "Warm start with fixed keys")."""
+    phrases = _Phrasebook(num_people, num_places, num_objects)
+    people, places, objects = PEOPLE[:num_people], PLACES[:num_places], OBJECTS[:num_objects]
+    sentences = [s for row in phrases.moves + phrases.pick_ups for group in row for s in group]
+    sentences += [s for row in phrases.drops for by_place in row for group in by_place for s in group]
+    sentences += phrases.idle
+    sentences += [_QUESTIONS["where_person"].format(p) for p in people]
+    sentences += [_QUESTIONS[t].format(o) for t in ("where_object", "who_has") for o in objects]
+    return sentences, sorted({*people, *places, NOBODY})
+
+
 def generate_stories(
     num_examples: int,
     story_length: int = 50,
