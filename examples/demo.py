@@ -3,6 +3,7 @@ through the Auto classes, and let it read stories of 1,000 sentences once each, 
 from their first tenth from the memory alone.
 
     python examples/demo.py --output_dir outputs/demo
+    python examples/demo.py --model_name_or_path outputs/stage2   # only the test, of a model trained elsewhere
 
 Training goes through `examples/run_qa.py` (its logs at warning level, so the answers stay in view). The test
 stories are new (another seed), each story is written into memory segment by segment and then dropped; the
@@ -99,6 +100,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument("--quick", action="store_true", help="a few steps and short test stories (for tests)")
+    parser.add_argument("--model_name_or_path", default=None,
+                        help="Train nothing: test this run_qa.py checkpoint of generated stories on the demo's stories.")  # fmt: skip
     args = parser.parse_args()
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # on a shared 2-core machine more threads ran slower
@@ -107,14 +110,19 @@ def main():
     if args.quick:
         training = dict(TRAINING, curriculum="4:32,10:32", num_eval_stories=16, max_steps=4)
         test_length, per_bin = 40, 2
-    # a demo run again starts afresh in its folder (run_qa.py refuses a non-empty one without this flag)
-    argv = ["--output_dir", args.output_dir, "--overwrite_output_dir"] + [f"--{k}={v}" for k, v in training.items()]
-    print(f"Training on generated stories, curriculum {training['curriculum']} (sentences:stories) ...", flush=True)
-    train_qa(argv)
+    model_path = args.model_name_or_path
+    if model_path is None:
+        model_path = args.output_dir
+        # a demo run again starts afresh in its folder (run_qa.py refuses a non-empty one without this flag)
+        argv = ["--output_dir", model_path, "--overwrite_output_dir"] + [f"--{k}={v}" for k, v in training.items()]
+        print(
+            f"Training on generated stories, curriculum {training['curriculum']} (sentences:stories) ...", flush=True
+        )
+        train_qa(argv)
 
-    print(f"\nReloading {args.output_dir} through AutoModelForQuestionAnswering and AutoTokenizer")
-    model = AutoModelForQuestionAnswering.from_pretrained(args.output_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.output_dir)
+    print(f"\nReloading {model_path} through AutoModelForQuestionAnswering and AutoTokenizer")
+    model = AutoModelForQuestionAnswering.from_pretrained(model_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
     rows = test_stories(test_length, per_bin, seed=12345)
     answers = answer_from_memory(model, tokenizer, rows)
     far = [
