@@ -516,11 +516,11 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
                     f"{model_args.model_name_or_path} (e.g. {', '.join(map(repr, unknown[:5]))}): it cannot give them."
                 )
         else:
+            # generated stories: every sentence and answer the generator has, so that other question types can follow
+            generated_sentences, generated_answers = ([], []) if data_args.babi_dir else generator_vocabulary()
             if encoder is not None:
                 tokenizer = AutoTokenizer.from_pretrained(model_args.encoder_name_or_path)
             else:
-                # generated stories: every word the generator writes, so that other question types can follow
-                vocabulary = [] if data_args.babi_dir else generator_vocabulary()[0]
                 tokenizer = build_word_tokenizer(
                     itertools.chain(
                         (
@@ -528,11 +528,11 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
                             for row in raw_train
                             for sentence in (*row["story"], row["question"], row["answer"])
                         ),
-                        vocabulary,
+                        generated_sentences,
                     )
                 )
-            # before --max_eval_samples, which must not change the model; generated stories: every answer they give
-            answers = sorted({*answer_vocabulary(used), *([] if data_args.babi_dir else generator_vocabulary()[1])})
+            # before --max_eval_samples, which must not change the model
+            answers = sorted({*answer_vocabulary(used), *generated_answers})
             label2id = {answer: i for i, answer in enumerate(answers)}
         if data_args.max_eval_samples:
             raw_eval = raw_eval.select(range(min(data_args.max_eval_samples, len(raw_eval))))

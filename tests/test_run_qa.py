@@ -348,13 +348,13 @@ def test_run_qa_trains_on_one_question_type_then_on_all(tmp_path):
     assert sorted(RehearsalMemoryConfig.from_pretrained(first).label2id) == answers
     assert len(answers) == 11 and {"kitchen", "Alice", "nobody"} <= set(answers)  # places, people, "nobody"
     tokenizer = AutoTokenizer.from_pretrained(first)
-    every_word = tokenizer(sentences + ["Where is Alice?", "Where is the key?"])["input_ids"]
+    every_word = tokenizer(sentences)["input_ids"]  # the questions of every type among them
     assert tokenizer.unk_token_id not in {i for ids in every_word for i in ids}
 
     main(["--output_dir", str(second), "--model_name_or_path", str(first), *TINY_RUN, "--max_steps", "1"])
     results = json.loads((second / "all_results.json").read_text())
-    counts = [results[f"eval_{name}_accuracy"] for name in ("where_person", "where_object", "who_has")]
-    assert all(0 <= accuracy <= 1 for accuracy in counts)
+    accuracies = [results[f"eval_{name}_accuracy"] for name in ("where_person", "where_object", "who_has")]
+    assert all(0 <= accuracy <= 1 for accuracy in accuracies)  # every type evaluated
     assert (second / "tokenizer.json").read_text() == (first / "tokenizer.json").read_text()
 
 
