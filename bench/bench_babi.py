@@ -106,6 +106,8 @@ def run_row(args, task: int, model: str, rehearsal: bool, memory_type: str | Non
         argv += ["--link_previous_item", "true"]
     if args.num_hidden_layers is not None and model == "rm":
         argv += ["--num_hidden_layers", str(args.num_hidden_layers)]
+    if model == "rm":
+        argv += ["--sentence_position_start", args.sentence_position_start]
     clock = TrainingCpuClock(args.cpu_cap or float("inf"))
     outcome = run_qa.main(argv, callbacks=[clock])
     accuracy = outcome["results"]["all"]["accuracy"]
@@ -277,6 +279,13 @@ def main():
         help="RM rows: run_qa.py's --num_hidden_layers, the encoder layers over each segment's items (default 2; 0: "
         "none, each item is written as embedded)",
     )
+    parser.add_argument(
+        "--sentence_position_start",
+        choices=("memn2n", "uniform"),
+        default="memn2n",
+        help="RM rows: run_qa.py's --sentence_position_start (uniform: the bag-of-words start of the rows run before "
+        "2026-12-06)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "babi.json")
     parser.add_argument(
         "--overwrite", action="store_true", help="start --output afresh instead of resuming the rows it holds"
@@ -315,6 +324,8 @@ def main():
             settings[flag] = True
     if args.num_hidden_layers is not None:
         settings["num_hidden_layers"] = args.num_hidden_layers
+    # always: files written before it (every row then started uniform) must not resume under the new start
+    settings["sentence_position_start"] = args.sentence_position_start
     resume = args.output.exists() and not args.overwrite
     previous = json.loads(args.output.read_text()) if resume else {"settings": settings}
     stored = previous.get("settings", {})

@@ -86,7 +86,7 @@ CONFIG_FIELDS = (
     "memory_type", "memory_capacity", "num_memory_slots", "num_memory_heads", "segment_length", "num_reasoning_hops",
     "story_items", "max_sentence_tokens", "use_rehearsal", "sampler_mode", "num_rehearsal_fragments",
     "rehearsal_fragment_length", "rehearsal_batch_fraction", "rehearsal_num_layers", "backprop_segments",
-    "link_previous_item", "slot_addressing",
+    "link_previous_item", "slot_addressing", "sentence_position_start",
 )  # fmt: skip
 ENCODER_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads")  # flags of the encoder config
 
@@ -151,6 +151,13 @@ class ModelArguments:
         default="tokens", metadata={"help": "tokens, or sentences: each sentence one item (learns bAbI far faster)."}
     )
     max_sentence_tokens: int = field(default=16, metadata={"help": "Longest sentence with --story_items sentences."})
+    sentence_position_start: Literal["memn2n", "uniform"] = field(
+        default="memn2n",
+        metadata={
+            "help": "With --story_items sentences: start the learned word-position weights as MemN2N's position "
+            "encoding (memn2n) or as a bag of words (uniform, the start before 2026-12-06)."
+        },
+    )
     link_previous_item: bool = field(
         default=False,
         metadata={

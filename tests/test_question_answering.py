@@ -178,6 +178,24 @@ def test_sentence_items_train_with_rehearsal(sampler_mode):
     assert model.sentence_encoder.position_weights.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("start", ["memn2n", "uniform"])
+def test_sentence_position_start(start):
+    model = qa_model(story_items="sentences", sentence_position_start=start)
+    encoder = model.sentence_encoder
+    gave = torch.tensor([[5, 6, 7, 8, 9, 10]])  # "jeff gave the apple to fred"
+    swapped = torch.tensor([[10, 6, 7, 8, 9, 5]])  # "fred gave the apple to jeff"
+    if start == "uniform":  # a bag of words: the order is lost until training learns it
+        torch.testing.assert_close(encoder(gave, "gave"), encoder(swapped, "swapped"))
+        assert torch.equal(encoder.position_weights, torch.ones_like(encoder.position_weights))
+    else:  # MemN2N's formula: giver and receiver sum to different vectors from the first step
+        assert (encoder(gave, "gave") - encoder(swapped, "swapped")).abs().max() > 0.1
+        weights = encoder.position_weights  # (J, d): word j, dimension k weigh (1 - j/J) - (k/d)(1 - 2j/J)
+        length, dim = weights.shape
+        assert weights[0, 0].item() == pytest.approx(1 - 1 / length - (1 / dim) * (1 - 2 / length))
+        assert weights[-1, -1].item() == pytest.approx(1.0)
+        torch.testing.assert_close(weights[length // 2 - 1], torch.full((dim,), 0.5))  # j/J = 1/2
+
+
 def test_sentence_items_reject_bad_input():
     model = qa_model(story_items="sentences", max_sentence_tokens=4)
     questions = story_and_questions()[2]

@@ -19,6 +19,7 @@ MEMORY_TYPES = get_args(MemoryType)
 # keys of configs saved before 0.2, when "rehearsal" named the slot memory as well as the training objective
 MEMORY_TYPE_ALIASES = {"rehearsal": "slots", "kv": "key_value"}
 StoryItems = Literal["tokens", "sentences"]
+SentencePositionStart = Literal["memn2n", "uniform"]
 SlotAddressing = Literal["content", "key"]
 SamplerMode = Literal["uniform", "teacher", "external"]
 SAMPLER_MODES = get_args(SamplerMode)
@@ -101,6 +102,10 @@ class RehearsalMemoryConfig(PreTrainedConfig):
     # sum of its word embeddings, written as a feature (much faster to learn on bAbI, see the README)
     story_items: StoryItems = "tokens"
     max_sentence_tokens: int = 16  # longest sentence (or question) with story_items="sentences"
+    # story_items="sentences": where the learned per-position, per-dimension word weights start. "memn2n": MemN2N's
+    # position encoding (Sukhbaatar et al., 2015), so word order tells who gave what to whom from the first step;
+    # "uniform": all ones, a bag of words that must learn word order (the start of every model before 2026-12-06)
+    sentence_position_start: SentencePositionStart = "memn2n"
     # click prediction head: behaviour items enter as features [item embedding ; category embedding]
     item_vocab_size: int | None = None  # contiguous item ids, 0 = padding
     category_vocab_size: int | None = None

@@ -139,11 +139,21 @@ class RehearsalMemoryCheckpointMixin:
             ) from error
 
 
+def memn2n_position_encoding(num_positions: int, dim: int) -> torch.Tensor:
+    """MemN2N's position encoding (Sukhbaatar et al., 2015, section 4.1) for sentences of `num_positions` words,
+    (num_positions, dim): word j of J weighs dimension k by (1 - j/J) - (k/d)(1 - 2j/J), so the same words in
+    another order sum to another vector. J is the longest sentence, not each sentence's own length: the weights
+    are per position and learned from there."""
+    j = torch.arange(1, num_positions + 1, dtype=torch.float32).unsqueeze(1) / num_positions  # (J, 1)
+    k = torch.arange(1, dim + 1, dtype=torch.float32) / dim  # (d,)
+    return (1 - j) - k * (1 - 2 * j)
+
+
 class RehearsalMemorySentenceEncoder(nn.Module):
     """A sentence as one item (`story_items="sentences"`): the sum of its word embeddings, each weighted by a
-    learned vector for its position in the sentence (MemN2N's position encoding, learned). Word order inside a
-    sentence survives, and who-did-what is bound within the item, which a token-level encoder trained from
-    scratch learns only slowly."""
+    learned vector for its position in the sentence (MemN2N's position encoding, learned from there by default:
+    `config.sentence_position_start`). Word order inside a sentence survives, and who-did-what is bound within the
+    item, which a token-level encoder trained from scratch learns only slowly."""
 
     def __init__(self, config: RehearsalMemoryConfig):
         super().__init__()
@@ -156,7 +166,10 @@ class RehearsalMemorySentenceEncoder(nn.Module):
         self.position_weights = nn.Parameter(torch.empty(config.max_sentence_tokens, config.input_feature_dim))
 
     def init_weights_from_config(self, config):
-        init.ones_(self.position_weights)  # start as a bag of words
+        if config.sentence_position_start == "uniform":
+            init.ones_(self.position_weights)  # a bag of words
+        else:
+            init.copy_(self.position_weights, memn2n_position_encoding(*self.position_weights.shape))
 
     def forward(self, sentence_ids: torch.Tensor, name: str) -> torch.Tensor:
         # sentence_ids (..., W) padded with the pad id -> (..., D)

@@ -9,7 +9,8 @@ grows with the story, where Rehearsal Memory answers from K slots written once.
 
 As in the paper:
 - a sentence is the position-weighted sum of its word embeddings (`RehearsalMemorySentenceEncoder`, the Rehearsal
-  Memory head's: the weighting is learned, starting as a bag of words, where the paper's is a fixed formula) plus
+  Memory head's: the weighting is learned, starting as a bag of words whatever `config.sentence_position_start`
+  says, as every baseline row in the README was run, where the paper's is a fixed formula) plus
   a learned temporal embedding of its age, counted from the end of the story (the last sentence has age 0);
 - `config.num_reasoning_hops` hops with adjacent weight tying: K + 1 embedding sets, hop k addresses the story
   with set k and reads it with set k + 1 (C^k = A^(k+1)); the question is embedded with set 0 (B = A^1), and each
