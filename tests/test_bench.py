@@ -448,3 +448,21 @@ def test_a_run_can_start_from_a_kept_model_with_other_words_and_answers(tmp_path
     assert done.returncode == 1, done.stderr[-3000:]
     assert "--init_from" in done.stderr and "its model is not this run's model" in done.stderr
     assert "no counterpart for rehearsal_memory.bank.initial_memory (3, 64) (kept: (16, 64))" in done.stderr
+
+
+def test_diagnose_babi_questions_splits_a_models_test_accuracy_by_question_form(tmp_path, babi_dir):
+    output, checkpoints = tmp_path / "babi.json", tmp_path / "checkpoints"
+    run_bench("bench_babi.py", "--babi_dir", str(babi_dir), "--babi_subset", "en", "--tasks", "5", "--max_steps", "2",
+              "--eval_questions", "0", "--variants", "plain", "--output", str(output),
+              "--checkpoint_dir", str(checkpoints))  # fmt: skip
+    row = json.loads(output.read_text())["rows"][0]
+    forms = tmp_path / "forms.json"
+    run_bench("diagnose_babi_questions.py", str(checkpoints / "plain-qa5"), "--task", "5", "--babi_dir", str(babi_dir),
+              "--babi_subset", "en", "--output", str(forms))  # fmt: skip
+    table = json.loads(forms.read_text())["forms"]
+    # task 5 asks five forms of question; together they are the test file, answered as run_qa.py answered them
+    assert {form["form"] for form in table} == {"what did X give to X", "who gave the X", "who gave the X to X",
+                                                 "who did X give the X to", "who received the X"}  # fmt: skip
+    assert sum(form["questions"] for form in table) == row["test_questions"] == 1000
+    right = sum(form["accuracy"] * form["questions"] for form in table)
+    assert right == pytest.approx(row["accuracy"] * 1000, abs=1e-6)

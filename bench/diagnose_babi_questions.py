@@ -1,0 +1,83 @@
+"""Which bAbI questions a trained model gets wrong, by the form of the question: accuracy per question with its
+names taken out ("Who gave the apple?" and "Who gave the milk?" are both "who gave the X"), beside how many test
+questions have that form. A task's error often sits in one form: on task 5, RM trained from the bag-of-words start
+answered "who gave the X" and "who received the X" at chance between the two people of the hand-over, and every
+form that names one of them at 0.99 (README, Method: "Story items").
+
+Loads a `run_qa.py` output folder (model, tokenizer, answers; RM or the MemN2N baseline), reads the task's test
+questions and answers each from the model alone; a name is any word that is one of the model's answers, or
+capitalised after a question's first word. Nothing is trained; seconds to a minute on one CPU thread.
+
+    python bench/diagnose_babi_questions.py outputs/bench_babi/rehearsal-qa5 --task 5
+
+Prints the table; --output also writes it as JSON.
+"""
+
+import argparse
+import collections
+import json
+import re
+from pathlib import Path
+
+from qa_utils import predict
+from transformers import AutoTokenizer
+
+from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForQuestionAnswering
+from rm_hf.babi import load_babi
+from rm_hf.qa_baselines import MemN2NForQuestionAnswering
+from rm_hf.qa_data import encode_qa_dataset
+
+MODEL_CLASSES = {model_class.__name__: model_class for model_class in (RehearsalMemoryForQuestionAnswering,
+                                                                       MemN2NForQuestionAnswering)}  # fmt: skip
+
+
+def question_form(question: str, names: set[str]) -> str:
+    """The question, lowercase, its names replaced by X: 'Who gave the apple?' -> 'who gave the X'."""
+    words = re.findall(r"[A-Za-z]+", question)
+    return " ".join(
+        "X" if word.lower() in names or (i > 0 and word[0].isupper()) else word.lower() for i, word in enumerate(words)
+    )
+
+
+def accuracy_by_form(questions: list[str], answers: list[str], predicted: list[str], names: set[str]) -> list[dict]:
+    """Per question form: its number of questions and the share answered right, most frequent form first."""
+    counts = collections.defaultdict(lambda: [0, 0])
+    for question, answer, guess in zip(questions, answers, predicted):
+        count = counts[question_form(question, names)]
+        count[0] += 1
+        count[1] += answer.lower() == guess.lower()
+    return [
+        {"form": form, "questions": total, "accuracy": right / total}
+        for form, (total, right) in sorted(counts.items(), key=lambda item: (-item[1][0], item[0]))
+    ]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="a run_qa.py --output_dir trained on bAbI")
+    parser.add_argument("--task", type=int, required=True)
+    parser.add_argument("--babi_dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/babi")
+    parser.add_argument("--babi_subset", default="en-10k")
+    parser.add_argument("--output", type=Path, help="also write the table here as JSON")
+    args = parser.parse_args()
+
+    config = RehearsalMemoryConfig.from_pretrained(args.model)
+    architecture = (config.architectures or ["RehearsalMemoryForQuestionAnswering"])[0]
+    if architecture not in MODEL_CLASSES:
+        parser.error(f"{args.model}: a {architecture}, not a run_qa.py model ({', '.join(MODEL_CLASSES)})")
+    model = MODEL_CLASSES[architecture].from_pretrained(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    raw = load_babi(args.babi_dir, tasks=[args.task], split="test", subset=args.babi_subset)
+    rows = list(encode_qa_dataset(raw, tokenizer, config.label2id))
+    predicted = [config.id2label[index] for index in predict(model, rows)]
+    names = {answer.lower() for answer in config.label2id}
+    table = accuracy_by_form(raw["question"], raw["answer"], predicted, names)
+    print(f"{'questions':>9}  accuracy  form")
+    for row in table:
+        print(f"{row['questions']:>9}  {row['accuracy']:8.3f}  {row['form']}")
+    if args.output:
+        args.output.write_text(json.dumps({"model": str(args.model), "task": args.task, "forms": table}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
