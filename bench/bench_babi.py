@@ -30,12 +30,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import get_args
 
 import matplotlib.pyplot as plt
 from cost_utils import TrainingCpuClock, provenance
 from tqdm import tqdm
 
-from rm_hf.configuration_rehearsal_memory import MEMORY_TYPE_ALIASES
+from rm_hf.configuration_rehearsal_memory import MEMORY_TYPE_ALIASES, SentencePositionStart
 from rm_hf.qa_data import check_renamable_tasks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -281,7 +282,7 @@ def main():
     )
     parser.add_argument(
         "--sentence_position_start",
-        choices=("memn2n", "uniform"),
+        choices=get_args(SentencePositionStart),
         default="memn2n",
         help="RM rows: run_qa.py's --sentence_position_start (uniform: the bag-of-words start of the rows run before "
         "2026-12-06)",

@@ -17,18 +17,18 @@ import argparse
 import collections
 import json
 import re
+import sys
 from pathlib import Path
 
 from qa_utils import predict
 from transformers import AutoTokenizer
 
-from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForQuestionAnswering
+from rm_hf import RehearsalMemoryConfig
 from rm_hf.babi import load_babi
-from rm_hf.qa_baselines import MemN2NForQuestionAnswering
 from rm_hf.qa_data import encode_qa_dataset
 
-MODEL_CLASSES = {model_class.__name__: model_class for model_class in (RehearsalMemoryForQuestionAnswering,
-                                                                       MemN2NForQuestionAnswering)}  # fmt: skip
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from run_qa import ARCHITECTURES, MODEL_CLASSES  # noqa: E402  (the models run_qa.py trains, by architecture)
 
 
 def question_form(question: str, names: set[str]) -> str:
@@ -63,9 +63,9 @@ def main():
 
     config = RehearsalMemoryConfig.from_pretrained(args.model)
     architecture = (config.architectures or ["RehearsalMemoryForQuestionAnswering"])[0]
-    if architecture not in MODEL_CLASSES:
-        parser.error(f"{args.model}: a {architecture}, not a run_qa.py model ({', '.join(MODEL_CLASSES)})")
-    model = MODEL_CLASSES[architecture].from_pretrained(args.model)
+    if architecture not in ARCHITECTURES:
+        parser.error(f"{args.model}: a {architecture}, not a run_qa.py model ({', '.join(ARCHITECTURES)})")
+    model = MODEL_CLASSES[ARCHITECTURES[architecture]].from_pretrained(args.model)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     raw = load_babi(args.babi_dir, tasks=[args.task], split="test", subset=args.babi_subset)
     rows = list(encode_qa_dataset(raw, tokenizer, config.label2id))

@@ -44,7 +44,7 @@ from transformers import AutoTokenizer, EarlyStoppingCallback, set_seed
 
 from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForQuestionAnswering
 from rm_hf.babi import MAX_LINE_BYTES, MAX_MEMBER_BYTES, answer_vocabulary, load_babi
-from rm_hf.configuration_rehearsal_memory import MEMORY_TYPE_ALIASES, MEMORY_TYPES
+from rm_hf.configuration_rehearsal_memory import MEMORY_TYPE_ALIASES, MEMORY_TYPES, SentencePositionStart
 from rm_hf.model_card import babi_dataset, local_dataset, write_qa_model_card
 from rm_hf.qa_baselines import MemN2NForQuestionAnswering
 from rm_hf.qa_data import (
@@ -151,7 +151,7 @@ class ModelArguments:
         default="tokens", metadata={"help": "tokens, or sentences: each sentence one item (learns bAbI far faster)."}
     )
     max_sentence_tokens: int = field(default=16, metadata={"help": "Longest sentence with --story_items sentences."})
-    sentence_position_start: Literal["memn2n", "uniform"] = field(
+    sentence_position_start: SentencePositionStart = field(
         default="memn2n",
         metadata={
             "help": "With --story_items sentences: start the learned word-position weights as MemN2N's position "
