@@ -103,8 +103,9 @@ def run_row(args, task: int, model: str, rehearsal: bool, memory_type: str | Non
         argv += ["--max_eval_samples", str(args.eval_questions)]
     if args.permute_names:
         argv += ["--permute_names"]
-    if args.link_previous_item and model == "rm":
-        argv += ["--link_previous_item", "true"]
+    for flag in ("link_previous_item", "reader_feed_forward"):
+        if getattr(args, flag) and model == "rm":
+            argv += [f"--{flag}", "true"]
     if args.num_hidden_layers is not None and model == "rm":
         argv += ["--num_hidden_layers", str(args.num_hidden_layers)]
     if model == "rm":
@@ -274,6 +275,11 @@ def main():
         help="RM rows: run_qa.py's --link_previous_item (each item gets a learned map of the item before it)",
     )
     parser.add_argument(
+        "--reader_feed_forward",
+        action="store_true",
+        help="RM rows: run_qa.py's --reader_feed_forward (each reasoning hop ends with a feed-forward layer)",
+    )
+    parser.add_argument(
         "--num_hidden_layers",
         type=int,
         default=None,
@@ -320,7 +326,7 @@ def main():
     if args.early_stopping_patience:
         stopping.update(validation_fraction=args.validation_fraction, eval_steps=args.eval_steps)
     settings.update({k: v for k, v in stopping.items() if v is not None})
-    for flag in ("permute_names", "link_previous_item"):  # like the stopping rules: only when given
+    for flag in ("permute_names", "link_previous_item", "reader_feed_forward"):  # like the stopping rules: when given
         if getattr(args, flag):
             settings[flag] = True
     if args.num_hidden_layers is not None:

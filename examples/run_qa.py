@@ -86,7 +86,7 @@ CONFIG_FIELDS = (
     "memory_type", "memory_capacity", "num_memory_slots", "num_memory_heads", "segment_length", "num_reasoning_hops",
     "story_items", "max_sentence_tokens", "use_rehearsal", "sampler_mode", "num_rehearsal_fragments",
     "rehearsal_fragment_length", "rehearsal_batch_fraction", "rehearsal_num_layers", "backprop_segments",
-    "link_previous_item", "slot_addressing", "sentence_position_start",
+    "link_previous_item", "slot_addressing", "sentence_position_start", "reader_feed_forward",
 )  # fmt: skip
 ENCODER_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads")  # flags of the encoder config
 
@@ -147,6 +147,13 @@ class ModelArguments:
         },
     )
     num_reasoning_hops: int = field(default=3)
+    reader_feed_forward: bool = field(
+        default=False,
+        metadata={
+            "help": "End each reasoning hop with a feed-forward layer, so the answer can combine what the hops read "
+            "nonlinearly (off: attention and a linear answer only)."
+        },
+    )
     story_items: Literal["tokens", "sentences"] = field(
         default="tokens", metadata={"help": "tokens, or sentences: each sentence one item (learns bAbI far faster)."}
     )

@@ -196,6 +196,30 @@ def test_sentence_position_start(start):
         torch.testing.assert_close(weights[length // 2 - 1], torch.full((dim,), 0.5))  # j/J = 1/2
 
 
+def test_reader_feed_forward_ends_each_hop_and_reloads(tmp_path):
+    # off (the default, and every config saved before the option): the reader has the weights it always had
+    assert not any("feed_forwards" in name for name in qa_model().state_dict())
+    model = qa_model(story_items="sentences", reader_feed_forward=True)
+    names = [name for name in model.state_dict() if name.startswith("reader.feed_forwards.")]
+    assert len(names) == 6 * model.config.num_reasoning_hops  # up, down and norm: a weight and a bias each
+    ids, mask = sentence_story()
+    _, _, questions, question_mask = story_and_questions()
+    out = model.train()(ids, mask, questions, question_mask, labels=torch.tensor([0, 1, 2]))
+    out.loss.backward()
+    assert all(block.up.weight.grad.abs().sum() > 0 for block in model.reader.feed_forwards)
+    model.eval()
+    with torch.no_grad():
+        logits = model(ids, mask, questions, question_mask).logits
+        torch.nn.init.constant_(model.reader.feed_forwards[-1].up.bias, 1.0)  # the last hop's block acts
+        assert not torch.allclose(model(ids, mask, questions, question_mask).logits, logits)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForQuestionAnswering.from_pretrained(tmp_path).eval()
+    assert loaded.config.reader_feed_forward
+    torch.testing.assert_close(
+        loaded(ids, mask, questions, question_mask).logits, model(ids, mask, questions, question_mask).logits
+    )
+
+
 def test_sentence_items_reject_bad_input():
     model = qa_model(story_items="sentences", max_sentence_tokens=4)
     questions = story_and_questions()[2]

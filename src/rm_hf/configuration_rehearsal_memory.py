@@ -98,6 +98,10 @@ class RehearsalMemoryConfig(PreTrainedConfig):
     key_value_inverse_temperature: float | int = 40.0  # sharpness of the softmax over retrieved cosines
     # question answering head
     num_reasoning_hops: int = 3
+    # each reasoning hop ends with a feed-forward layer (a Transformer block's, 4x wide), so the reader can combine
+    # what its hops found nonlinearly (bAbI path finding: which side of a fact the asked place is on decides the
+    # direction); off in configs without it, which read by attention and a linear answer only
+    reader_feed_forward: bool = False
     # "tokens": every story token is an item; "sentences": each sentence becomes one item, the position-weighted
     # sum of its word embeddings, written as a feature (much faster to learn on bAbI, see the README)
     story_items: StoryItems = "tokens"

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
@@ -183,24 +184,39 @@ class RehearsalMemorySentenceEncoder(nn.Module):
         return (words * self.position_weights[: sentence_ids.shape[-1]]).sum(-2)
 
 
+class RehearsalMemoryReaderFeedForward(nn.Module):
+    """The feed-forward half of a Transformer block, residual and normalised, ending a reasoning hop."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.up = RehearsalMemoryProjection(dim, 4 * dim)
+        self.down = RehearsalMemoryProjection(4 * dim, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return self.norm(state + self.down(F.gelu(self.up(state))))
+
+
 class RehearsalMemoryReader(nn.Module):
-    """Reads the memory with a query: a few hops of query-to-slot attention, each refining the query."""
+    """Reads the memory with a query: a few hops of query-to-slot attention, each refining the query (and with
+    `config.reader_feed_forward`, each followed by a feed-forward layer)."""
 
     def __init__(self, config: RehearsalMemoryConfig):
         super().__init__()
-        dim = config.memory_dim
-        self.hops = nn.ModuleList(
-            RehearsalMemoryAttention(dim, dim, config.num_memory_heads) for _ in range(config.num_reasoning_hops)
+        dim, hops = config.memory_dim, config.num_reasoning_hops
+        self.hops = nn.ModuleList(RehearsalMemoryAttention(dim, dim, config.num_memory_heads) for _ in range(hops))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(hops))
+        self.feed_forwards = nn.ModuleList(
+            RehearsalMemoryReaderFeedForward(dim) if config.reader_feed_forward else nn.Identity() for _ in range(hops)
         )
-        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(config.num_reasoning_hops))
 
     def forward(self, query: torch.Tensor, entries: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         # query (B, D) or (B, C, D), entries (B, N, D) with weights (B, N) / (B, C, N) from a memory's `view` ->
         # the query's shape. C queries about one memory (several click candidates) are read together; each
         # attends to the entries on its own, as if read alone.
         state = query if query.dim() == 3 else query.unsqueeze(1)  # (B, C, D)
-        for attention, norm in zip(self.hops, self.norms):
-            state = norm(state + attention(state, entries, weights))
+        for attention, norm, feed_forward in zip(self.hops, self.norms, self.feed_forwards):
+            state = feed_forward(norm(state + attention(state, entries, weights)))
         return state if query.dim() == 3 else state.squeeze(1)
 
 
