@@ -58,6 +58,9 @@ QUOTED = [
     {"system": "EntNet (Henaff et al., 2017)", "reads": "one pass, fixed memory", "mean_error": 0.5, "failed": 0},
 ]
 
+# run_qa.py's on/off model flags that RM rows pass on (the MemN2N baseline has neither)
+RM_SWITCHES = ("link_previous_item", "reader_feed_forward")
+
 
 def parse_tasks(text: str) -> list[int]:
     if "-" in text:
@@ -103,7 +106,7 @@ def run_row(args, task: int, model: str, rehearsal: bool, memory_type: str | Non
         argv += ["--max_eval_samples", str(args.eval_questions)]
     if args.permute_names:
         argv += ["--permute_names"]
-    for flag in ("link_previous_item", "reader_feed_forward"):
+    for flag in RM_SWITCHES:
         if getattr(args, flag) and model == "rm":
             argv += [f"--{flag}", "true"]
     if args.num_hidden_layers is not None and model == "rm":
@@ -326,7 +329,7 @@ def main():
     if args.early_stopping_patience:
         stopping.update(validation_fraction=args.validation_fraction, eval_steps=args.eval_steps)
     settings.update({k: v for k, v in stopping.items() if v is not None})
-    for flag in ("permute_names", "link_previous_item", "reader_feed_forward"):  # like the stopping rules: when given
+    for flag in ("permute_names", *RM_SWITCHES):  # like the stopping rules: only when given
         if getattr(args, flag):
             settings[flag] = True
     if args.num_hidden_layers is not None:
