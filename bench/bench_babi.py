@@ -60,6 +60,8 @@ QUOTED = [
 
 # run_qa.py's on/off model flags that RM rows pass on (the MemN2N baseline has neither)
 RM_SWITCHES = ("link_previous_item", "reader_feed_forward")
+# run_qa.py's rehearsal loss weights that rows with rehearsal pass on when given (run_qa's defaults otherwise)
+REHEARSAL_WEIGHTS = ("recollection_weight", "familiarity_weight", "sampler_weight")
 
 
 def parse_tasks(text: str) -> list[int]:
@@ -111,6 +113,9 @@ def run_row(args, task: int, model: str, rehearsal: bool, memory_type: str | Non
             argv += [f"--{flag}", "true"]
     if args.num_hidden_layers is not None and model == "rm":
         argv += ["--num_hidden_layers", str(args.num_hidden_layers)]
+    for weight in REHEARSAL_WEIGHTS:
+        if getattr(args, weight) is not None and rehearsal:
+            argv += [f"--{weight}", str(getattr(args, weight))]
     if model == "rm":
         argv += ["--sentence_position_start", args.sentence_position_start]
     clock = TrainingCpuClock(args.cpu_cap or float("inf"))
@@ -296,6 +301,10 @@ def main():
         help="RM rows: run_qa.py's --sentence_position_start (uniform: the bag-of-words start of the rows run before "
         "2026-12-06)",
     )
+    for weight in REHEARSAL_WEIGHTS:  # e.g. all three at 0: rehearsal's forward and random draws, none of its loss
+        parser.add_argument(
+            f"--{weight}", type=float, default=None, help=f"rows with rehearsal: run_qa.py's --{weight}"
+        )
     parser.add_argument("--output", type=Path, default=RESULTS / "babi.json")
     parser.add_argument(
         "--overwrite", action="store_true", help="start --output afresh instead of resuming the rows it holds"
@@ -334,6 +343,7 @@ def main():
             settings[flag] = True
     if args.num_hidden_layers is not None:
         settings["num_hidden_layers"] = args.num_hidden_layers
+    settings.update({k: getattr(args, k) for k in REHEARSAL_WEIGHTS if getattr(args, k) is not None})
     # always: files written before it (every row then started uniform) must not resume under the new start
     settings["sentence_position_start"] = args.sentence_position_start
     resume = args.output.exists() and not args.overwrite

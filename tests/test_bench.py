@@ -158,6 +158,21 @@ def test_bench_babi_passes_its_model_flags_on_and_keeps_them_in_the_settings(tmp
     assert "not of task 20" in error
 
 
+def test_bench_babi_passes_rehearsal_loss_weights_to_rows_with_rehearsal(tmp_path, babi_dir):
+    output, checkpoints = tmp_path / "weights.json", tmp_path / "checkpoints"
+    run_bench("bench_babi.py", "--babi_dir", str(babi_dir), "--babi_subset", "en", "--max_steps", "2",
+              "--eval_questions", "20", "--variants", "rehearsal,plain", "--output", str(output), "--checkpoint_dir",
+              str(checkpoints), "--recollection_weight", "0", "--familiarity_weight", "0.25")  # fmt: skip
+    settings = json.loads(output.read_text())["settings"]
+    assert settings["recollection_weight"] == 0 and settings["familiarity_weight"] == 0.25
+    assert "sampler_weight" not in settings  # not given: run_qa.py's default, and not a setting
+    recorded = json.loads((checkpoints / "rehearsal-qa1" / "run_arguments.json").read_text())
+    assert recorded["recollection_weight"] == 0 and recorded["familiarity_weight"] == 0.25
+    assert recorded["sampler_weight"] == 1.0
+    plain = json.loads((checkpoints / "plain-qa1" / "run_arguments.json").read_text())
+    assert plain["recollection_weight"] == 1.0  # a row without rehearsal is left as it was
+
+
 def test_bench_babi_stops_rows_early_or_at_the_cpu_cap(tmp_path, babi_dir):
     output = tmp_path / "converged.json"
     tiny = ["--babi_dir", str(babi_dir), "--babi_subset", "en", "--eval_questions", "20", "--variants", "plain",
