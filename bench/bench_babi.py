@@ -20,6 +20,9 @@ chart of the error per task goes next to it (babi.png).
     # as they are (the longer patience would train them through the same steps); the others are run again
     python bench/bench_babi.py ... --early_stopping_patience 50 --carry_rows_from bench/results/babi_converged.json \
         --output bench/results/babi_converged_patience50.json
+    # rows with rehearsal at other loss weights; all three at 0 keeps rehearsal's forward pass and random draws but
+    # none of its gradient, which tells what rehearsal's loss changes from what its random draws change
+    python bench/bench_babi.py --variants rehearsal --recollection_weight 0 --familiarity_weight 0 --sampler_weight 0 ...
 
 Task 3 has no en-10k training file; `run_qa.py` reads it from en/ (1k questions). Reference systems are quoted
 from their papers (10k training setting), not re-run here. Every row records its training CPU seconds (this
