@@ -23,6 +23,8 @@ chart of the error per task goes next to it (babi.png).
     # rows with rehearsal at other loss weights; all three at 0 keeps rehearsal's forward pass and random draws but
     # none of its gradient, which tells what rehearsal's loss changes from what its random draws change
     python bench/bench_babi.py --variants rehearsal --recollection_weight 0 --familiarity_weight 0 --sampler_weight 0 ...
+    # rehearsal in full for 5,000 steps, then lowered to a quarter of its weights over the next 1,000
+    python bench/bench_babi.py --variants rehearsal --rehearsal_decay_start 5000 --rehearsal_decay_steps 1000 ...
 
 Task 3 has no en-10k training file; `run_qa.py` reads it from en/ (1k questions). Reference systems are quoted
 from their papers (10k training setting), not re-run here. Every row records its training CPU seconds (this
@@ -63,8 +65,16 @@ QUOTED = [
 
 # run_qa.py's on/off model flags that RM rows pass on (the MemN2N baseline has neither)
 RM_SWITCHES = ("link_previous_item", "reader_feed_forward")
-# run_qa.py's rehearsal loss weights that rows with rehearsal pass on when given (run_qa's defaults otherwise)
-REHEARSAL_WEIGHTS = ("recollection_weight", "familiarity_weight", "sampler_weight")
+# run_qa.py's rehearsal loss weights and their decay, which rows with rehearsal pass on when given (run_qa's defaults
+# otherwise), with each one's type
+REHEARSAL_OPTIONS = {
+    "recollection_weight": float,
+    "familiarity_weight": float,
+    "sampler_weight": float,
+    "rehearsal_decay_start": int,
+    "rehearsal_decay_steps": int,
+    "rehearsal_final_ratio": float,
+}
 
 
 def parse_tasks(text: str) -> list[int]:
@@ -116,9 +126,9 @@ def run_row(args, task: int, model: str, rehearsal: bool, memory_type: str | Non
             argv += [f"--{flag}", "true"]
     if args.num_hidden_layers is not None and model == "rm":
         argv += ["--num_hidden_layers", str(args.num_hidden_layers)]
-    for weight in REHEARSAL_WEIGHTS:
-        if getattr(args, weight) is not None and rehearsal:
-            argv += [f"--{weight}", str(getattr(args, weight))]
+    for option in REHEARSAL_OPTIONS:
+        if getattr(args, option) is not None and rehearsal:
+            argv += [f"--{option}", str(getattr(args, option))]
     if model == "rm":
         argv += ["--sentence_position_start", args.sentence_position_start]
     clock = TrainingCpuClock(args.cpu_cap or float("inf"))
@@ -304,9 +314,9 @@ def main():
         help="RM rows: run_qa.py's --sentence_position_start (uniform: the bag-of-words start of the rows run before "
         "2026-12-06)",
     )
-    for weight in REHEARSAL_WEIGHTS:  # e.g. all three at 0: rehearsal's forward and random draws, none of its loss
+    for option, kind in REHEARSAL_OPTIONS.items():  # e.g. all weights at 0: rehearsal's forward, none of its loss
         parser.add_argument(
-            f"--{weight}", type=float, default=None, help=f"rows with rehearsal: run_qa.py's --{weight}"
+            f"--{option}", type=kind, default=None, help=f"rows with rehearsal: run_qa.py's --{option}"
         )
     parser.add_argument("--output", type=Path, default=RESULTS / "babi.json")
     parser.add_argument(
@@ -346,7 +356,7 @@ def main():
             settings[flag] = True
     if args.num_hidden_layers is not None:
         settings["num_hidden_layers"] = args.num_hidden_layers
-    settings.update({k: getattr(args, k) for k in REHEARSAL_WEIGHTS if getattr(args, k) is not None})
+    settings.update({k: getattr(args, k) for k in REHEARSAL_OPTIONS if getattr(args, k) is not None})
     # always: files written before it (every row then started uniform) must not resume under the new start
     settings["sentence_position_start"] = args.sentence_position_start
     resume = args.output.exists() and not args.overwrite

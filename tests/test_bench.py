@@ -162,15 +162,20 @@ def test_bench_babi_passes_rehearsal_loss_weights_to_rows_with_rehearsal(tmp_pat
     output, checkpoints = tmp_path / "weights.json", tmp_path / "checkpoints"
     run_bench("bench_babi.py", "--babi_dir", str(babi_dir), "--babi_subset", "en", "--max_steps", "2",
               "--eval_questions", "20", "--variants", "rehearsal,plain", "--output", str(output), "--checkpoint_dir",
-              str(checkpoints), "--recollection_weight", "0", "--familiarity_weight", "0.25")  # fmt: skip
+              str(checkpoints), "--recollection_weight", "0", "--familiarity_weight", "0.25",
+              "--rehearsal_decay_start", "1", "--rehearsal_final_ratio", "0.5")  # fmt: skip
     settings = json.loads(output.read_text())["settings"]
     assert settings["recollection_weight"] == 0 and settings["familiarity_weight"] == 0.25
-    assert "sampler_weight" not in settings  # not given: run_qa.py's default, and not a setting
+    assert settings["rehearsal_decay_start"] == 1 and settings["rehearsal_final_ratio"] == 0.5
+    assert "sampler_weight" not in settings and "rehearsal_decay_steps" not in settings  # not given: not settings
     recorded = json.loads((checkpoints / "rehearsal-qa1" / "run_arguments.json").read_text())
     assert recorded["recollection_weight"] == 0 and recorded["familiarity_weight"] == 0.25
     assert recorded["sampler_weight"] == 1.0
+    assert (recorded["rehearsal_decay_start"], recorded["rehearsal_decay_steps"]) == (1, 0)
+    assert recorded["rehearsal_final_ratio"] == 0.5
     plain = json.loads((checkpoints / "plain-qa1" / "run_arguments.json").read_text())
     assert plain["recollection_weight"] == 1.0  # a row without rehearsal is left as it was
+    assert plain["rehearsal_decay_start"] is None
 
 
 def test_bench_babi_stops_rows_early_or_at_the_cpu_cap(tmp_path, babi_dir):

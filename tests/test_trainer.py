@@ -1,6 +1,10 @@
 """RehearsalMemoryTrainer: every loss term logged, gradient accumulation does not double the loss,
-and evaluation is unaffected by rehearsal."""
+evaluation is unaffected by rehearsal, and the rehearsal weights' warm-up and decay."""
 
+import pytest
+from transformers import TrainingArguments
+
+from rm_hf.trainer import RehearsalTrainingArguments, rehearsal_scale
 from tests.conftest import train
 
 
@@ -27,3 +31,42 @@ def test_evaluation_has_no_rehearsal_terms(tmp_path):
     metrics = trainer.evaluate()
     assert "eval_task_loss" in metrics and "eval_recollection_loss" not in metrics
     assert abs(metrics["eval_loss"] - metrics["eval_task_loss"]) < 1e-4
+
+
+def test_rehearsal_scale_warms_up_then_decays(tmp_path):
+    def scales(**schedule):
+        args = RehearsalTrainingArguments(output_dir=str(tmp_path), use_cpu=True, **schedule)
+        return [rehearsal_scale(args, step) for step in (0, 50, 100, 150, 200, 250, 300)]
+
+    assert scales() == [1.0] * 7
+    assert scales(rehearsal_warmup_steps=100) == [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
+    # full until step 100, then down to 0.2 over 100 steps, and kept there
+    assert scales(rehearsal_decay_start=100, rehearsal_decay_steps=100, rehearsal_final_ratio=0.2) == pytest.approx(
+        [1.0, 1.0, 1.0, 0.6, 0.2, 0.2, 0.2]
+    )
+    assert scales(rehearsal_decay_start=150) == [1.0, 1.0, 1.0, 0.25, 0.25, 0.25, 0.25]  # a step down
+    # both: the warm-up's rise times the decay's fall
+    both = scales(rehearsal_warmup_steps=100, rehearsal_decay_start=50, rehearsal_decay_steps=100)
+    assert both == pytest.approx([0.0, 0.5, 0.625, 0.25, 0.25, 0.25, 0.25])
+    assert rehearsal_scale(TrainingArguments(output_dir=str(tmp_path), use_cpu=True), 10) == 1.0
+
+
+@pytest.mark.parametrize(
+    "schedule, named",
+    [
+        ({"rehearsal_decay_start": -1}, "rehearsal_decay_start"),
+        ({"rehearsal_decay_steps": -5}, "rehearsal_decay_steps"),
+        ({"rehearsal_final_ratio": 1.5}, "rehearsal_final_ratio"),
+    ],
+)
+def test_a_bad_rehearsal_schedule_is_refused(tmp_path, schedule, named):
+    with pytest.raises(ValueError, match=named):
+        RehearsalTrainingArguments(output_dir=str(tmp_path), use_cpu=True, **schedule)
+
+
+def test_a_decay_to_zero_leaves_the_task_loss(tmp_path):
+    # the rehearsal terms are still computed and logged, but weigh nothing in the loss from step 0
+    trainer = train(tmp_path, batch_size=4, accumulation=1, rehearsal_decay_start=0, rehearsal_final_ratio=0.0)
+    log = next(entry for entry in trainer.state.log_history if "task_loss" in entry)
+    assert log["recollection_loss"] > 0 and log["familiarity_loss"] > 0
+    assert log["loss"] == pytest.approx(log["task_loss"], rel=1e-5)

@@ -43,12 +43,12 @@ from .history_sampler import (
 from .memory_interface import reorder_memory
 
 # Loss weights (the Trainer's defaults): a public re-implementation's 1.0 and 0.5 for recollection and familiarity;
-# the paper's are unknown. The rehearsal terms may be ramped up; the memory type's own loss never is.
+# the paper's are unknown. The rehearsal terms may be scaled (warm-up, decay); the memory type's own loss never is.
 LOSS_WEIGHTS = {"recollection_loss": 1.0, "familiarity_loss": 0.5, "sampler_loss": 1.0, "memory_loss": 1.0}
 REHEARSAL_TERMS = ("recollection_loss", "familiarity_loss", "sampler_loss")
 
 
-def combine_losses(outputs, weights: dict[str, float] = LOSS_WEIGHTS, rehearsal_ramp: float = 1.0) -> torch.Tensor:
+def combine_losses(outputs, weights: dict[str, float] = LOSS_WEIGHTS, rehearsal_scale: float = 1.0) -> torch.Tensor:
     """The training loss of a head's outputs: the task loss plus each extra term present, weighted (a missing
     weight counts as its default). Terms at weight 0 are still added, so every parameter keeps a gradient (DDP
     without unused parameters)."""
@@ -56,7 +56,7 @@ def combine_losses(outputs, weights: dict[str, float] = LOSS_WEIGHTS, rehearsal_
     for name, default in LOSS_WEIGHTS.items():
         term = outputs.get(name)
         if term is not None:
-            loss = loss + weights.get(name, default) * (rehearsal_ramp if name in REHEARSAL_TERMS else 1.0) * term
+            loss = loss + weights.get(name, default) * (rehearsal_scale if name in REHEARSAL_TERMS else 1.0) * term
     return loss
 
 

@@ -72,10 +72,24 @@ class RehearsalTrainingArguments(TrainingArguments):
     )
     memory_loss_weight: float = field(
         default=LOSS_WEIGHTS["memory_loss"],
-        metadata={"help": "Weight of the memory type's own loss (expire_span, key_value); not ramped."},
+        metadata={"help": "Weight of the memory type's own loss (expire_span, key_value); not warmed up or decayed."},
     )
     rehearsal_warmup_steps: int = field(
         default=0, metadata={"help": "Ramp the rehearsal weights linearly from 0 over this many optimizer steps."}
+    )
+    rehearsal_decay_start: int | None = field(
+        default=None,
+        metadata={
+            "help": "From this optimizer step on, lower the rehearsal weights linearly, over --rehearsal_decay_steps, "
+            "to --rehearsal_final_ratio of their value: rehearsal in full while the reader learns to use the memory, "
+            "less once it does (off by default)."
+        },
+    )
+    rehearsal_decay_steps: int = field(
+        default=0, metadata={"help": "Length of that decay in optimizer steps (0: one step down)."}
+    )
+    rehearsal_final_ratio: float = field(
+        default=0.25, metadata={"help": "What the decay leaves of the rehearsal weights, in [0, 1]."}
     )
     resume_from_checkpoint: str | None = field(
         default=None,
@@ -95,9 +109,31 @@ class RehearsalTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in (*WEIGHT_ARGUMENTS.values(), "rehearsal_warmup_steps"):
+        for name in (*WEIGHT_ARGUMENTS.values(), "rehearsal_warmup_steps", "rehearsal_decay_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RehearsalTrainingArguments.{name} must be >= 0, got {getattr(self, name)}.")
+        if self.rehearsal_decay_start is not None and self.rehearsal_decay_start < 0:
+            raise ValueError(
+                f"RehearsalTrainingArguments.rehearsal_decay_start must be >= 0 (or None: no decay), got "
+                f"{self.rehearsal_decay_start}."
+            )
+        if not 0 <= self.rehearsal_final_ratio <= 1:
+            raise ValueError(
+                f"RehearsalTrainingArguments.rehearsal_final_ratio must be in [0, 1], got {self.rehearsal_final_ratio}."
+            )
+
+
+def rehearsal_scale(args, step: int) -> float:
+    """The factor on the rehearsal weights at optimizer step `step`: the warm-up's linear rise from 0, times the
+    decay's linear fall to `rehearsal_final_ratio`. Plain TrainingArguments (no such fields) give 1."""
+    warmup = getattr(args, "rehearsal_warmup_steps", 0)
+    scale = min(1.0, step / warmup) if warmup else 1.0
+    start = getattr(args, "rehearsal_decay_start", None)
+    if start is not None and step >= start:
+        length = args.rehearsal_decay_steps
+        progress = min(1.0, (step - start) / length) if length else 1.0
+        scale *= 1.0 - progress * (1.0 - args.rehearsal_final_ratio)
+    return scale
 
 
 def check_fragment_teacher(config, teacher_config) -> None:
@@ -151,8 +187,7 @@ class RehearsalMemoryTrainer(Trainer):
         outputs = model(**inputs)
         # plain TrainingArguments train with the default weights
         weights = {name: getattr(self.args, WEIGHT_ARGUMENTS[name], default) for name, default in LOSS_WEIGHTS.items()}
-        warmup = getattr(self.args, "rehearsal_warmup_steps", 0)
-        loss = combine_losses(outputs, weights, min(1.0, self.state.global_step / warmup) if warmup else 1.0)
+        loss = combine_losses(outputs, weights, rehearsal_scale(self.args, self.state.global_step))
         mode = "train" if model.training else "eval"
         self.record(mode, "task_loss", outputs["loss"])
         for name in weights:
