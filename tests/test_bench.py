@@ -487,3 +487,24 @@ def test_diagnose_babi_questions_splits_a_models_test_accuracy_by_question_form(
     assert sum(form["questions"] for form in table) == row["test_questions"] == 1000
     right = sum(form["accuracy"] * form["questions"] for form in table)
     assert right == pytest.approx(row["accuracy"] * 1000, abs=1e-6)
+    # RM writes 4 sentences a segment: the same questions again, by how many writes back their latest fact was
+    writes = json.loads(forms.read_text())["writes_back"]
+    assert [bin["writes_back"] for bin in writes] == [0, 1]  # task 5 asks about one of the last few sentences
+    assert sum(bin["questions"] for bin in writes) == 1000
+    assert sum(bin["accuracy"] * bin["questions"] for bin in writes) == pytest.approx(right, abs=1e-6)
+
+
+WRITES_BACK_CHECK = """
+import json
+from diagnose_babi_questions import accuracy_by_writes_back
+# stories of 8, 9, 9 and 20 sentences, segments of 4: sentence 7 of 8 is in the last write, of 9 one write back
+print(json.dumps(accuracy_by_writes_back([8, 9, 9, 20], [7, 7, 8, 0], [True, False, True, False], 4)))
+"""
+
+
+def test_writes_back_counts_segments_from_the_first_sentence():
+    done = subprocess.run([sys.executable, "-c", WRITES_BACK_CHECK], cwd=ROOT / "bench", capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    assert json.loads(done.stdout) == [{"writes_back": 0, "questions": 2, "accuracy": 1.0},
+                                       {"writes_back": 1, "questions": 1, "accuracy": 0.0},
+                                       {"writes_back": "3+", "questions": 1, "accuracy": 0.0}]  # fmt: skip
