@@ -23,6 +23,8 @@ chart of the error per task goes next to it (babi.png).
     # rows with rehearsal at other loss weights; all three at 0 keeps rehearsal's forward pass and random draws but
     # none of its gradient, which tells what rehearsal's loss changes from what its random draws change
     python bench/bench_babi.py --variants rehearsal --recollection_weight 0 --familiarity_weight 0 --sampler_weight 0 ...
+    # rehearsal that draws its fragments from the supporting facts (an oracle: external, without a teacher)
+    python bench/bench_babi.py --variants rehearsal --sampler_mode external ...
     # rehearsal in full for 5,000 steps, then lowered to a quarter of its weights over the next 1,000
     python bench/bench_babi.py --variants rehearsal --rehearsal_decay_start 5000 --rehearsal_decay_steps 1000 ...
 
@@ -65,9 +67,10 @@ QUOTED = [
 
 # run_qa.py's on/off model flags that RM rows pass on (the MemN2N baseline has neither)
 RM_SWITCHES = ("link_previous_item", "reader_feed_forward")
-# run_qa.py's rehearsal loss weights and their decay, which rows with rehearsal pass on when given (run_qa's defaults
-# otherwise), with each one's type
+# run_qa.py's rehearsal options (where fragments are drawn, the loss weights and their decay), which rows with
+# rehearsal pass on when given (run_qa's defaults otherwise), with each one's type
 REHEARSAL_OPTIONS = {
+    "sampler_mode": str,
     "recollection_weight": float,
     "familiarity_weight": float,
     "sampler_weight": float,

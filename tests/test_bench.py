@@ -158,21 +158,23 @@ def test_bench_babi_passes_its_model_flags_on_and_keeps_them_in_the_settings(tmp
     assert "not of task 20" in error
 
 
-def test_bench_babi_passes_rehearsal_loss_weights_to_rows_with_rehearsal(tmp_path, babi_dir):
+def test_bench_babi_passes_rehearsal_options_to_rows_with_rehearsal(tmp_path, babi_dir):
     output, checkpoints = tmp_path / "weights.json", tmp_path / "checkpoints"
     run_bench("bench_babi.py", "--babi_dir", str(babi_dir), "--babi_subset", "en", "--max_steps", "2",
               "--eval_questions", "20", "--variants", "rehearsal,plain", "--output", str(output), "--checkpoint_dir",
               str(checkpoints), "--recollection_weight", "0", "--familiarity_weight", "0.25",
-              "--rehearsal_decay_start", "1", "--rehearsal_final_ratio", "0.5")  # fmt: skip
+              "--rehearsal_decay_start", "1", "--rehearsal_final_ratio", "0.5", "--sampler_mode", "external")  # fmt: skip
     settings = json.loads(output.read_text())["settings"]
     assert settings["recollection_weight"] == 0 and settings["familiarity_weight"] == 0.25
     assert settings["rehearsal_decay_start"] == 1 and settings["rehearsal_final_ratio"] == 0.5
+    assert settings["sampler_mode"] == "external"
     assert "sampler_weight" not in settings and "rehearsal_decay_steps" not in settings  # not given: not settings
     recorded = json.loads((checkpoints / "rehearsal-qa1" / "run_arguments.json").read_text())
     assert recorded["recollection_weight"] == 0 and recorded["familiarity_weight"] == 0.25
     assert recorded["sampler_weight"] == 1.0
     assert (recorded["rehearsal_decay_start"], recorded["rehearsal_decay_steps"]) == (1, 0)
     assert recorded["rehearsal_final_ratio"] == 0.5
+    assert json.loads((checkpoints / "rehearsal-qa1" / "config.json").read_text())["sampler_mode"] == "external"
     plain = json.loads((checkpoints / "plain-qa1" / "run_arguments.json").read_text())
     assert plain["recollection_weight"] == 1.0  # a row without rehearsal is left as it was
     assert plain["rehearsal_decay_start"] is None
