@@ -51,6 +51,9 @@ def test_bench_babi_curves_smoke_and_resume(tmp_path):
     # the same settings again: both runs are stored, nothing is retrained
     run_bench("bench_babi_curves.py", *tiny)
     assert json.loads((output_dir / "babi_curves.json").read_text())["runs"] == results["runs"]
+    # only the --extra system (--systems ''): stored too, and the other system's run is kept
+    run_bench("bench_babi_curves.py", *tiny, "--systems", "")
+    assert json.loads((output_dir / "babi_curves.json").read_text())["runs"] == results["runs"]
 
     # other settings into the same folder: refused, the stored runs kept
     stderr = run_bench("bench_babi_curves.py", *tiny, "--eval_every", "3", returncode=1)
