@@ -129,6 +129,8 @@ def run_row(args, task: int, model: str, rehearsal: bool, memory_type: str | Non
             argv += [f"--{flag}", "true"]
     if args.num_hidden_layers is not None and model == "rm":
         argv += ["--num_hidden_layers", str(args.num_hidden_layers)]
+    if args.linear_start_steps is not None:  # every reader: RM's and MemN2N's
+        argv += ["--linear_start_steps", str(args.linear_start_steps)]
     for option in REHEARSAL_OPTIONS:
         if getattr(args, option) is not None and rehearsal:
             argv += [f"--{option}", str(getattr(args, option))]
@@ -311,6 +313,13 @@ def main():
         "none, each item is written as embedded)",
     )
     parser.add_argument(
+        "--linear_start_steps",
+        type=int,
+        default=None,
+        help="every row: run_qa.py's --linear_start_steps (the reader's hops without the softmax for the first "
+        "steps; default 0, off)",
+    )
+    parser.add_argument(
         "--sentence_position_start",
         choices=get_args(SentencePositionStart),
         default="memn2n",
@@ -357,8 +366,9 @@ def main():
     for flag in ("permute_names", *RM_SWITCHES):  # like the stopping rules: only when given
         if getattr(args, flag):
             settings[flag] = True
-    if args.num_hidden_layers is not None:
-        settings["num_hidden_layers"] = args.num_hidden_layers
+    for option in ("num_hidden_layers", "linear_start_steps"):
+        if getattr(args, option) is not None:
+            settings[option] = getattr(args, option)
     settings.update({k: getattr(args, k) for k in REHEARSAL_OPTIONS if getattr(args, k) is not None})
     # always: files written before it (every row then started uniform) must not resume under the new start
     settings["sentence_position_start"] = args.sentence_position_start

@@ -1,7 +1,7 @@
 """The MemN2N baseline (`rm_hf.qa_baselines`): the Rehearsal Memory QA head's inputs and outputs, padding that
 changes nothing, sentence ages counted from the end, a gradient for every parameter, identical logits after
 save/load, refusals that name the bad input, learning a small generated task on CPU (and attending to its supporting
-fact), `run_qa.py --model memn2n` training, saving and evaluating it, and its attention choosing what
+fact), linear reading (the linear start), `run_qa.py --model memn2n` training, saving and evaluating it, and its attention choosing what
 `run_qa.py --fragment_teacher` rehearses."""
 
 import json
@@ -112,6 +112,23 @@ def test_attentions_per_hop_and_sentence_importance(task):
     importance = model.sentence_importance(**batch)  # the collator's batch as it is, labels and all
     torch.testing.assert_close(importance, torch.stack(attentions).sum(0))
     assert not importance.requires_grad
+
+
+def test_linear_reading_weighs_sentences_by_raw_scores(task):
+    config, rows, _ = task
+    model = MemN2NForQuestionAnswering(config).eval()
+    batch = COLLATE([rows[0], rows[-1]])  # the first row is padded
+    mask = batch["attention_mask"].bool()
+    model.linear_reading = True
+    attentions = model(**batch, output_attentions=True).attentions
+    # hop 1 by hand: the question (set 0) against the sentences (set 1), no softmax, padding at 0
+    ages = sentence_ages(mask)
+    query = model.embeddings[0].sentences(batch["question_input_ids"], "question")
+    scores = torch.einsum("bd,bnd->bn", query, model.embeddings[0](batch["input_ids"], ages))
+    torch.testing.assert_close(attentions[0], scores * mask)
+    assert not torch.allclose(attentions[0].sum(-1), torch.ones(2))  # not a distribution
+    model.linear_reading = False
+    torch.testing.assert_close(model(**batch, output_attentions=True).attentions[0].sum(-1), torch.ones(2))
 
 
 def test_every_parameter_gets_a_gradient(task):

@@ -1,5 +1,5 @@
 """The question-answering head: save/load, Auto classes (installed and remote code), many questions per
-memory, streaming with interleaved questions, and input checks."""
+memory, streaming with interleaved questions, the reader's linear reading, and input checks."""
 
 import json
 
@@ -9,6 +9,7 @@ from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoModel, AutoModelForQuestionAnswering
 
 from rm_hf import RehearsalMemoryForQuestionAnswering, RehearsalMemoryModel
+from rm_hf.layers_rehearsal_memory import RehearsalMemoryAttention
 from tests.conftest import remote_memory, tiny_config
 
 LABELS = {i: f"answer{i}" for i in range(5)}
@@ -218,6 +219,32 @@ def test_reader_feed_forward_ends_each_hop_and_reloads(tmp_path):
     torch.testing.assert_close(
         loaded(ids, mask, questions, question_mask).logits, model(ids, mask, questions, question_mask).logits
     )
+
+
+def test_linear_reading_weighs_entries_by_raw_scores():
+    torch.manual_seed(0)
+    attention = RehearsalMemoryAttention(8, 8, num_heads=2)
+    queries, keys = torch.randn(2, 1, 8), torch.randn(2, 5, 8)
+    visible = torch.tensor([[True] * 5, [True, True, False, False, True]])
+    read = attention(queries, keys, visible, linear=True)
+
+    def heads(projection, x):  # (B, n, 8) -> (B, 2, n, 4)
+        return projection(x).view(2, -1, 2, 4).transpose(1, 2)
+
+    q, k, v = heads(attention.q_proj, queries), heads(attention.k_proj, keys), heads(attention.v_proj, keys)
+    scores = q @ k.transpose(-1, -2) * 4**-0.5 * visible[:, None, None]  # raw, hidden keys at 0
+    torch.testing.assert_close(read, attention.o_proj((scores @ v).transpose(1, 2).reshape(2, 1, 8)))
+    # a float visibility scales each key's score (the read is linear in the weights, o_proj adds its bias)
+    bias = attention.o_proj.bias
+    torch.testing.assert_close(attention(queries, keys, 0.5 * visible, linear=True) - bias, 0.5 * (read - bias))
+    assert not torch.allclose(attention(queries, keys, visible), read)  # the softmax by default
+    # the reader passes its flag to every hop
+    model = qa_model()
+    ids, mask, questions, question_mask = story_and_questions()
+    with torch.no_grad():
+        logits = model(ids, mask, questions, question_mask).logits
+        model.reader.linear_reading = True
+        assert not torch.allclose(model(ids, mask, questions, question_mask).logits, logits)
 
 
 def test_sentence_items_reject_bad_input():

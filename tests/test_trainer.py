@@ -1,9 +1,10 @@
 """RehearsalMemoryTrainer: every loss term logged, gradient accumulation does not double the loss,
-evaluation is unaffected by rehearsal, and the rehearsal weights' warm-up and decay."""
+evaluation is unaffected by rehearsal, the rehearsal weights' warm-up and decay, and the reader's linear start."""
 
 import pytest
 from transformers import TrainingArguments
 
+from rm_hf.modeling_rehearsal_memory import RehearsalMemoryReader
 from rm_hf.trainer import RehearsalTrainingArguments, rehearsal_scale
 from tests.conftest import train
 
@@ -70,3 +71,28 @@ def test_a_decay_to_zero_leaves_the_task_loss(tmp_path):
     log = next(entry for entry in trainer.state.log_history if "task_loss" in entry)
     assert log["recollection_loss"] > 0 and log["familiarity_loss"] > 0
     assert log["loss"] == pytest.approx(log["task_loss"], rel=1e-5)
+
+
+def test_linear_start_reads_without_the_softmax_for_its_steps_in_training_only(tmp_path, monkeypatch):
+    seen = []  # (training?, linear?) at each read
+    forward = RehearsalMemoryReader.forward
+
+    def spy(self, *args, **kwargs):
+        seen.append((self.training, self.linear_reading))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(RehearsalMemoryReader, "forward", spy)
+    trainer = train(tmp_path / "a", batch_size=4, accumulation=1, steps=4, linear_start_steps=2)
+    in_training = [linear for training, linear in seen if training]
+    assert len(in_training) % 4 == 0  # the same reads every step
+    per_step = len(in_training) // 4
+    assert in_training == [True] * (2 * per_step) + [False] * (2 * per_step)
+    assert trainer.model.reader.linear_reading is False
+    seen.clear()
+    trainer.evaluate()  # evaluation reads as the saved model will, with the softmax
+    assert seen and not any(linear for _, linear in seen)
+    # a run that ends inside its linear start still leaves a model that reads with the softmax
+    trainer = train(tmp_path / "b", batch_size=4, accumulation=1, steps=2, linear_start_steps=10)
+    assert trainer.model.reader.linear_reading is False
+    with pytest.raises(ValueError, match="linear_start_steps"):
+        RehearsalTrainingArguments(output_dir=str(tmp_path), use_cpu=True, linear_start_steps=-1)

@@ -139,6 +139,14 @@ def attention_mask_from_weights(key_weights: torch.Tensor, dtype: torch.dtype):
     return bias.masked_fill(blind, 0.0), blind
 
 
+def set_linear_reading(model: nn.Module, linear: bool) -> None:
+    """Switch every reader in `model` (the modules with a `linear_reading` flag: Rehearsal Memory's reader, MemN2N)
+    to raw-score attention (True, a linear start) or back to the softmax (False)."""
+    for module in model.modules():
+        if hasattr(module, "linear_reading"):
+            module.linear_reading = linear
+
+
 class RehearsalMemoryAttention(nn.Module):
     """Multi-head attention from a few queries (memory slots or a question) to a set of keys/values."""
 
@@ -156,11 +164,13 @@ class RehearsalMemoryAttention(nn.Module):
         keys: torch.Tensor,
         key_weights: torch.Tensor | None = None,
         return_log_mass: bool = False,
+        linear: bool = False,
     ):
         # queries (B, Q, D), keys (B, N, Dk), key_weights (B, N) or (B, Q, N): bool (True = visible) or float in
         # [0, 1] (see `attention_mask_from_weights`) -> (B, Q, D), and with `return_log_mass` also the log of each
         # head's softmax normaliser, logsumexp over the visible keys' scores (B, h, Q): how strongly a query
-        # matches anything at all, which the softmax itself hides
+        # matches anything at all, which the softmax itself hides. `linear`: weigh each key by its raw score
+        # (times its visibility) instead of the softmax, as a reader does during a linear start
         batch, num_queries, dim = queries.shape
         heads = self.num_heads
 
@@ -174,7 +184,12 @@ class RehearsalMemoryAttention(nn.Module):
         if key_weights is not None:
             mask, blind = attention_mask_from_weights(key_weights, q.dtype)
         log_mass = None
-        if return_log_mass:  # written out: SDPA does not return its normaliser
+        if linear:  # no normaliser: a key's weight grows with its match, so every hop gets gradient from the answer
+            scores = q @ k.transpose(-1, -2) * (dim // heads) ** -0.5  # (B, h, Q, N)
+            if mask is not None:  # the mask is log(visibility) for float weights
+                scores = scores * (mask.exp() if mask.is_floating_point() else mask)
+            out = scores @ v  # (B, h, Q, D/h)
+        elif return_log_mass:  # written out: SDPA does not return its normaliser
             scores = q @ k.transpose(-1, -2) * (dim // heads) ** -0.5  # (B, h, Q, N)
             if mask is not None:
                 scores = scores + mask if mask.is_floating_point() else scores.masked_fill(~mask, -math.inf)

@@ -199,7 +199,8 @@ class RehearsalMemoryReaderFeedForward(nn.Module):
 
 class RehearsalMemoryReader(nn.Module):
     """Reads the memory with a query: a few hops of query-to-slot attention, each refining the query (and with
-    `config.reader_feed_forward`, each followed by a feed-forward layer)."""
+    `config.reader_feed_forward`, each followed by a feed-forward layer). `linear_reading` (set by the Trainer during
+    a linear start, `RehearsalTrainingArguments.linear_start_steps`) weighs the entries by raw scores instead."""
 
     def __init__(self, config: RehearsalMemoryConfig):
         super().__init__()
@@ -209,6 +210,7 @@ class RehearsalMemoryReader(nn.Module):
         self.feed_forwards = nn.ModuleList(
             RehearsalMemoryReaderFeedForward(dim) if config.reader_feed_forward else nn.Identity() for _ in range(hops)
         )
+        self.linear_reading = False
 
     def forward(self, query: torch.Tensor, entries: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         # query (B, D) or (B, C, D), entries (B, N, D) with weights (B, N) / (B, C, N) from a memory's `view` ->
@@ -216,7 +218,7 @@ class RehearsalMemoryReader(nn.Module):
         # attends to the entries on its own, as if read alone.
         state = query if query.dim() == 3 else query.unsqueeze(1)  # (B, C, D)
         for attention, norm, feed_forward in zip(self.hops, self.norms, self.feed_forwards):
-            state = feed_forward(norm(state + attention(state, entries, weights)))
+            state = feed_forward(norm(state + attention(state, entries, weights, linear=self.linear_reading)))
         return state if query.dim() == 3 else state.squeeze(1)
 
 

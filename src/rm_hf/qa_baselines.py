@@ -19,9 +19,13 @@ As in the paper:
 - the answer is a linear map of the last query over `config.id2label`. Answers are classes here, not words, so
   the paper's tie of the answer matrix to the last embedding set does not apply.
 
+Linear start (no softmax in the hops early in training, which the paper found to avoid poor local minima) is the
+Trainer's `linear_start_steps`, off by default, for a fixed number of steps where the paper switched when the
+validation loss stopped falling.
+
 Our choices and omissions: the paper keeps only the 50 most recent sentences; we keep them all, and ages of
-`MAX_SENTENCE_AGE` - 1 and more share the last temporal embedding. Linear start (no softmax early in training),
-random noise (10% empty memories added in training) and the paper's SGD schedule are left out. The width is
+`MAX_SENTENCE_AGE` - 1 and more share the last temporal embedding. Random noise (10% empty memories added in
+training) and the paper's SGD schedule are left out. The width is
 `config.input_feature_dim` (the sentence encoder's); of the encoder config only the vocabulary size and padding id
 are used, and the memory machine's fields not at all.
 """
@@ -56,13 +60,15 @@ def sentence_ages(mask: torch.Tensor) -> torch.Tensor:
 
 
 def attend(
-    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, linear: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One hop's read: query (B, D), keys and values (B, N, D), mask (B, N) bool -> what it read (B, D) and its
-    attention over the sentences (B, N)."""
+    attention over the sentences (B, N). `linear`: the raw scores weigh the sentences (the paper's linear start)."""
     scores = torch.einsum("bd,bnd->bn", query, keys)
-    # a finite fill, then zeroed: a story with no real sentence reads nothing instead of NaN
-    weights = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(-1) * mask
+    if linear:
+        weights = scores * mask
+    else:  # a finite fill, then zeroed: a story with no real sentence reads nothing instead of NaN
+        weights = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(-1) * mask
     return torch.einsum("bn,bnd->bd", weights, values), weights
 
 
@@ -109,6 +115,7 @@ class MemN2NForQuestionAnswering(RehearsalMemoryCheckpointMixin, PreTrainedModel
             )
         self.embeddings = nn.ModuleList(MemN2NEmbedding(config) for _ in range(config.num_reasoning_hops + 1))
         self.classifier = nn.Linear(config.input_feature_dim, config.num_labels)
+        self.linear_reading = False  # the Trainer's linear start (RehearsalTrainingArguments.linear_start_steps)
         self.post_init()
 
     def _init_weights(self, module):
@@ -142,7 +149,7 @@ class MemN2NForQuestionAnswering(RehearsalMemoryCheckpointMixin, PreTrainedModel
         query = self.embeddings[0].sentences(question_input_ids, "question_input_ids")  # (B, D)
         attentions = []
         for keys, values in zip(story[:-1], story[1:]):  # adjacent tying: hop k reads with set k + 1
-            read, weights = attend(query, keys, values, mask)
+            read, weights = attend(query, keys, values, mask, self.linear_reading)
             query = query + read
             attentions.append(weights)
         logits = self.classifier(query)  # (B, num_labels)

@@ -45,6 +45,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from .file_utils import atomic_path
+from .layers_rehearsal_memory import set_linear_reading
 from .model_card import publish_ignore_patterns
 from .rehearsal import LOSS_WEIGHTS, combine_losses
 from .run_record import run_problem
@@ -91,6 +92,15 @@ class RehearsalTrainingArguments(TrainingArguments):
     rehearsal_final_ratio: float = field(
         default=0.25, metadata={"help": "What the decay leaves of the rehearsal weights, in [0, 1]."}
     )
+    linear_start_steps: int = field(
+        default=0,
+        metadata={
+            "help": "For this many optimizer steps the reader's attention hops weigh the memory by raw scores, "
+            "without the softmax (MemN2N's linear start): every hop gets gradient from the answer, which breaks the "
+            "plateaus where a chained question (bAbI task 16) is answered by a one-hop guess. Training only: "
+            "evaluation, the saved model and inference read with the softmax. 0: off."
+        },
+    )
     resume_from_checkpoint: str | None = field(
         default=None,
         metadata={
@@ -109,7 +119,8 @@ class RehearsalTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in (*WEIGHT_ARGUMENTS.values(), "rehearsal_warmup_steps", "rehearsal_decay_steps"):
+        steps = ("rehearsal_warmup_steps", "rehearsal_decay_steps", "linear_start_steps")
+        for name in (*WEIGHT_ARGUMENTS.values(), *steps):
             if getattr(self, name) < 0:
                 raise ValueError(f"RehearsalTrainingArguments.{name} must be >= 0, got {getattr(self, name)}.")
         if self.rehearsal_decay_start is not None and self.rehearsal_decay_start < 0:
@@ -168,6 +179,12 @@ class RehearsalMemoryTrainer(Trainer):
             fragment_teacher = fragment_teacher.eval().requires_grad_(False).to(self.args.device)
         self.fragment_teacher = fragment_teacher
 
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:  # a run that ends inside its linear start leaves a model that reads as it will be used
+            set_linear_reading(self.model, False)
+
     def _init_training_state(self, max_steps, steps_per_epoch, num_train_epochs, *args, **kwargs):
         """Trainer's own, except that a checkpoint already at `max_steps` leaves no epoch to run.
 
@@ -184,6 +201,8 @@ class RehearsalMemoryTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.fragment_teacher is not None and model.training:  # rehearsal (training only) draws by its weights
             inputs = {**inputs, "fragment_weights": self.fragment_teacher.sentence_importance(**inputs)}
+        linear_start = getattr(self.args, "linear_start_steps", 0)
+        set_linear_reading(model, model.training and self.state.global_step < linear_start)
         outputs = model(**inputs)
         # plain TrainingArguments train with the default weights
         weights = {name: getattr(self.args, WEIGHT_ARGUMENTS[name], default) for name, default in LOSS_WEIGHTS.items()}
