@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -274,7 +275,8 @@ def machine() -> dict:
 
 def provenance() -> dict:
     """The machine and the exact command line that produced a result, for the top of every results JSON."""
-    return {"machine": machine(), "command": " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])}
+    # quoted as a shell reads it, so a flag with spaces (--extra "name=--flags ...") or an empty one runs again as given
+    return {"machine": machine(), "command": shlex.join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])}
 
 
 class TrainingCpuClock(TrainerCallback):

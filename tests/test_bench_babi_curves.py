@@ -26,6 +26,8 @@ def test_bench_babi_curves_smoke_and_resume(tmp_path):
     results = json.loads((output_dir / "babi_curves.json").read_text())
     assert {"machine", "command", "arguments", "settings", "runs"} <= set(results)
     assert results["command"].startswith("python bench/bench_babi_curves.py --babi_dir")
+    quoted = "'rm_cheap=--model rm --story_items sentences --segment_length 2 --num_rehearsal_fragments 1'"
+    assert quoted in results["command"]  # the command runs again as given
     assert results["settings"]["cpu_budget"] == 0.2 and results["settings"]["learning_rate"] is None
     assert set(results["runs"]) == {"memn2n/1/0", "rm_cheap/1/0"}
     assert results["runs"]["rm_cheap/1/0"]["flags"][-2:] == ["--num_rehearsal_fragments", "1"]
