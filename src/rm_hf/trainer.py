@@ -96,8 +96,8 @@ class RehearsalTrainingArguments(TrainingArguments):
         default=0,
         metadata={
             "help": "For this many optimizer steps the reader's attention hops weigh the memory by raw scores, "
-            "without the softmax (MemN2N's linear start): every hop gets gradient from the answer, which breaks the "
-            "plateaus where a chained question (bAbI task 16) is answered by a one-hop guess. Training only: "
+            "without the softmax (MemN2N's linear start), so every hop gets gradient from the answer: it takes "
+            "MemN2N off bAbI task 16's one-hop plateau (RM's reader not; see the README). Training only: "
             "evaluation, the saved model and inference read with the softmax. 0: off."
         },
     )
