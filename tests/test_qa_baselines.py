@@ -1,8 +1,8 @@
 """The MemN2N baseline (`rm_hf.qa_baselines`): the Rehearsal Memory QA head's inputs and outputs, padding that
 changes nothing, sentence ages counted from the end, a gradient for every parameter, identical logits after
 save/load, refusals that name the bad input, learning a small generated task on CPU (and attending to its supporting
-fact), linear reading (the linear start), `run_qa.py --model memn2n` training, saving and evaluating it, and its attention choosing what
-`run_qa.py --fragment_teacher` rehearses."""
+fact), linear reading (the linear start), `run_qa.py --model memn2n` training, saving and evaluating it, and its
+attention choosing what `run_qa.py --fragment_teacher` rehearses."""
 
 import json
 

@@ -184,13 +184,13 @@ class RehearsalMemoryAttention(nn.Module):
         if key_weights is not None:
             mask, blind = attention_mask_from_weights(key_weights, q.dtype)
         log_mass = None
-        if linear:  # no normaliser: a key's weight grows with its match, so every hop gets gradient from the answer
+        if linear or return_log_mass:  # written out: SDPA has neither raw weights nor its normaliser to give
             scores = q @ k.transpose(-1, -2) * (dim // heads) ** -0.5  # (B, h, Q, N)
+        if linear:  # no normaliser: a key's weight grows with its match, so every hop gets gradient from the answer
             if mask is not None:  # the mask is log(visibility) for float weights
                 scores = scores * (mask.exp() if mask.is_floating_point() else mask)
             out = scores @ v  # (B, h, Q, D/h)
-        elif return_log_mass:  # written out: SDPA does not return its normaliser
-            scores = q @ k.transpose(-1, -2) * (dim // heads) ** -0.5  # (B, h, Q, N)
+        elif return_log_mass:
             if mask is not None:
                 scores = scores + mask if mask.is_floating_point() else scores.masked_fill(~mask, -math.inf)
             log_mass = scores.logsumexp(-1)  # (B, h, Q)

@@ -25,9 +25,9 @@ validation loss stopped falling.
 
 Our choices and omissions: the paper keeps only the 50 most recent sentences; we keep them all, and ages of
 `MAX_SENTENCE_AGE` - 1 and more share the last temporal embedding. Random noise (10% empty memories added in
-training) and the paper's SGD schedule are left out. The width is
-`config.input_feature_dim` (the sentence encoder's); of the encoder config only the vocabulary size and padding id
-are used, and the memory machine's fields not at all.
+training) and the paper's SGD schedule are left out. The width is `config.input_feature_dim` (the sentence
+encoder's); of the encoder config only the vocabulary size and padding id are used, and the memory machine's fields
+not at all.
 """
 
 import torch
