@@ -43,7 +43,7 @@ import matplotlib.pyplot as plt
 from cost_utils import TrainingCpuClock, provenance
 from tqdm import tqdm
 
-from rm_hf.configuration_rehearsal_memory import MEMORY_TYPE_ALIASES, SentencePositionStart
+from rm_hf.configuration_rehearsal_memory import MEMORY_TYPE_ALIASES, SentencePositionStart, SlotAddressing
 from rm_hf.qa_data import check_renamable_tasks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -67,6 +67,8 @@ QUOTED = [
 
 # run_qa.py's on/off model flags that RM rows pass on (the MemN2N baseline has neither)
 RM_SWITCHES = ("link_previous_item", "reader_feed_forward")
+# run_qa.py's model options that RM rows pass on when given (run_qa's defaults otherwise), with each one's type
+RM_OPTIONS = {"num_hidden_layers": int, "num_memory_slots": int, "slot_addressing": str}
 # run_qa.py's rehearsal options (where fragments are drawn, the loss weights and their decay), which rows with
 # rehearsal pass on when given (run_qa's defaults otherwise), with each one's type
 REHEARSAL_OPTIONS = {
@@ -127,8 +129,9 @@ def run_row(args, task: int, model: str, rehearsal: bool, memory_type: str | Non
     for flag in RM_SWITCHES:
         if getattr(args, flag) and model == "rm":
             argv += [f"--{flag}", "true"]
-    if args.num_hidden_layers is not None and model == "rm":
-        argv += ["--num_hidden_layers", str(args.num_hidden_layers)]
+    for option in RM_OPTIONS:
+        if getattr(args, option) is not None and model == "rm":
+            argv += [f"--{option}", str(getattr(args, option))]
     if args.linear_start_steps is not None:  # every reader: RM's and MemN2N's
         argv += ["--linear_start_steps", str(args.linear_start_steps)]
     for option in REHEARSAL_OPTIONS:
@@ -313,6 +316,18 @@ def main():
         "none, each item is written as embedded)",
     )
     parser.add_argument(
+        "--num_memory_slots",
+        type=int,
+        default=None,
+        help="RM rows: run_qa.py's --num_memory_slots, K of the slot memory (default 16)",
+    )
+    parser.add_argument(
+        "--slot_addressing",
+        choices=get_args(SlotAddressing),
+        default=None,
+        help="RM rows: run_qa.py's --slot_addressing (key: each slot writes with a fixed learned key; default content)",
+    )
+    parser.add_argument(
         "--linear_start_steps",
         type=int,
         default=None,
@@ -366,7 +381,7 @@ def main():
     for flag in ("permute_names", *RM_SWITCHES):  # like the stopping rules: only when given
         if getattr(args, flag):
             settings[flag] = True
-    for option in ("num_hidden_layers", "linear_start_steps"):
+    for option in (*RM_OPTIONS, "linear_start_steps"):
         if getattr(args, option) is not None:
             settings[option] = getattr(args, option)
     settings.update({k: getattr(args, k) for k in REHEARSAL_OPTIONS if getattr(args, k) is not None})

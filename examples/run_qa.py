@@ -44,7 +44,12 @@ from transformers import AutoTokenizer, EarlyStoppingCallback, set_seed
 
 from rm_hf import RehearsalMemoryConfig, RehearsalMemoryForQuestionAnswering
 from rm_hf.babi import MAX_LINE_BYTES, MAX_MEMBER_BYTES, answer_vocabulary, load_babi
-from rm_hf.configuration_rehearsal_memory import MEMORY_TYPE_ALIASES, MEMORY_TYPES, SentencePositionStart
+from rm_hf.configuration_rehearsal_memory import (
+    MEMORY_TYPE_ALIASES,
+    MEMORY_TYPES,
+    SentencePositionStart,
+    SlotAddressing,
+)
 from rm_hf.model_card import babi_dataset, local_dataset, write_qa_model_card
 from rm_hf.qa_baselines import MemN2NForQuestionAnswering
 from rm_hf.qa_data import (
@@ -172,7 +177,7 @@ class ModelArguments:
             "sentence that refers back (he, they) carries the names it refers to; bAbI's coreference tasks need it."
         },
     )
-    slot_addressing: Literal["content", "key"] = field(
+    slot_addressing: SlotAddressing = field(
         default="content",
         metadata={
             "help": "What a slot's write attention asks with: its own state (content, the paper's) or a learned key "

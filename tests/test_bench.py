@@ -144,16 +144,19 @@ def test_bench_babi_passes_its_model_flags_on_and_keeps_them_in_the_settings(tmp
     tiny = ["--babi_dir", str(babi_dir), "--babi_subset", "en", "--max_steps", "2", "--eval_questions", "20",
             "--variants", "plain", "--output", str(output), "--checkpoint_dir", str(tmp_path / "checkpoints")]  # fmt: skip
     run_bench("bench_babi.py", *tiny, "--permute_names", "--link_previous_item", "--num_hidden_layers", "0",
-              "--sentence_position_start", "uniform", "--reader_feed_forward", "--linear_start_steps", "1")  # fmt: skip
+              "--sentence_position_start", "uniform", "--reader_feed_forward", "--linear_start_steps", "1",
+              "--num_memory_slots", "4", "--slot_addressing", "key")  # fmt: skip
     settings = json.loads(output.read_text())["settings"]
     assert settings["permute_names"] is True and settings["link_previous_item"] is True
     assert settings["reader_feed_forward"] is True and settings["linear_start_steps"] == 1
     assert settings["num_hidden_layers"] == 0 and settings["sentence_position_start"] == "uniform"
+    assert settings["num_memory_slots"] == 4 and settings["slot_addressing"] == "key"
     recorded = json.loads((tmp_path / "checkpoints" / "plain-qa1" / "run_arguments.json").read_text())
     assert recorded["permute_names"] is True and recorded["linear_start_steps"] == 1  # what run_qa.py was asked
     config = json.loads((tmp_path / "checkpoints" / "plain-qa1" / "config.json").read_text())
     assert config["link_previous_item"] and config["encoder_config"]["num_hidden_layers"] == 0
     assert config["sentence_position_start"] == "uniform" and config["reader_feed_forward"]
+    assert config["num_memory_slots"] == 4 and config["slot_addressing"] == "key"
     error = run_bench("bench_babi.py", *tiny, "--tasks", "1,20", "--permute_names", returncode=1)
     assert "not of task 20" in error
 
