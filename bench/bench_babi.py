@@ -141,6 +141,10 @@ def run_row(args, task: int, model: str, rehearsal: bool, memory_type: str | Non
         argv += ["--sentence_position_start", args.sentence_position_start]
     clock = TrainingCpuClock(args.cpu_cap or float("inf"))
     outcome = run_qa.main(argv, callbacks=[clock])
+    capacity = None  # the baseline keeps every sentence
+    if model == "rm":  # as trained: the slots keep num_memory_slots vectors, the other types memory_capacity
+        config = json.loads((output_dir / "config.json").read_text())
+        capacity = config["num_memory_slots" if memory_type == "slots" else "memory_capacity"]
     accuracy = outcome["results"]["all"]["accuracy"]
     steps = len(clock.step_seconds)
     if args.cpu_cap and clock.train_cpu >= args.cpu_cap:
@@ -162,6 +166,7 @@ def run_row(args, task: int, model: str, rehearsal: bool, memory_type: str | Non
         # the step whose model was tested: the best validation step when stopping early, else the last
         "tested_step": outcome["metrics"].get("best_step", steps),
         "stopped_by": stopped_by,
+        "memory_capacity": capacity,
     }
 
 
@@ -419,8 +424,7 @@ def main():
     if args.carry_rows_from:
         save()  # the carried rows are kept even if no row is left to run
     for task, model, memory_type, rehearsal in tqdm(todo, desc="bAbI runs"):
-        capacity = args.memory_capacity if model == "rm" else None  # the baseline keeps every sentence
-        rows.append({**run_row(args, task, model, rehearsal, memory_type), "memory_capacity": capacity})
+        rows.append(run_row(args, task, model, rehearsal, memory_type))
         save()
     if rows:
         plot(rows, settings, args.output.with_suffix(".png"))

@@ -128,6 +128,7 @@ def test_bench_babi_smoke_resumes_per_row(tmp_path, babi_dir):
     run_bench("bench_babi.py", *tiny, "--variants", "plain", "--memory_types", "key_value", "--memory_capacity", "4")
     third = json.loads(output.read_text())
     assert [(row["memory_type"], row["rehearsal"]) for row in third["rows"]][-1] == ("key_value", False)
+    assert [row["memory_capacity"] for row in third["rows"]] == [16, 16, 4]  # 16 slots (the default), 4 entries
     assert "key_value memory, without rehearsal" in third["summary"]
     assert (tmp_path / "babi.png").stat().st_size > 0
     # other settings into the same file: refused, naming the change, and the saved rows are untouched
@@ -151,6 +152,7 @@ def test_bench_babi_passes_its_model_flags_on_and_keeps_them_in_the_settings(tmp
     assert settings["reader_feed_forward"] is True and settings["linear_start_steps"] == 1
     assert settings["num_hidden_layers"] == 0 and settings["sentence_position_start"] == "uniform"
     assert settings["num_memory_slots"] == 4 and settings["slot_addressing"] == "key"
+    assert json.loads(output.read_text())["rows"][0]["memory_capacity"] == 4  # the slots trained
     recorded = json.loads((tmp_path / "checkpoints" / "plain-qa1" / "run_arguments.json").read_text())
     assert recorded["permute_names"] is True and recorded["linear_start_steps"] == 1  # what run_qa.py was asked
     config = json.loads((tmp_path / "checkpoints" / "plain-qa1" / "config.json").read_text())
