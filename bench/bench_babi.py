@@ -67,8 +67,8 @@ QUOTED = [
 
 # run_qa.py's on/off model flags that RM rows pass on (the MemN2N baseline has neither)
 RM_SWITCHES = ("link_previous_item", "reader_feed_forward")
-# run_qa.py's model options that RM rows pass on when given (run_qa's defaults otherwise), with each one's type
-RM_OPTIONS = {"num_hidden_layers": int, "num_memory_slots": int, "slot_addressing": str}
+# run_qa.py's model options that RM rows pass on when given (run_qa's defaults otherwise)
+RM_OPTIONS = ("num_hidden_layers", "num_memory_slots", "slot_addressing")
 # run_qa.py's rehearsal options (where fragments are drawn, the loss weights and their decay), which rows with
 # rehearsal pass on when given (run_qa's defaults otherwise), with each one's type
 REHEARSAL_OPTIONS = {
