@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from cost_utils import RESULTS, provenance
+from transformers import HfArgumentParser
 
 from rm_hf.babi import answer_vocabulary, load_babi
 from rm_hf.modeling_rehearsal_memory import RehearsalMemoryForQuestionAnswering
@@ -40,8 +41,9 @@ import run_qa  # noqa: E402
 MODES = ("eager", "write", "model")
 
 
-def babi_batches(args) -> tuple[list[dict], RehearsalMemoryForQuestionAnswering]:
-    """`--batches` training batches of `--task` and a new model built as `run_qa.py` builds it."""
+def babi_batches(args, model_flags: list[str] = ()) -> tuple[list[dict], RehearsalMemoryForQuestionAnswering]:
+    """`--batches` training batches of `--task` and a new model built as `run_qa.py` builds it (sentence items, 4 per
+    segment, then `model_flags`: more of `run_qa.py`'s model flags)."""
     raw = load_babi(args.babi_dir, tasks=[args.task], split="train")
     tokenizer = build_word_tokenizer(s for row in raw for s in (*row["story"], row["question"], row["answer"]))
     answers = answer_vocabulary(raw)
@@ -50,7 +52,10 @@ def babi_batches(args) -> tuple[list[dict], RehearsalMemoryForQuestionAnswering]
     rows = encode_qa_dataset(raw.shuffle(seed=args.seed).select(range(args.batches * size)), tokenizer, label2id)
     collate = QACollator(pad_token_id=tokenizer.pad_token_id, sentence_items=True)
     batches = [collate([rows[i] for i in range(start, start + size)]) for start in range(0, len(rows), size)]
-    flags = run_qa.ModelArguments(story_items="sentences", segment_length=4)
+    parser = HfArgumentParser(run_qa.ModelArguments)
+    (flags,) = parser.parse_args_into_dataclasses(
+        ["--story_items", "sentences", "--segment_length", "4", *model_flags]
+    )
     config = run_qa.build_config(flags, len(tokenizer), tokenizer.pad_token_id, answers)
     torch.manual_seed(args.seed)
     return batches, RehearsalMemoryForQuestionAnswering(config)

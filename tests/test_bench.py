@@ -410,6 +410,20 @@ def test_bench_compile_smoke(tmp_path, babi_dir):
     run_bench("bench_compile.py", "--babi_dir", str(babi_dir), "--modes", "write", returncode=1)  # eager is needed
 
 
+def test_bench_step_smoke(tmp_path, babi_dir):
+    output = tmp_path / "step.json"
+    run_bench("bench_step.py", "--babi_dir", str(babi_dir), "--model_flags", "--slot_addressing key", "--batch_size",
+              "4", "--batches", "2", "--warmup", "1", "--steps", "2", "--output", str(output))  # fmt: skip
+    result = json.loads(output.read_text())
+    assert result["settings"]["model_flags"] == "--slot_addressing key" and result["max_abs_logit_difference"] < 1e-5
+    block, per_segment = result["modes"]["block_reads"], result["modes"]["per_segment_reads"]
+    assert block["step_time_ratio_to_block_reads"] == 1.0 and per_segment["median_step_ms"] > 0
+    # keyed slots read the segments in the block call; the per-segment copy reads them in its writes
+    block_reads = block["forward_parts_mean_ms"]["block_reads"]
+    assert block_reads > 0 and per_segment["forward_parts_mean_ms"]["block_reads"] < block_reads / 5
+    assert set(block["forward_parts_mean_ms"]) == {"encode_segments", "block_reads", "segment_writes", "rehearsal"}
+
+
 WARM_START_CHECK = """
 import sys
 from pathlib import Path

@@ -211,6 +211,30 @@ def test_streaming_equals_one_pass(threshold, link, addressing):
     torch.testing.assert_close(memory, one_pass)
 
 
+@pytest.mark.parametrize("gate", [True, False])
+def test_keyed_slots_read_a_block_of_segments_at_once_as_one_by_one(gate, monkeypatch):
+    # key addressing reads every segment of a block in one call (`read_segments`); the memory and every gradient
+    # are those of reading each segment at its write, padded rows and empty segments included
+    model = RehearsalMemoryModel(tiny_config(slot_addressing="key", slot_write_gate=gate)).train()
+    ids, mask = random_batch(length=37)
+    mask[0, 20:] = 0  # rows end in different segments
+    results = []
+    for batched in (True, False):
+        if not batched:
+            monkeypatch.setattr(model.bank, "read_segments", lambda items, item_mask: None)
+        model.zero_grad()
+        memory = model(ids, attention_mask=mask).memory
+        memory.pow(2).sum().backward()
+        results.append((memory, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}))
+    (memory, grads), (expected, expected_grads) = results
+    torch.testing.assert_close(memory, expected)
+    assert grads.keys() == expected_grads.keys() and "bank.writer.slot_keys" in grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], msg=name)
+    content = RehearsalMemoryModel(tiny_config())
+    assert content.bank.read_segments(*content._encode_segments(ids, mask.bool())) is None
+
+
 def test_padded_row_matches_row_alone():
     model = RehearsalMemoryModel(tiny_config()).eval()
     ids, mask = random_batch()

@@ -69,11 +69,17 @@ class RehearsalMemoryBank(nn.Module):
     def write(self, state, items, item_mask, values=None) -> tuple[MemoryState, torch.Tensor | None]:
         """Write one segment into rows that have at least one real item.
 
-        items (B, S, E) encoder features, item_mask (B, S) bool, values (B, S) ids for `takes_values` types.
-        Returns the new state and the sum over the segment's real items of the type's auxiliary loss (None when
+        items (B, S, E) encoder features, item_mask (B, S) bool, values (B, S) ids for `takes_values` types; types
+        that define `read_segments` also get `read=` this segment's share of it. Returns the new state and the sum over the segment's real items of the type's auxiliary loss (None when
         the type has none); the model divides by the number of real items it wrote.
         """
         raise NotImplementedError
+
+    def read_segments(self, items, item_mask) -> dict[str, torch.Tensor] | None:
+        """For a type whose write reads a segment without looking at the state: that read for a block of segments
+        at once, items (B, n, S, E) and item_mask (B, n, S) -> a dict of (B, n, ...) tensors, handed to `write`
+        segment by segment as `read` (a dict of (B, ...) tensors). None (the default): `write` reads itself."""
+        return None
 
     def view(self, state, query=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Entries to attend to (B, N, D) and their visibility: None (all visible), (B, N), or (B, Q, N) when it

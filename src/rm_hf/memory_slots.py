@@ -69,8 +69,9 @@ class RehearsalMemoryWriter(nn.Module):
 
     def read(self, memory, items, item_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
         """What each slot reads from the segment (B, K, D), and with the write gate each slot's relevance r_k
-        (B, K) in [0, 1], thresholded by `slot_write_threshold` (None without the gate)."""
-        queries = memory if self.slot_keys is None else self.slot_keys.expand_as(memory)  # (B, K, D)
+        (B, K) in [0, 1], thresholded by `slot_write_threshold` (None without the gate). With key addressing the
+        memory is not read and may be None."""
+        queries = memory if self.slot_keys is None else self.slot_keys.expand(items.shape[0], -1, -1)  # (B, K, D)
         if self.none_score is None:
             return self.attention(queries, items, item_mask), None
         read, log_mass = self.attention(queries, items, item_mask, return_log_mass=True)  # log_mass (B, h, K)
@@ -79,10 +80,11 @@ class RehearsalMemoryWriter(nn.Module):
             relevance = (relevance - threshold).clamp(min=0) / (1 - threshold)
         return read, relevance
 
-    def forward(self, memory: torch.Tensor, items: torch.Tensor, item_mask: torch.Tensor) -> torch.Tensor:
-        # memory (B, K, D), items (B, S, E), item_mask (B, S); every row has at least one real item
+    def forward(self, memory: torch.Tensor, items: torch.Tensor, item_mask: torch.Tensor, read=None) -> torch.Tensor:
+        # memory (B, K, D), items (B, S, E), item_mask (B, S); every row has at least one real item. `read`: this
+        # segment's (read, relevance) when already computed (`RehearsalMemorySlots.read_segments`)
         batch, slots, dim = memory.shape
-        read, relevance = self.read(memory, items, item_mask)
+        read, relevance = self.read(memory, items, item_mask) if read is None else read
         updated = self.gru(read.reshape(batch * slots, dim), memory.reshape(batch * slots, dim))
         updated = updated.view(batch, slots, dim)
         if relevance is None:
@@ -103,8 +105,35 @@ class RehearsalMemorySlots(RehearsalMemoryBank):
     def init_state(self, batch_size: int) -> torch.Tensor:
         return self.initial_memory.unsqueeze(0).expand(batch_size, -1, -1).clone()  # (B, K, D)
 
-    def write(self, state, items, item_mask, values=None):
-        return self.writer(state, items, item_mask), None
+    def read_segments(self, items, item_mask):
+        """With key addressing what a slot reads of a segment does not depend on its state, so a block of segments
+        is read at once and only the GRU updates run in order.
+        items (B, n, S, E), item_mask (B, n, S) -> {"read": (B, n, K, D), "relevance": (B, n, K), the latter
+        only with the write gate}; None with content addressing, where each write asks with the slots' state."""
+        if self.writer.slot_keys is None:
+            return None
+        batch, count = item_mask.shape[:2]
+        items, item_mask = items.flatten(0, 1), item_mask.flatten(0, 1)  # (B * n, S, E), (B * n, S)
+        # segments without a real item are not read: an all-masked softmax would put NaNs into the gradients (the
+        # model does not write those segments either)
+        active = item_mask.any(dim=1).nonzero(as_tuple=True)[0]  # (A,)
+        every = active.numel() == batch * count
+        if not every:
+            items, item_mask = items[active], item_mask[active]
+        read, relevance = self.writer.read(None, items, item_mask)  # (A, K, D), (A, K) or None
+        reads = {"read": read} if relevance is None else {"read": read, "relevance": relevance}
+
+        def per_segment(tensor):  # (A, ...) -> (B, n, ...), zero for the segments not read
+            if not every:
+                tensor = tensor.new_zeros(batch * count, *tensor.shape[1:]).index_copy(0, active, tensor)
+            return tensor.view(batch, count, *tensor.shape[1:])
+
+        return {name: per_segment(tensor) for name, tensor in reads.items()}
+
+    def write(self, state, items, item_mask, values=None, read=None):
+        # read: this segment's share of `read_segments` (a dict of (B, ...) tensors), or None to read here
+        read = None if read is None else (read["read"], read.get("relevance"))
+        return self.writer(state, items, item_mask, read=read), None
 
     def view(self, state, query=None):
         return state, None  # every slot is always visible

@@ -424,13 +424,16 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
             # unbind, not items[:, offset]: the backward of each such slice would allocate (and the engine add) a
             # zero gradient the size of the whole block, a cost quadratic in the number of segments
             segment_items, segment_masks = items.unbind(1), mask.unbind(1)
+            reads = self.bank.read_segments(items, mask)  # what the writes read, when that needs no memory
+            reads = None if reads is None else {name: tensor.unbind(1) for name, tensor in reads.items()}
             for offset in range(items.shape[1]):
                 index = block_start // segment + offset
                 if truncate and index and index % truncate == 0:
                     memory = detach_memory(memory)  # earlier segments get no gradient from here on
                 chunk_values = None if values is None else values[:, offset]
+                read = None if reads is None else {name: parts[offset] for name, parts in reads.items()}
                 memory, chunk_loss = self._write_segment(
-                    memory, segment_items[offset], segment_masks[offset], chunk_values
+                    memory, segment_items[offset], segment_masks[offset], chunk_values, read
                 )
                 if chunk_loss is not None:
                     loss_sum = chunk_loss if loss_sum is None else loss_sum + chunk_loss
@@ -475,16 +478,21 @@ class RehearsalMemoryModel(RehearsalMemoryPreTrainedModel):
             items = encoded if every else items.index_copy(0, active, encoded)
         return items.view(batch, count, segment, width), mask.view(batch, count, segment)
 
-    def _write_segment(self, memory, items, mask, values):
-        """Write one encoded segment: items (B, S, E), mask (B, S) bool, values (B, S) ids or None -> (new memory,
-        the memory type's loss sum or None). Rows without a real item keep their memory."""
+    def _write_segment(self, memory, items, mask, values, read):
+        """Write one encoded segment: items (B, S, E), mask (B, S) bool, values (B, S) ids or None, read the
+        segment's share of `bank.read_segments` or None -> (new memory, the memory type's loss sum or None). Rows
+        without a real item keep their memory."""
         active = mask.any(dim=1).nonzero(as_tuple=True)[0]  # (A,)
+        extra = {} if read is None else {"read": read}
         if active.numel() == mask.shape[0]:  # every row writes (the usual case): no gather and scatter of rows
-            return self.bank.write(memory, items, mask, values)
+            return self.bank.write(memory, items, mask, values, **extra)
         if active.numel() == 0:
             return memory, None
         values = None if values is None else values[active]
-        new_rows, loss_sum = self.bank.write(reorder_memory(memory, active), items[active], mask[active], values)
+        extra = {name: reorder_memory(rows, active) for name, rows in extra.items()}
+        new_rows, loss_sum = self.bank.write(
+            reorder_memory(memory, active), items[active], mask[active], values, **extra
+        )
         return replace_rows(memory, active, new_rows), loss_sum
 
     def _check_values(self, memory_values, input_ids, shape) -> torch.Tensor:
