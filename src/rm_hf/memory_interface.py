@@ -70,8 +70,9 @@ class RehearsalMemoryBank(nn.Module):
         """Write one segment into rows that have at least one real item.
 
         items (B, S, E) encoder features, item_mask (B, S) bool, values (B, S) ids for `takes_values` types; types
-        that define `read_segments` also get `read=` this segment's share of it. Returns the new state and the sum over the segment's real items of the type's auxiliary loss (None when
-        the type has none); the model divides by the number of real items it wrote.
+        that define `read_segments` also get `read=` this segment's share of it. Returns the new state and the sum
+        over the segment's real items of the type's auxiliary loss (None when the type has none); the model divides
+        by the number of real items it wrote.
         """
         raise NotImplementedError
 
