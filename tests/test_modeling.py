@@ -218,6 +218,9 @@ def test_keyed_slots_read_a_block_of_segments_at_once_as_one_by_one(gate, monkey
     model = RehearsalMemoryModel(tiny_config(slot_addressing="key", slot_write_gate=gate)).train()
     ids, mask = random_batch(length=37)
     mask[0, 20:] = 0  # rows end in different segments
+    reads = model.bank.read_segments(*model._encode_segments(ids, mask.bool()))  # 5 segments of 8 items
+    assert reads["read"].shape == (3, 5, 4, 32) and set(reads) == ({"read", "relevance"} if gate else {"read"})
+    assert (reads["read"][1, 2:] == 0).all() and (reads["read"][1, :2] != 0).any()  # row 1: 13 items, two segments
     results = []
     for batched in (True, False):
         if not batched:
