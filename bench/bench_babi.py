@@ -69,6 +69,8 @@ QUOTED = [
 RM_SWITCHES = ("link_previous_item", "reader_feed_forward")
 # run_qa.py's model options that RM rows pass on when given (run_qa's defaults otherwise)
 RM_OPTIONS = ("num_hidden_layers", "num_memory_slots", "slot_addressing")
+# run_qa.py's options that every row, RM's and MemN2N's, passes on when given
+EVERY_ROW_OPTIONS = ("linear_start_steps", "weight_decay")
 # run_qa.py's rehearsal options (where fragments are drawn, the loss weights and their decay), which rows with
 # rehearsal pass on when given (run_qa's defaults otherwise), with each one's type
 REHEARSAL_OPTIONS = {
@@ -132,8 +134,9 @@ def run_row(args, task: int, model: str, rehearsal: bool, memory_type: str | Non
     for option in RM_OPTIONS:
         if getattr(args, option) is not None and model == "rm":
             argv += [f"--{option}", str(getattr(args, option))]
-    if args.linear_start_steps is not None:  # every reader: RM's and MemN2N's
-        argv += ["--linear_start_steps", str(args.linear_start_steps)]
+    for option in EVERY_ROW_OPTIONS:
+        if getattr(args, option) is not None:
+            argv += [f"--{option}", str(getattr(args, option))]
     for option in REHEARSAL_OPTIONS:
         if getattr(args, option) is not None and rehearsal:
             argv += [f"--{option}", str(getattr(args, option))]
@@ -340,6 +343,13 @@ def main():
         "steps; default 0, off)",
     )
     parser.add_argument(
+        "--weight_decay",
+        type=float,
+        default=None,
+        help="every row: the Trainer's --weight_decay (AdamW's decoupled decay of the weights but biases and norms; "
+        "default 0)",
+    )
+    parser.add_argument(
         "--sentence_position_start",
         choices=get_args(SentencePositionStart),
         default="memn2n",
@@ -386,7 +396,7 @@ def main():
     for flag in ("permute_names", *RM_SWITCHES):  # like the stopping rules: only when given
         if getattr(args, flag):
             settings[flag] = True
-    for option in (*RM_OPTIONS, "linear_start_steps"):
+    for option in (*RM_OPTIONS, *EVERY_ROW_OPTIONS):
         if getattr(args, option) is not None:
             settings[option] = getattr(args, option)
     settings.update({k: getattr(args, k) for k in REHEARSAL_OPTIONS if getattr(args, k) is not None})

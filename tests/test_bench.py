@@ -146,15 +146,17 @@ def test_bench_babi_passes_its_model_flags_on_and_keeps_them_in_the_settings(tmp
             "--variants", "plain", "--output", str(output), "--checkpoint_dir", str(tmp_path / "checkpoints")]  # fmt: skip
     run_bench("bench_babi.py", *tiny, "--permute_names", "--link_previous_item", "--num_hidden_layers", "0",
               "--sentence_position_start", "uniform", "--reader_feed_forward", "--linear_start_steps", "1",
-              "--num_memory_slots", "4", "--slot_addressing", "key")  # fmt: skip
+              "--num_memory_slots", "4", "--slot_addressing", "key", "--weight_decay", "0.25")  # fmt: skip
     settings = json.loads(output.read_text())["settings"]
     assert settings["permute_names"] is True and settings["link_previous_item"] is True
     assert settings["reader_feed_forward"] is True and settings["linear_start_steps"] == 1
     assert settings["num_hidden_layers"] == 0 and settings["sentence_position_start"] == "uniform"
     assert settings["num_memory_slots"] == 4 and settings["slot_addressing"] == "key"
+    assert settings["weight_decay"] == 0.25
     assert json.loads(output.read_text())["rows"][0]["memory_capacity"] == 4  # the slots trained
     recorded = json.loads((tmp_path / "checkpoints" / "plain-qa1" / "run_arguments.json").read_text())
     assert recorded["permute_names"] is True and recorded["linear_start_steps"] == 1  # what run_qa.py was asked
+    assert recorded["weight_decay"] == 0.25
     config = json.loads((tmp_path / "checkpoints" / "plain-qa1" / "config.json").read_text())
     assert config["link_previous_item"] and config["encoder_config"]["num_hidden_layers"] == 0
     assert config["sentence_position_start"] == "uniform" and config["reader_feed_forward"]
